@@ -1,0 +1,623 @@
+//! The account aggregate: `decide` turns a command into events (or a rule
+//! violation), `evolve` folds an event into the state. Both are pure.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+
+use crate::error::DomainError;
+use crate::events::*;
+use crate::invoice;
+use crate::money::{round_cents, MAX_LIMIT_USD};
+use crate::period::{period_containing, period_from, BillingFrequency, Period};
+
+/// Usage may be stamped at most this far ahead of the clock.
+pub const FUTURE_TOLERANCE_SECS: i64 = 300;
+
+/// What the caller knows that the domain must not find out by itself.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SeatsInUse {
+    pub full: u32,
+    pub viewer: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaymentStatus {
+    #[default]
+    Ok,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenAccount {
+    pub account_id: String,
+    pub name: String,
+    pub serial_number: String,
+    pub billing_email: String,
+    pub email_language: String,
+    pub address: Option<String>,
+    pub currency: String,
+    pub billing_frequency: BillingFrequency,
+    /// Day of month periods start on; `None` → the day the account opens.
+    pub anchor_day: Option<u32>,
+    pub plan: Plan,
+    pub base_credits: Decimal,
+    /// The limit to subscribe with at once, if any.
+    pub credit_limit: Option<Decimal>,
+    /// The number for the opening invoice, used only if one is due.
+    pub invoice_number: String,
+}
+
+/// A usage event already parsed at the edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageInput {
+    pub usage_id: String,
+    pub amount: Decimal,
+    pub occurred_at: DateTime<Utc>,
+    pub product: Option<String>,
+    pub feature: Option<String>,
+    pub metadata: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Open(Box<OpenAccount>),
+    SetCreditLimit { limit: Decimal },
+    Unsubscribe,
+    Consume(UsageInput),
+    ReportSeats(SeatsInUse),
+    ChangePlan(Plan),
+    /// Close the current credit period (its end must have passed). The number
+    /// is used only if an invoice is due.
+    ClosePeriod { invoice_number: String },
+    RecordPdf { number: String, sha256: String },
+    ReplacePaymentMethod(Box<PaymentMethodReplaced>),
+    RecordPayment {
+        invoice_number: String,
+        reference: String,
+        succeeded: bool,
+        failure_reason: Option<String>,
+    },
+    VoidInvoice { number: String, reason: String },
+}
+
+/// An invoice as the aggregate needs to know it to decide payments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvoiceState {
+    pub total: Decimal,
+    pub status: InvoiceStatus,
+    pub pdf_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AccountState {
+    /// `None` until `AccountOpened`.
+    pub info: Option<AccountOpened>,
+    /// Events applied so far (the stream version).
+    pub version: u64,
+    pub credit_period: Option<Period>,
+    pub billing_period: Option<Period>,
+    pub base: Decimal,
+    pub limit: Decimal,
+    pub used: Decimal,
+    pub pending_unsubscribe: bool,
+    pub thresholds_reached: u8,
+    pub plan: Option<Plan>,
+    pub seats_in_use: SeatsInUse,
+    pub pending_proration: Vec<InvoiceLine>,
+    pub payment_status: PaymentStatus,
+    pub payment_method: Option<PaymentMethodReplaced>,
+    pub invoices: BTreeMap<String, InvoiceState>,
+    pub payment_references: HashSet<String>,
+}
+
+impl AccountState {
+    pub fn is_open(&self) -> bool {
+        self.info.is_some()
+    }
+    pub fn capacity(&self) -> Decimal {
+        self.base + self.limit
+    }
+    pub fn available(&self) -> Decimal {
+        (self.capacity() - self.used).max(Decimal::ZERO)
+    }
+    /// Additional (beyond-base) credits used this period.
+    pub fn additional_used(&self) -> Decimal {
+        (self.used - self.base).max(Decimal::ZERO)
+    }
+    /// When the current credit period ends (the next reset).
+    pub fn period_end(&self) -> Option<DateTime<Utc>> {
+        self.credit_period.map(|p| p.end)
+    }
+
+    /// Folds one event into the state, asserting what the event claims.
+    pub fn apply(&mut self, event: &AccountEvent) {
+        self.version += 1;
+        match event {
+            AccountEvent::AccountOpened(e) => {
+                self.credit_period = Some(e.credit_period);
+                self.billing_period = Some(e.billing_period);
+                self.base = e.base_credits;
+                self.plan = Some(e.plan.clone());
+                self.info = Some(e.clone());
+            }
+            AccountEvent::CreditLimitSet(e) => {
+                self.limit = e.limit;
+                self.pending_unsubscribe = false;
+            }
+            AccountEvent::CreditUnsubscribed(_) => self.pending_unsubscribe = true,
+            AccountEvent::CreditsConsumed(e) => {
+                self.used += e.amount;
+                debug_assert_eq!(self.used, e.period_used, "recorded period usage must replay");
+            }
+            AccountEvent::CreditThresholdReached(e) => {
+                self.thresholds_reached |= threshold_bit(e.percent);
+            }
+            AccountEvent::SeatsInUseReported(e) => {
+                self.seats_in_use = SeatsInUse {
+                    full: e.full,
+                    viewer: e.viewer,
+                };
+            }
+            AccountEvent::PlanChanged(e) => {
+                self.plan = Some(e.plan.clone());
+                self.pending_proration.extend(e.proration.iter().cloned());
+            }
+            AccountEvent::PeriodClosed(e) => {
+                self.credit_period = Some(e.next_period);
+                if let Some(b) = e.next_billing_period {
+                    self.billing_period = Some(b);
+                }
+                self.used = Decimal::ZERO;
+                self.limit = e.next_limit;
+                self.pending_unsubscribe = false;
+                self.thresholds_reached = 0;
+                self.pending_proration.clear();
+            }
+            AccountEvent::InvoiceIssued(e) => {
+                self.invoices.insert(
+                    e.number.clone(),
+                    InvoiceState {
+                        total: e.total,
+                        status: InvoiceStatus::Unpaid,
+                        pdf_sha256: None,
+                    },
+                );
+                // The opening invoice carries pending prorations too.
+                self.pending_proration.clear();
+            }
+            AccountEvent::InvoicePdfRendered(e) => {
+                if let Some(i) = self.invoices.get_mut(&e.number) {
+                    i.pdf_sha256 = Some(e.sha256.clone());
+                }
+            }
+            AccountEvent::PaymentMethodReplaced(e) => self.payment_method = Some(e.clone()),
+            AccountEvent::PaymentSucceeded(e) => {
+                self.payment_references.insert(e.reference.clone());
+                if let Some(i) = self.invoices.get_mut(&e.invoice_number) {
+                    i.status = InvoiceStatus::Paid;
+                }
+                self.payment_status = PaymentStatus::Ok;
+            }
+            AccountEvent::PaymentFailed(e) => {
+                self.payment_references.insert(e.reference.clone());
+                self.payment_status = PaymentStatus::Failed;
+            }
+            AccountEvent::InvoiceVoided(e) => {
+                if let Some(i) = self.invoices.get_mut(&e.number) {
+                    i.status = InvoiceStatus::Void;
+                }
+                if !self
+                    .invoices
+                    .values()
+                    .any(|i| i.status == InvoiceStatus::Unpaid)
+                {
+                    self.payment_status = PaymentStatus::Ok;
+                }
+            }
+        }
+    }
+}
+
+fn threshold_bit(percent: u8) -> u8 {
+    if percent >= 100 {
+        2
+    } else {
+        1
+    }
+}
+
+/// `evolve(State, &Event) -> State`.
+pub fn evolve(mut state: AccountState, event: &AccountEvent) -> AccountState {
+    state.apply(event);
+    state
+}
+
+/// `decide(&State, Command, &Context) -> Result<Vec<Event>, DomainError>`.
+pub fn decide(
+    state: &AccountState,
+    command: Command,
+    ctx: &Context,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    if let Command::Open(open) = command {
+        return open_account(state, *open, ctx);
+    }
+    if !state.is_open() {
+        return Err(DomainError::UnknownAccount);
+    }
+    match command {
+        Command::Open(_) => unreachable!("handled above"),
+        Command::SetCreditLimit { limit } => set_limit(state, limit),
+        Command::Unsubscribe => unsubscribe(state),
+        Command::Consume(usage) => consume(state, usage, ctx),
+        Command::ReportSeats(seats) => report_seats(state, seats),
+        Command::ChangePlan(plan) => change_plan(state, plan, ctx),
+        Command::ClosePeriod { invoice_number } => close_period(state, invoice_number, ctx),
+        Command::RecordPdf { number, sha256 } => record_pdf(state, number, sha256),
+        Command::ReplacePaymentMethod(m) => Ok(vec![AccountEvent::PaymentMethodReplaced(*m)]),
+        Command::RecordPayment {
+            invoice_number,
+            reference,
+            succeeded,
+            failure_reason,
+        } => record_payment(state, invoice_number, reference, succeeded, failure_reason),
+        Command::VoidInvoice { number, reason } => void_invoice(state, number, reason),
+    }
+}
+
+fn validate_plan(plan: &Plan) -> Result<(), DomainError> {
+    for (name, price) in [
+        ("full_seat_price", plan.full_seat_price),
+        ("viewer_seat_price", plan.viewer_seat_price),
+        ("data_management_price", plan.data_management_price),
+    ] {
+        if price.is_sign_negative() && !price.is_zero() {
+            return Err(DomainError::Invalid(format!("{name} must not be negative")));
+        }
+    }
+    Ok(())
+}
+
+fn validate_limit(limit: Decimal) -> Result<(), DomainError> {
+    if limit <= Decimal::ZERO || limit > MAX_LIMIT_USD {
+        return Err(DomainError::Invalid(format!(
+            "limit must be above 0 and at most {MAX_LIMIT_USD}, got {limit}"
+        )));
+    }
+    Ok(())
+}
+
+fn open_account(
+    state: &AccountState,
+    open: OpenAccount,
+    ctx: &Context,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    if state.is_open() {
+        return Err(DomainError::AccountExists);
+    }
+    validate_plan(&open.plan)?;
+    if open.base_credits.is_sign_negative() && !open.base_credits.is_zero() {
+        return Err(DomainError::Invalid("base_credits must not be negative".into()));
+    }
+    if let Some(l) = open.credit_limit {
+        validate_limit(l)?;
+    }
+    let anchor_day = open
+        .anchor_day
+        .unwrap_or_else(|| chrono::Datelike::day(&ctx.now));
+    if !(1..=31).contains(&anchor_day) {
+        return Err(DomainError::Invalid("period anchor day must be 1..=31".into()));
+    }
+    let credit_period = period_containing(anchor_day, ctx.now);
+    let billing_period = period_from(
+        anchor_day,
+        credit_period.start,
+        open.billing_frequency.months(),
+    );
+    let opened = AccountOpened {
+        account_id: open.account_id,
+        name: open.name,
+        serial_number: open.serial_number,
+        billing_email: open.billing_email,
+        email_language: crate::email_language(&open.email_language).to_string(),
+        address: open.address,
+        currency: open.currency,
+        billing_frequency: open.billing_frequency,
+        anchor_day,
+        opened_at: ctx.now,
+        credit_period,
+        billing_period,
+        plan: open.plan,
+        base_credits: open.base_credits,
+    };
+    let mut events = vec![AccountEvent::AccountOpened(opened)];
+    if let Some(limit) = open.credit_limit {
+        events.push(AccountEvent::CreditLimitSet(CreditLimitSet {
+            limit,
+            previous_limit: Decimal::ZERO,
+        }));
+    }
+    let mut after = state.clone();
+    for e in &events {
+        after.apply(e);
+    }
+    let lines = invoice::subscription_lines(&after, billing_period);
+    if let Some(issued) = invoice::issue(&after, open.invoice_number, ctx.now, None, Some(billing_period), lines) {
+        events.push(AccountEvent::InvoiceIssued(issued));
+    }
+    Ok(events)
+}
+
+fn set_limit(state: &AccountState, limit: Decimal) -> Result<Vec<AccountEvent>, DomainError> {
+    validate_limit(limit)?;
+    let used_additional = state.additional_used();
+    if limit < used_additional {
+        return Err(DomainError::LimitBelowUsage {
+            limit,
+            used_additional,
+        });
+    }
+    Ok(vec![AccountEvent::CreditLimitSet(CreditLimitSet {
+        limit,
+        previous_limit: state.limit,
+    })])
+}
+
+fn unsubscribe(state: &AccountState) -> Result<Vec<AccountEvent>, DomainError> {
+    if state.limit.is_zero() {
+        return Err(DomainError::NotSubscribed);
+    }
+    if state.pending_unsubscribe {
+        // Already pending: asking again changes nothing.
+        return Ok(vec![]);
+    }
+    let effective_at = state.period_end().expect("an open account has a period");
+    Ok(vec![AccountEvent::CreditUnsubscribed(CreditUnsubscribed {
+        effective_at,
+    })])
+}
+
+fn consume(
+    state: &AccountState,
+    usage: UsageInput,
+    ctx: &Context,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    let period = state.credit_period.expect("an open account has a period");
+    if usage.amount <= Decimal::ZERO {
+        return Err(DomainError::Invalid("amount must be positive".into()));
+    }
+    if usage.occurred_at < period.start {
+        return Err(DomainError::PeriodClosed {
+            occurred_at: usage.occurred_at.to_rfc3339(),
+            period_start: period.start.to_rfc3339(),
+        });
+    }
+    if usage.occurred_at > ctx.now + Duration::seconds(FUTURE_TOLERANCE_SECS) {
+        return Err(DomainError::Future {
+            occurred_at: usage.occurred_at.to_rfc3339(),
+            now: ctx.now.to_rfc3339(),
+        });
+    }
+    let available = state.capacity() - state.used;
+    if usage.amount > available {
+        return Err(DomainError::CreditLimitExceeded {
+            available: available.max(Decimal::ZERO),
+            requested: usage.amount,
+        });
+    }
+    let period_used = state.used + usage.amount;
+    let mut events = vec![AccountEvent::CreditsConsumed(CreditsConsumed {
+        usage_id: usage.usage_id,
+        amount: usage.amount,
+        occurred_at: usage.occurred_at,
+        product: usage.product,
+        feature: usage.feature,
+        metadata: usage.metadata,
+        period_used,
+    })];
+    let capacity = state.capacity();
+    for percent in [80u8, 100] {
+        let threshold = capacity * Decimal::from(percent) / Decimal::from(100);
+        let bit = threshold_bit(percent);
+        if capacity > Decimal::ZERO
+            && state.thresholds_reached & bit == 0
+            && period_used >= threshold
+        {
+            events.push(AccountEvent::CreditThresholdReached(CreditThresholdReached {
+                percent,
+                period_start: period.start,
+                used: period_used,
+                capacity,
+            }));
+        }
+    }
+    Ok(events)
+}
+
+fn report_seats(state: &AccountState, seats: SeatsInUse) -> Result<Vec<AccountEvent>, DomainError> {
+    let plan = state.plan.as_ref().expect("an open account has a plan");
+    check_seats(plan, seats)?;
+    Ok(vec![AccountEvent::SeatsInUseReported(SeatsInUseReported {
+        full: seats.full,
+        viewer: seats.viewer,
+    })])
+}
+
+fn check_seats(plan: &Plan, seats: SeatsInUse) -> Result<(), DomainError> {
+    if seats.full > plan.full_seats {
+        return Err(DomainError::SeatLimitExceeded {
+            role: "full",
+            in_use: seats.full,
+            licensed: plan.full_seats,
+        });
+    }
+    if seats.viewer > plan.viewer_seats {
+        return Err(DomainError::SeatLimitExceeded {
+            role: "viewer",
+            in_use: seats.viewer,
+            licensed: plan.viewer_seats,
+        });
+    }
+    Ok(())
+}
+
+fn change_plan(
+    state: &AccountState,
+    plan: Plan,
+    ctx: &Context,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    validate_plan(&plan)?;
+    check_seats(&plan, state.seats_in_use)?;
+    let previous = state.plan.clone().expect("an open account has a plan");
+    if previous == plan {
+        return Ok(vec![]);
+    }
+    let billing = state.billing_period.expect("an open account has a billing period");
+    let proration = invoice::proration_lines(&previous, &plan, billing, ctx.now);
+    Ok(vec![AccountEvent::PlanChanged(PlanChanged {
+        previous,
+        plan,
+        effective_at: ctx.now,
+        proration,
+    })])
+}
+
+fn close_period(
+    state: &AccountState,
+    invoice_number: String,
+    ctx: &Context,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    let period = state.credit_period.expect("an open account has a period");
+    if ctx.now < period.end {
+        return Err(DomainError::Invalid(format!(
+            "the credit period ends at {}, not yet closable",
+            period.end.to_rfc3339()
+        )));
+    }
+    let info = state.info.as_ref().expect("open");
+    let billing = state.billing_period.expect("open");
+    let next_period = period_containing(info.anchor_day, period.end);
+    let next_billing_period = (billing.end <= period.end).then(|| {
+        period_from(info.anchor_day, billing.end, info.billing_frequency.months())
+    });
+    let charge = (state.used - state.base).max(Decimal::ZERO);
+    let next_limit = if state.pending_unsubscribe {
+        Decimal::ZERO
+    } else {
+        state.limit
+    };
+    let closed = PeriodClosed {
+        period,
+        base: state.base,
+        limit: state.limit,
+        used: state.used,
+        charge,
+        next_period,
+        next_limit,
+        next_billing_period,
+    };
+    let mut lines = Vec::new();
+    if !charge.is_zero() {
+        lines.push(invoice::credit_line(period, charge));
+    }
+    lines.extend(state.pending_proration.iter().cloned());
+    if let Some(b) = next_billing_period {
+        lines.extend(invoice::subscription_lines(state, b));
+    }
+    let issued = invoice::issue(
+        state,
+        invoice_number,
+        period.end,
+        Some(period),
+        next_billing_period,
+        lines,
+    );
+    let mut events = vec![AccountEvent::PeriodClosed(closed)];
+    if let Some(i) = issued {
+        events.push(AccountEvent::InvoiceIssued(i));
+    }
+    Ok(events)
+}
+
+fn record_pdf(
+    state: &AccountState,
+    number: String,
+    sha256: String,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    match state.invoices.get(&number) {
+        None => Err(DomainError::UnknownInvoice),
+        // The hash is recorded once, when first rendered.
+        Some(i) if i.pdf_sha256.is_some() => Ok(vec![]),
+        Some(_) => Ok(vec![AccountEvent::InvoicePdfRendered(InvoicePdfRendered {
+            number,
+            sha256,
+        })]),
+    }
+}
+
+fn record_payment(
+    state: &AccountState,
+    invoice_number: String,
+    reference: String,
+    succeeded: bool,
+    failure_reason: Option<String>,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    let invoice = state
+        .invoices
+        .get(&invoice_number)
+        .ok_or(DomainError::UnknownInvoice)?;
+    if state.payment_references.contains(&reference) {
+        // The processor retried an outcome we already recorded.
+        return Ok(vec![]);
+    }
+    if invoice.status != InvoiceStatus::Unpaid {
+        return Err(DomainError::InvoiceNotPayable {
+            number: invoice_number,
+            status: invoice.status.as_str().to_string(),
+        });
+    }
+    let event = if succeeded {
+        AccountEvent::PaymentSucceeded(PaymentSucceeded {
+            invoice_number,
+            reference,
+            amount: invoice.total,
+        })
+    } else {
+        AccountEvent::PaymentFailed(PaymentFailed {
+            invoice_number,
+            reference,
+            amount_due: invoice.total,
+            reason: failure_reason.unwrap_or_else(|| "payment declined".to_string()),
+        })
+    };
+    Ok(vec![event])
+}
+
+fn void_invoice(
+    state: &AccountState,
+    number: String,
+    reason: String,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    let invoice = state.invoices.get(&number).ok_or(DomainError::UnknownInvoice)?;
+    if invoice.status != InvoiceStatus::Unpaid {
+        return Err(DomainError::InvoiceNotPayable {
+            number,
+            status: invoice.status.as_str().to_string(),
+        });
+    }
+    Ok(vec![AccountEvent::InvoiceVoided(InvoiceVoided { number, reason })])
+}
+
+/// Rounds every line and sums the rounded amounts (the invoice rule).
+pub fn total_of(lines: &[InvoiceLine]) -> Decimal {
+    lines.iter().map(|l| round_cents(l.amount)).sum()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,295 @@
+//! The events of an account stream. Past tense, one enum per stream, each
+//! variant a struct of its own so the store can keep the type in its own
+//! column and decode the payload without a tag lookup. A shipped variant is
+//! never edited: a new shape gets a new schema version and an upcaster.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::period::{BillingFrequency, Period};
+
+/// Schema version written with every event of this crate's shapes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What an account is licensed for, and at what prices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub full_seats: u32,
+    pub full_seat_price: Decimal,
+    pub viewer_seats: u32,
+    pub viewer_seat_price: Decimal,
+    pub data_management: bool,
+    pub data_management_price: Decimal,
+}
+
+impl Plan {
+    /// The subscription fee for one month of this plan.
+    pub fn monthly_fee(&self) -> Decimal {
+        Decimal::from(self.full_seats) * self.full_seat_price
+            + Decimal::from(self.viewer_seats) * self.viewer_seat_price
+            + if self.data_management {
+                self.data_management_price
+            } else {
+                Decimal::ZERO
+            }
+    }
+}
+
+/// One line of an invoice, as issued. `amount` is already rounded to cents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    pub kind: LineKind,
+    pub description: String,
+    pub quantity: Decimal,
+    pub unit_price: Decimal,
+    pub amount: Decimal,
+}
+
+/// What a line bills, so postings can credit the right revenue account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    Subscription,
+    AiCredits,
+    Proration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvoiceStatus {
+    Unpaid,
+    Paid,
+    Void,
+}
+
+impl InvoiceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvoiceStatus::Unpaid => "unpaid",
+            InvoiceStatus::Paid => "paid",
+            InvoiceStatus::Void => "void",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountOpened {
+    pub account_id: String,
+    pub name: String,
+    pub serial_number: String,
+    pub billing_email: String,
+    pub email_language: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    pub currency: String,
+    pub billing_frequency: BillingFrequency,
+    pub anchor_day: u32,
+    pub opened_at: DateTime<Utc>,
+    pub credit_period: Period,
+    pub billing_period: Period,
+    pub plan: Plan,
+    pub base_credits: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditLimitSet {
+    pub limit: Decimal,
+    pub previous_limit: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditUnsubscribed {
+    /// The start of the next credit period, from which the limit is 0.
+    pub effective_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditsConsumed {
+    pub usage_id: String,
+    pub amount: Decimal,
+    pub occurred_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// Canonical JSON text of the producer's metadata, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// Usage of the current credit period after this event (a resulting figure for finance).
+    pub period_used: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditThresholdReached {
+    pub percent: u8,
+    pub period_start: DateTime<Utc>,
+    pub used: Decimal,
+    pub capacity: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeatsInUseReported {
+    pub full: u32,
+    pub viewer: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanChanged {
+    pub previous: Plan,
+    pub plan: Plan,
+    pub effective_at: DateTime<Utc>,
+    /// Prorated lines for the rest of the billing period, billed on the next invoice.
+    pub proration: Vec<InvoiceLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeriodClosed {
+    pub period: Period,
+    pub base: Decimal,
+    pub limit: Decimal,
+    pub used: Decimal,
+    /// `max(0, used - base)` at full precision.
+    pub charge: Decimal,
+    pub next_period: Period,
+    pub next_limit: Decimal,
+    /// Set when this close also started a new billing period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_billing_period: Option<Period>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceIssued {
+    pub number: String,
+    pub issued_at: DateTime<Utc>,
+    pub due_date: DateTime<Utc>,
+    /// The credit period whose usage is billed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_period: Option<Period>,
+    /// The billing period whose subscription fee is billed in advance, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_period: Option<Period>,
+    pub lines: Vec<InvoiceLine>,
+    pub total: Decimal,
+    pub currency: String,
+    /// The customer as printed on the invoice.
+    pub customer_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_address: Option<String>,
+    pub serial_number: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoicePdfRendered {
+    pub number: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentMethodReplaced {
+    pub billing_email: String,
+    pub email_language: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub token: String,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: u32,
+    pub exp_year: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentSucceeded {
+    pub invoice_number: String,
+    pub reference: String,
+    pub amount: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub invoice_number: String,
+    pub reference: String,
+    pub amount_due: Decimal,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceVoided {
+    pub number: String,
+    pub reason: String,
+}
+
+/// Every event of an `account-<id>` stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountEvent {
+    AccountOpened(AccountOpened),
+    CreditLimitSet(CreditLimitSet),
+    CreditUnsubscribed(CreditUnsubscribed),
+    CreditsConsumed(CreditsConsumed),
+    CreditThresholdReached(CreditThresholdReached),
+    SeatsInUseReported(SeatsInUseReported),
+    PlanChanged(PlanChanged),
+    PeriodClosed(PeriodClosed),
+    InvoiceIssued(InvoiceIssued),
+    InvoicePdfRendered(InvoicePdfRendered),
+    PaymentMethodReplaced(PaymentMethodReplaced),
+    PaymentSucceeded(PaymentSucceeded),
+    PaymentFailed(PaymentFailed),
+    InvoiceVoided(InvoiceVoided),
+}
+
+macro_rules! event_codec {
+    ($($v:ident),* $(,)?) => {
+        impl AccountEvent {
+            /// The event's type name, as stored in the `type` column.
+            pub fn type_name(&self) -> &'static str {
+                match self { $(AccountEvent::$v(_) => stringify!($v),)* }
+            }
+            /// The payload as JSON bytes (without the type tag).
+            pub fn encode_payload(&self) -> Vec<u8> {
+                let r = match self { $(AccountEvent::$v(e) => serde_json::to_vec(e),)* };
+                r.expect("events serialise: they hold no maps with non-string keys")
+            }
+            /// Decodes a stored payload. `schema` selects an upcaster once a
+            /// variant has more than one version.
+            pub fn decode(type_name: &str, schema: u32, payload: &[u8]) -> Result<Self, DecodeError> {
+                if schema != SCHEMA_VERSION {
+                    return Err(DecodeError::Schema { type_name: type_name.to_string(), schema });
+                }
+                match type_name {
+                    $(stringify!($v) => serde_json::from_slice(payload)
+                        .map(AccountEvent::$v)
+                        .map_err(|e| DecodeError::Payload { type_name: type_name.to_string(), error: e.to_string() }),)*
+                    other => Err(DecodeError::UnknownType(other.to_string())),
+                }
+            }
+        }
+    };
+}
+
+event_codec!(
+    AccountOpened,
+    CreditLimitSet,
+    CreditUnsubscribed,
+    CreditsConsumed,
+    CreditThresholdReached,
+    SeatsInUseReported,
+    PlanChanged,
+    PeriodClosed,
+    InvoiceIssued,
+    InvoicePdfRendered,
+    PaymentMethodReplaced,
+    PaymentSucceeded,
+    PaymentFailed,
+    InvoiceVoided,
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event type {0}")]
+    UnknownType(String),
+    #[error("no upcaster for {type_name} schema {schema}")]
+    Schema { type_name: String, schema: u32 },
+    #[error("bad payload for {type_name}: {error}")]
+    Payload { type_name: String, error: String },
+}
