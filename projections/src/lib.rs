@@ -1,1 +1,7 @@
+//! Projections: read models that replay deterministically from the log, and
+//! the side-effect projectors (PDF, mail) that keep a durable checkpoint and
+//! never run during a rebuild.
 
+pub mod read_models;
+
+pub use read_models::{InvoiceRecord, ReadModels, StatusChange};

@@ -293,3 +293,62 @@ pub enum DecodeError {
     #[error("bad payload for {type_name}: {error}")]
     Payload { type_name: String, error: String },
 }
+
+/// Ledger-wide events outside account streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceNumberAssigned {
+    pub number: String,
+    pub year: i32,
+    pub sequence: u64,
+    pub account_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClockAdvanced {
+    pub now: DateTime<Utc>,
+}
+
+/// The stream that holds the invoice-number sequence.
+pub const INVOICE_SEQUENCE_STREAM: &str = "invoice-sequence";
+/// The stream that holds the manual clock's position.
+pub const CLOCK_STREAM: &str = "clock";
+
+/// Any event of the ledger, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LedgerEvent {
+    Account(AccountEvent),
+    InvoiceNumberAssigned(InvoiceNumberAssigned),
+    ClockAdvanced(ClockAdvanced),
+}
+
+impl LedgerEvent {
+    pub fn decode(type_name: &str, schema: u32, payload: &[u8]) -> Result<Self, DecodeError> {
+        let bad = |e: serde_json::Error| DecodeError::Payload {
+            type_name: type_name.to_string(),
+            error: e.to_string(),
+        };
+        match type_name {
+            "InvoiceNumberAssigned" => serde_json::from_slice(payload)
+                .map(LedgerEvent::InvoiceNumberAssigned)
+                .map_err(bad),
+            "ClockAdvanced" => serde_json::from_slice(payload)
+                .map(LedgerEvent::ClockAdvanced)
+                .map_err(bad),
+            _ => AccountEvent::decode(type_name, schema, payload).map(LedgerEvent::Account),
+        }
+    }
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            LedgerEvent::Account(e) => e.type_name(),
+            LedgerEvent::InvoiceNumberAssigned(_) => "InvoiceNumberAssigned",
+            LedgerEvent::ClockAdvanced(_) => "ClockAdvanced",
+        }
+    }
+    pub fn encode_payload(&self) -> Vec<u8> {
+        match self {
+            LedgerEvent::Account(e) => e.encode_payload(),
+            LedgerEvent::InvoiceNumberAssigned(e) => serde_json::to_vec(e).expect("serialisable"),
+            LedgerEvent::ClockAdvanced(e) => serde_json::to_vec(e).expect("serialisable"),
+        }
+    }
+}

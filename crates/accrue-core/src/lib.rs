@@ -12,11 +12,15 @@ pub mod money;
 pub mod period;
 
 pub use account::{
+    total_of, InvoiceState,
     decide, evolve, AccountState, Command, Context, OpenAccount, PaymentStatus, SeatsInUse,
     UsageInput, FUTURE_TOLERANCE_SECS,
 };
 pub use error::DomainError;
-pub use events::{AccountEvent, InvoiceLine, InvoiceStatus, Plan, SCHEMA_VERSION};
+pub use events::{
+    AccountEvent, InvoiceLine, InvoiceStatus, LedgerEvent, LineKind, Plan, CLOCK_STREAM,
+    INVOICE_SEQUENCE_STREAM, SCHEMA_VERSION,
+};
 pub use money::{parse_money, round_cents, Money, MoneyError, MAX_LIMIT_USD};
 pub use period::{add_months, period_containing, BillingFrequency, Period};
 

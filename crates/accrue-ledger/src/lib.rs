@@ -1,1 +1,235 @@
+//! accrue-ledger: the application service between the wire and the store.
+//!
+//! **One writer.** Every decision that changes the ledger is taken on one
+//! thread ([`writer`]) that owns the decision state of every account in
+//! memory. Decisions are therefore serialised per account (and globally), so
+//! no interleaving of concurrent requests can overdraw a limit or skip an
+//! invoice number, and a decision never reloads a stream. The writer drains
+//! whatever requests are waiting into one *group*, decides them in arrival
+//! order, appends the group's events in one durable transaction (group
+//! commit), applies them to the read models, and only then answers: a 200
+//! means the events are on disk.
 
+pub mod clock;
+pub mod idempotency;
+pub mod metrics;
+mod replay;
+mod writer;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use accrue_core::{AccountEvent, Command, DomainError, UsageInput};
+use accrue_projections::ReadModels;
+use accrue_store::{EventStore, StoreError};
+use chrono::{DateTime, Utc};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use tokio::sync::oneshot;
+
+pub use clock::{Clock, ClockMode};
+pub use metrics::Metrics;
+pub use replay::{replay_into, ReplayStats};
+
+/// Most events accepted in one ingest request.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the clock is not a manual clock")]
+    NotManualClock,
+    #[error("the clock only moves forward: it is at {current}, asked for {requested}")]
+    ClockBackwards {
+        current: DateTime<Utc>,
+        requested: DateTime<Utc>,
+    },
+    #[error("the ledger has stopped")]
+    Stopped,
+    #[error("corrupt ledger: {0}")]
+    Corrupt(String),
+}
+
+/// One usage event of a batch, parsed at the edge.
+#[derive(Debug, Clone)]
+pub enum UsageItem {
+    Valid {
+        account_id: String,
+        /// `occurred_at` is `None` when the producer left it out (→ now).
+        input: UsageInput,
+        occurred_at_given: bool,
+    },
+    Invalid { detail: String },
+}
+
+/// What happened to one usage event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageOutcome {
+    Accepted,
+    Duplicate,
+    Rejected { reason: &'static str, detail: String },
+}
+
+pub(crate) enum Job {
+    Usage {
+        items: Vec<UsageItem>,
+        reply: oneshot::Sender<Result<Vec<UsageOutcome>, LedgerError>>,
+    },
+    Command {
+        account_id: String,
+        command: Command,
+        reply: oneshot::Sender<Result<Vec<AccountEvent>, LedgerError>>,
+    },
+    /// A command addressed by invoice number (payments, voids).
+    InvoiceCommand {
+        number: String,
+        command: Command,
+        reply: oneshot::Sender<Result<Vec<AccountEvent>, LedgerError>>,
+    },
+    AdvanceClock {
+        now: DateTime<Utc>,
+        reply: oneshot::Sender<Result<DateTime<Utc>, LedgerError>>,
+    },
+    Stop,
+}
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn EventStore>,
+    pub read: RwLock<ReadModels>,
+    pub clock: Clock,
+    pub metrics: Metrics,
+}
+
+/// A handle to the ledger; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    shared: Arc<Shared>,
+    jobs: crossbeam_channel::Sender<Job>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Ledger {
+    /// Replays the store into the writer state and the read models, finishes
+    /// any period close that is due, and starts the writer thread.
+    pub fn open(store: Arc<dyn EventStore>, clock: ClockMode) -> Result<Ledger, LedgerError> {
+        let (state, read, stored_clock) = writer::load(store.as_ref())?;
+        let clock = Clock::new(clock, stored_clock);
+        let shared = Arc::new(Shared {
+            store,
+            read: RwLock::new(read),
+            clock,
+            metrics: Metrics::default(),
+        });
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let thread = writer::spawn(shared.clone(), state, rx)?;
+        Ok(Ledger {
+            shared,
+            jobs: tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.shared.store
+    }
+
+    /// The read models, for queries. Hold the guard briefly.
+    pub fn read(&self) -> RwLockReadGuard<'_, ReadModels> {
+        self.shared.read.read()
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.shared.clock.now()
+    }
+
+    pub fn is_manual_clock(&self) -> bool {
+        self.shared.clock.is_manual()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    fn send(&self, job: Job) -> Result<(), LedgerError> {
+        self.jobs.send(job).map_err(|_| LedgerError::Stopped)
+    }
+
+    /// Decides a batch of usage events in order; answers once they are durable.
+    pub async fn ingest(&self, items: Vec<UsageItem>) -> Result<Vec<UsageOutcome>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Usage { items, reply })?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// [`Ledger::ingest`] for callers outside an async runtime.
+    pub fn ingest_blocking(&self, items: Vec<UsageItem>) -> Result<Vec<UsageOutcome>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Usage { items, reply })?;
+        rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Runs one command against an account; returns the events it recorded.
+    pub async fn execute(&self, account_id: &str, command: Command) -> Result<Vec<AccountEvent>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Command {
+            account_id: account_id.to_string(),
+            command,
+            reply,
+        })?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    pub fn execute_blocking(&self, account_id: &str, command: Command) -> Result<Vec<AccountEvent>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Command {
+            account_id: account_id.to_string(),
+            command,
+            reply,
+        })?;
+        rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Runs a command against the account that owns an invoice.
+    pub async fn execute_for_invoice(&self, number: &str, command: Command) -> Result<Vec<AccountEvent>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::InvoiceCommand {
+            number: number.to_string(),
+            command,
+            reply,
+        })?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    pub fn execute_for_invoice_blocking(&self, number: &str, command: Command) -> Result<Vec<AccountEvent>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::InvoiceCommand {
+            number: number.to_string(),
+            command,
+            reply,
+        })?;
+        rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Moves the manual clock forward, closing every period that ends on the way.
+    pub async fn advance_clock(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::AdvanceClock { now, reply })?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    pub fn advance_clock_blocking(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::AdvanceClock { now, reply })?;
+        rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Stops the writer after the jobs already queued; waits for it.
+    pub fn shutdown(&self) {
+        let _ = self.jobs.send(Job::Stop);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Counters for `GET /metrics`, kept with atomics (no locks on the hot path).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Rejection reasons counted separately.
+pub const REASONS: [&str; 6] = [
+    "credit_limit_exceeded",
+    "unknown_account",
+    "invalid",
+    "id_conflict",
+    "period_closed",
+    "future",
+];
+
+/// Upper bounds of the ingest latency histogram, in seconds.
+pub const LATENCY_BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub events_appended: AtomicU64,
+    pub usage_accepted: AtomicU64,
+    pub usage_duplicate: AtomicU64,
+    pub rejections: [AtomicU64; 6],
+    pub commits: AtomicU64,
+    latency_buckets: [AtomicU64; 12],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: &str) {
+        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+            self.rejections[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records one ingest request's latency.
+    pub fn observe_ingest(&self, seconds: f64) {
+        for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
+            if seconds <= *b {
+                self.latency_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str("# HELP accrue_events_appended_total Events appended to the store.\n# TYPE accrue_events_appended_total counter\n");
+        s.push_str(&format!("accrue_events_appended_total {}\n", self.events_appended.load(Relaxed)));
+        s.push_str("# HELP accrue_commits_total Store transactions committed.\n# TYPE accrue_commits_total counter\n");
+        s.push_str(&format!("accrue_commits_total {}\n", self.commits.load(Relaxed)));
+        s.push_str("# HELP accrue_usage_events_total Usage events by outcome.\n# TYPE accrue_usage_events_total counter\n");
+        s.push_str(&format!("accrue_usage_events_total{{outcome=\"accepted\"}} {}\n", self.usage_accepted.load(Relaxed)));
+        s.push_str(&format!("accrue_usage_events_total{{outcome=\"duplicate\"}} {}\n", self.usage_duplicate.load(Relaxed)));
+        s.push_str("# HELP accrue_usage_rejections_total Rejected usage events by reason.\n# TYPE accrue_usage_rejections_total counter\n");
+        for (i, r) in REASONS.iter().enumerate() {
+            s.push_str(&format!("accrue_usage_rejections_total{{reason=\"{r}\"}} {}\n", self.rejections[i].load(Relaxed)));
+        }
+        s.push_str("# HELP accrue_ingest_latency_seconds Latency of ingest requests.\n# TYPE accrue_ingest_latency_seconds histogram\n");
+        for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
+            s.push_str(&format!("accrue_ingest_latency_seconds_bucket{{le=\"{b}\"}} {}\n", self.latency_buckets[i].load(Relaxed)));
+        }
+        let count = self.latency_count.load(Relaxed);
+        s.push_str(&format!("accrue_ingest_latency_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
+        s.push_str(&format!("accrue_ingest_latency_seconds_sum {}\n", self.latency_sum_us.load(Relaxed) as f64 / 1e6));
+        s.push_str(&format!("accrue_ingest_latency_seconds_count {count}\n"));
+        s
+    }
+}

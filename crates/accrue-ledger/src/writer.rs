@@ -1,0 +1,539 @@
+//! The single writer: owns every account's decision state, decides jobs in
+//! arrival order, and commits them in groups. See the crate docs for why.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use accrue_core::events::{ClockAdvanced, CreditsConsumed, InvoiceNumberAssigned, LedgerEvent};
+use accrue_core::invoice::format_number;
+use accrue_core::{
+    decide, AccountEvent, AccountState, Command, Context, DomainError, CLOCK_STREAM, INVOICE_SEQUENCE_STREAM,
+    SCHEMA_VERSION,
+};
+use accrue_projections::ReadModels;
+use accrue_store::{EventStore, ExpectedVersion, NewEvent, StoreError, StreamAppend};
+use chrono::{DateTime, Datelike, Utc};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tokio::sync::oneshot;
+
+use crate::idempotency::{self, IdempotencyIndex, Slot};
+use crate::{Job, LedgerError, Shared, UsageItem, UsageOutcome};
+
+/// Most events decided into one group before it is committed.
+const MAX_GROUP_EVENTS: usize = 20_000;
+/// How often the writer wakes without work (system-clock period closes).
+const TICK: Duration = Duration::from_millis(500);
+/// Page size of replays.
+const REPLAY_PAGE: usize = 10_000;
+
+/// Everything the writer decides with.
+#[derive(Default)]
+pub(crate) struct State {
+    pub accounts: HashMap<String, AccountState>,
+    pub idem: IdempotencyIndex,
+    /// The last invoice sequence number per year.
+    pub seq: HashMap<i32, u64>,
+    pub invoice_owner: HashMap<String, String>,
+    /// (end of current credit period, account): what closes next.
+    pub due: BTreeSet<(DateTime<Utc>, String)>,
+}
+
+fn account_of(stream: &str) -> Option<&str> {
+    stream.strip_prefix("account-")
+}
+
+impl State {
+    /// Indexes an account event the writer has applied (or replayed).
+    fn track(&mut self, account: &str, before: Option<DateTime<Utc>>, after: Option<DateTime<Utc>>, e: &AccountEvent) {
+        if before != after {
+            if let Some(b) = before {
+                self.due.remove(&(b, account.to_string()));
+            }
+            if let Some(a) = after {
+                self.due.insert((a, account.to_string()));
+            }
+        }
+        if let AccountEvent::InvoiceIssued(i) = e {
+            self.invoice_owner.insert(i.number.clone(), account.to_string());
+        }
+    }
+
+    fn apply_account(&mut self, account: &str, e: &AccountEvent) {
+        let st = self.accounts.entry(account.to_string()).or_default();
+        let before = st.period_end();
+        st.apply(e);
+        let after = st.period_end();
+        self.track(account, before, after, e);
+    }
+
+    /// Folds a committed event at `position` (replay at start).
+    fn apply_committed(&mut self, stream: &str, position: u64, e: &LedgerEvent) {
+        match e {
+            LedgerEvent::Account(ae) => {
+                let Some(account) = account_of(stream) else { return };
+                if let AccountEvent::CreditsConsumed(c) = ae {
+                    let h = idempotency::key(account, &c.usage_id);
+                    let taken = self.idem.by_hash(h).is_some();
+                    self.idem.insert(account, &c.usage_id, h, Slot::Committed(position), taken);
+                }
+                self.apply_account(account, ae);
+            }
+            LedgerEvent::InvoiceNumberAssigned(n) => {
+                let s = self.seq.entry(n.year).or_insert(0);
+                *s = (*s).max(n.sequence);
+            }
+            LedgerEvent::ClockAdvanced(_) => {}
+        }
+    }
+
+    fn next_invoice_number(&self, at: DateTime<Utc>) -> (i32, u64, String) {
+        let year = at.year();
+        let seq = self.seq.get(&year).copied().unwrap_or(0) + 1;
+        (year, seq, format_number(year, seq))
+    }
+}
+
+/// Replays the whole log into fresh writer state and read models.
+pub(crate) fn load(store: &dyn EventStore) -> Result<(State, ReadModels, Option<DateTime<Utc>>), LedgerError> {
+    let mut state = State::default();
+    let mut read = ReadModels::default();
+    let mut clock: Option<DateTime<Utc>> = None;
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, REPLAY_PAGE)?;
+        if page.is_empty() {
+            break;
+        }
+        for rec in &page {
+            let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload)
+                .map_err(|e| LedgerError::Corrupt(format!("event at position {}: {e}", rec.position)))?;
+            if let LedgerEvent::ClockAdvanced(c) = &e {
+                clock = Some(clock.map_or(c.now, |k| k.max(c.now)));
+            }
+            state.apply_committed(&rec.stream, rec.position, &e);
+            read.apply(rec.position, &rec.stream, rec.recorded_at, &e);
+            after = rec.position;
+        }
+    }
+    Ok((state, read, clock))
+}
+
+enum Reply {
+    Usage(oneshot::Sender<Result<Vec<UsageOutcome>, LedgerError>>, Vec<UsageOutcome>),
+    Command(oneshot::Sender<Result<Vec<AccountEvent>, LedgerError>>, Vec<AccountEvent>),
+    Clock(oneshot::Sender<Result<DateTime<Utc>, LedgerError>>, DateTime<Utc>),
+}
+
+impl Reply {
+    fn send_ok(self) {
+        match self {
+            Reply::Usage(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Command(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Clock(tx, v) => drop(tx.send(Ok(v))),
+        }
+    }
+    fn send_err(self, e: &str) {
+        let err = || LedgerError::Store(StoreError::Backend(e.to_string()));
+        match self {
+            Reply::Usage(tx, _) => drop(tx.send(Err(err()))),
+            Reply::Command(tx, _) => drop(tx.send(Err(err()))),
+            Reply::Clock(tx, _) => drop(tx.send(Err(err()))),
+        }
+    }
+}
+
+struct PendingUsage {
+    account: String,
+    usage_id: String,
+    hash: u64,
+    in_exact: bool,
+    stream: u32,
+    event: u32,
+}
+
+/// Events decided but not yet committed, and who waits for them.
+#[derive(Default)]
+struct Group {
+    appends: Vec<StreamAppend>,
+    decoded: Vec<Vec<LedgerEvent>>,
+    index: HashMap<String, usize>,
+    pending_usage: Vec<PendingUsage>,
+    replies: Vec<Reply>,
+    events: usize,
+}
+
+impl Group {
+    /// Adds an event to its stream's append; `version_before` is the stream's
+    /// version before this event (the expectation if the stream is new here).
+    fn push(&mut self, stream: &str, version_before: Option<u64>, occurred_at: DateTime<Utc>, e: LedgerEvent) -> (u32, u32) {
+        let i = match self.index.get(stream) {
+            Some(i) => *i,
+            None => {
+                self.appends.push(StreamAppend {
+                    stream: stream.to_string(),
+                    expected: version_before.map_or(ExpectedVersion::Any, ExpectedVersion::Exact),
+                    events: Vec::new(),
+                });
+                self.decoded.push(Vec::new());
+                self.index.insert(stream.to_string(), self.appends.len() - 1);
+                self.appends.len() - 1
+            }
+        };
+        self.appends[i].events.push(NewEvent {
+            type_name: e.type_name(),
+            schema: SCHEMA_VERSION,
+            occurred_at,
+            payload: e.encode_payload(),
+        });
+        self.decoded[i].push(e);
+        self.events += 1;
+        (i as u32, (self.decoded[i].len() - 1) as u32)
+    }
+}
+
+/// When an event happened in business time.
+fn occurred_at(e: &AccountEvent, now: DateTime<Utc>) -> DateTime<Utc> {
+    match e {
+        AccountEvent::CreditsConsumed(c) => c.occurred_at,
+        AccountEvent::PeriodClosed(c) => c.period.end,
+        AccountEvent::InvoiceIssued(i) => i.issued_at,
+        AccountEvent::AccountOpened(o) => o.opened_at,
+        _ => now,
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    state: State,
+    group: Group,
+}
+
+pub(crate) fn spawn(shared: Arc<Shared>, state: State, jobs: Receiver<Job>) -> Result<JoinHandle<()>, LedgerError> {
+    let mut w = Writer {
+        shared,
+        state,
+        group: Group::default(),
+    };
+    // Finish any close that came due while we were down, before serving.
+    w.close_due(w.shared.clock.now());
+    w.flush();
+    std::thread::Builder::new()
+        .name("accrue-writer".into())
+        .spawn(move || w.run(jobs))
+        .map_err(|e| LedgerError::Corrupt(format!("cannot start the writer: {e}")))
+}
+
+impl Writer {
+    fn run(mut self, jobs: Receiver<Job>) {
+        loop {
+            let first = match jobs.recv_timeout(TICK) {
+                Ok(j) => Some(j),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if !self.shared.clock.is_manual() {
+                self.close_due(self.shared.clock.now());
+            }
+            let mut stop = false;
+            if let Some(job) = first {
+                stop = self.handle(job);
+                while !stop && self.group.events < MAX_GROUP_EVENTS {
+                    match jobs.try_recv() {
+                        Ok(job) => stop = self.handle(job),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.flush();
+            if stop {
+                break;
+            }
+        }
+    }
+
+    /// Handles one job; true when the writer should stop.
+    fn handle(&mut self, job: Job) -> bool {
+        match job {
+            Job::Usage { items, reply } => {
+                let now = self.shared.clock.now();
+                let outcomes = items.into_iter().map(|i| self.consume(i, now)).collect();
+                self.group.replies.push(Reply::Usage(reply, outcomes));
+            }
+            Job::Command { account_id, command, reply } => {
+                let now = self.shared.clock.now();
+                match self.command(&account_id, command, now) {
+                    Ok(events) => self.group.replies.push(Reply::Command(reply, events)),
+                    Err(e) => drop(reply.send(Err(e))),
+                }
+            }
+            Job::InvoiceCommand { number, command, reply } => {
+                let now = self.shared.clock.now();
+                let result = match self.state.invoice_owner.get(&number).cloned() {
+                    None => Err(LedgerError::Domain(DomainError::UnknownInvoice)),
+                    Some(account) => self.command(&account, command, now),
+                };
+                match result {
+                    Ok(events) => self.group.replies.push(Reply::Command(reply, events)),
+                    Err(e) => drop(reply.send(Err(e))),
+                }
+            }
+            Job::AdvanceClock { now, reply } => self.advance_clock(now, reply),
+            Job::Stop => return true,
+        }
+        false
+    }
+
+    fn advance_clock(&mut self, now: DateTime<Utc>, reply: oneshot::Sender<Result<DateTime<Utc>, LedgerError>>) {
+        if !self.shared.clock.is_manual() {
+            let _ = reply.send(Err(LedgerError::NotManualClock));
+            return;
+        }
+        let now = crate::clock::truncate(now);
+        let current = self.shared.clock.now();
+        if now < current {
+            let _ = reply.send(Err(LedgerError::ClockBackwards { current, requested: now }));
+            return;
+        }
+        // Earlier jobs were decided at the old time: commit them first. Then
+        // record the new position before closing, so a crash in the middle
+        // of the closes resumes at this time and finishes them at start.
+        self.flush();
+        self.shared.clock.set(now);
+        self.group.push(CLOCK_STREAM, None, now, LedgerEvent::ClockAdvanced(ClockAdvanced { now }));
+        self.flush();
+        self.close_due(now);
+        self.group.replies.push(Reply::Clock(reply, now));
+    }
+
+    /// Closes every credit period that ended at or before `now`, in time order.
+    fn close_due(&mut self, now: DateTime<Utc>) {
+        while let Some((end, account)) = self.state.due.first().cloned() {
+            if end > now {
+                break;
+            }
+            let ctx = Context { now: end };
+            let (_, _, number) = self.state.next_invoice_number(end);
+            match self.decide_and_stage(&account, Command::ClosePeriod { invoice_number: number }, &ctx) {
+                Ok(_) => {}
+                Err(e) => {
+                    // Cannot happen for a due period; never loop on it.
+                    tracing::error!(account, error = %e, "period close failed");
+                    self.state.due.remove(&(end, account));
+                }
+            }
+            if self.group.events >= MAX_GROUP_EVENTS {
+                self.flush();
+            }
+        }
+    }
+
+    fn command(&mut self, account: &str, command: Command, now: DateTime<Utc>) -> Result<Vec<AccountEvent>, LedgerError> {
+        let command = match command {
+            Command::Open(mut open) => {
+                let (_, _, number) = self.state.next_invoice_number(now);
+                open.invoice_number = number;
+                open.account_id = account.to_string();
+                Command::Open(open)
+            }
+            Command::ClosePeriod { .. } => {
+                return Err(LedgerError::Domain(DomainError::Invalid("periods close by the clock".into())))
+            }
+            other => other,
+        };
+        self.decide_and_stage(account, command, &Context { now })
+    }
+
+    /// Decides against the account's state, applies the events to it, and
+    /// stages them (plus an invoice number if one was used) in the group.
+    fn decide_and_stage(&mut self, account: &str, command: Command, ctx: &Context) -> Result<Vec<AccountEvent>, LedgerError> {
+        static EMPTY: std::sync::OnceLock<AccountState> = std::sync::OnceLock::new();
+        let state = self
+            .state
+            .accounts
+            .get(account)
+            .unwrap_or_else(|| EMPTY.get_or_init(AccountState::default));
+        let events = decide(state, command, ctx)?;
+        self.stage(account, &events, ctx.now);
+        Ok(events)
+    }
+
+    fn stage(&mut self, account: &str, events: &[AccountEvent], now: DateTime<Utc>) -> Vec<(u32, u32)> {
+        let stream = format!("account-{account}");
+        let mut at = Vec::with_capacity(events.len());
+        for e in events {
+            let version_before = self.state.accounts.get(account).map_or(0, |s| s.version);
+            self.state.apply_account(account, e);
+            at.push(self.group.push(&stream, Some(version_before), occurred_at(e, now), LedgerEvent::Account(e.clone())));
+            if let AccountEvent::InvoiceIssued(i) = e {
+                let (year, sequence, number) = self.state.next_invoice_number(i.issued_at);
+                debug_assert_eq!(number, i.number, "invoice numbers are taken in order");
+                self.state.seq.insert(year, sequence);
+                self.group.push(
+                    INVOICE_SEQUENCE_STREAM,
+                    None,
+                    i.issued_at,
+                    LedgerEvent::InvoiceNumberAssigned(InvoiceNumberAssigned {
+                        number,
+                        year,
+                        sequence,
+                        account_id: account.to_string(),
+                    }),
+                );
+            }
+        }
+        at
+    }
+
+    /// Decides one usage event.
+    fn consume(&mut self, item: UsageItem, now: DateTime<Utc>) -> UsageOutcome {
+        let outcome = self.consume_inner(item, now);
+        let m = &self.shared.metrics;
+        match &outcome {
+            UsageOutcome::Accepted => m.usage_accepted.fetch_add(1, Relaxed),
+            UsageOutcome::Duplicate => m.usage_duplicate.fetch_add(1, Relaxed),
+            UsageOutcome::Rejected { reason, .. } => {
+                m.reject(reason);
+                0
+            }
+        };
+        outcome
+    }
+
+    fn consume_inner(&mut self, item: UsageItem, now: DateTime<Utc>) -> UsageOutcome {
+        let (account, mut input, given) = match item {
+            UsageItem::Invalid { detail } => return UsageOutcome::Rejected { reason: "invalid", detail },
+            UsageItem::Valid { account_id, input, occurred_at_given } => (account_id, input, occurred_at_given),
+        };
+        if !self.state.accounts.get(&account).is_some_and(|s| s.is_open()) {
+            return UsageOutcome::Rejected {
+                reason: "unknown_account",
+                detail: format!("no account {account:?}"),
+            };
+        }
+        if !given {
+            input.occurred_at = now;
+        }
+        let hash = idempotency::key(&account, &input.usage_id);
+        let (existing, hash_taken) = self.find_usage(&account, &input.usage_id, hash);
+        if let Some(prior) = existing {
+            let same = prior.amount == input.amount
+                && prior.product == input.product
+                && prior.feature == input.feature
+                && prior.metadata == input.metadata
+                && (!given || prior.occurred_at == input.occurred_at);
+            return if same {
+                UsageOutcome::Duplicate
+            } else {
+                UsageOutcome::Rejected {
+                    reason: "id_conflict",
+                    detail: format!("usage id {:?} was recorded with other content", input.usage_id),
+                }
+            };
+        }
+        let usage_id = input.usage_id.clone();
+        let state = &self.state.accounts[&account];
+        match decide(state, Command::Consume(input), &Context { now }) {
+            Err(e) => UsageOutcome::Rejected {
+                reason: e.reason(),
+                detail: e.to_string(),
+            },
+            Ok(events) => {
+                let at = self.stage(&account, &events, now);
+                let (stream, event) = at[0];
+                let in_exact = self.state.idem.insert(&account, &usage_id, hash, Slot::Pending { stream, event }, hash_taken);
+                self.group.pending_usage.push(PendingUsage { account, usage_id, hash, in_exact, stream, event });
+                UsageOutcome::Accepted
+            }
+        }
+    }
+
+    /// The usage event already recorded under (account, id), if any, and
+    /// whether the key's hash is taken by another key.
+    fn find_usage(&self, account: &str, usage_id: &str, hash: u64) -> (Option<CreditsConsumed>, bool) {
+        let Some(slot) = self.state.idem.by_hash(hash) else {
+            return (None, false);
+        };
+        if let Some(c) = self.load_usage(account, slot) {
+            if c.usage_id == usage_id {
+                return (Some(c), true);
+            }
+        }
+        // Another key owns this hash: look in the exact table.
+        let found = self.state.idem.exact(account, usage_id).and_then(|s| self.load_usage(account, s));
+        (found, true)
+    }
+
+    fn load_usage(&self, account: &str, slot: Slot) -> Option<CreditsConsumed> {
+        let (stream, event) = match slot {
+            Slot::Pending { stream, event } => {
+                let s = stream as usize;
+                (self.group.appends.get(s)?.stream.clone(), self.group.decoded.get(s)?.get(event as usize)?.clone())
+            }
+            Slot::Committed(pos) => {
+                let rec = self.shared.store.read_at(pos).ok()??;
+                let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload).ok()?;
+                (rec.stream, e)
+            }
+        };
+        match event {
+            LedgerEvent::Account(AccountEvent::CreditsConsumed(c)) if account_of(&stream) == Some(account) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Commits the group in one transaction, applies it to the read models,
+    /// then answers everyone waiting on it.
+    fn flush(&mut self) {
+        let group = std::mem::take(&mut self.group);
+        if group.appends.is_empty() {
+            for r in group.replies {
+                r.send_ok();
+            }
+            return;
+        }
+        let recorded_at = self.shared.clock.now();
+        match self.shared.store.append(&group.appends, recorded_at) {
+            Ok(appended) => {
+                let mut first = Vec::with_capacity(group.appends.len());
+                let mut pos = appended.first_position;
+                for a in &group.appends {
+                    first.push(pos);
+                    pos += a.events.len() as u64;
+                }
+                {
+                    let mut read = self.shared.read.write();
+                    for (i, a) in group.appends.iter().enumerate() {
+                        for (j, e) in group.decoded[i].iter().enumerate() {
+                            read.apply(first[i] + j as u64, &a.stream, recorded_at, e);
+                        }
+                    }
+                }
+                for p in &group.pending_usage {
+                    let position = first[p.stream as usize] + u64::from(p.event);
+                    self.state.idem.commit(&p.account, &p.usage_id, p.hash, position, p.in_exact);
+                }
+                self.shared.metrics.events_appended.fetch_add(group.events as u64, Relaxed);
+                self.shared.metrics.commits.fetch_add(1, Relaxed);
+                for r in group.replies {
+                    r.send_ok();
+                }
+            }
+            Err(e) => {
+                // Nothing of the group is stored. The writer's state already
+                // holds its decisions: rebuild it from the log, the truth.
+                tracing::error!(error = %e, "append failed; reloading the writer state");
+                let msg = e.to_string();
+                match load(self.shared.store.as_ref()) {
+                    Ok((state, _, _)) => self.state = state,
+                    Err(e) => tracing::error!(error = %e, "reload failed"),
+                }
+                for r in group.replies {
+                    r.send_err(&msg);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The read models: account overviews and invoices, folded from the global
+//! order. `apply` is the only way in, for live updates and rebuilds alike, so
+//! a rebuild gives the same models as the live ones.
+
+use std::collections::HashMap;
+
+use accrue_core::events::{InvoiceIssued, LedgerEvent};
+use accrue_core::{AccountEvent, AccountState, InvoiceStatus};
+use chrono::{DateTime, Utc};
+
+/// One status change of an invoice, as finance sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub status: InvoiceStatus,
+    pub at: DateTime<Utc>,
+    pub position: u64,
+    pub event: &'static str,
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvoiceRecord {
+    pub account_id: String,
+    pub issued: InvoiceIssued,
+    pub status: InvoiceStatus,
+    pub history: Vec<StatusChange>,
+    pub pdf_sha256: Option<String>,
+    /// The last failed payment's reason, while unpaid.
+    pub last_failure: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReadModels {
+    /// The global position applied last (the checkpoint).
+    pub position: u64,
+    pub accounts: HashMap<String, AccountState>,
+    pub invoices: HashMap<String, InvoiceRecord>,
+    /// Invoice numbers per account, in issue order.
+    pub invoices_by_account: HashMap<String, Vec<String>>,
+}
+
+/// `account-<id>` → `<id>`.
+pub fn account_of(stream: &str) -> Option<&str> {
+    stream.strip_prefix("account-")
+}
+
+impl ReadModels {
+    /// Folds one event. Positions must arrive in increasing order.
+    pub fn apply(&mut self, position: u64, stream: &str, recorded_at: DateTime<Utc>, event: &LedgerEvent) {
+        debug_assert!(position > self.position, "read models replay in global order");
+        self.position = position;
+        let LedgerEvent::Account(event) = event else { return };
+        let Some(account) = account_of(stream) else { return };
+        let state = self.accounts.entry(account.to_string()).or_default();
+        state.apply(event);
+        match event {
+            AccountEvent::InvoiceIssued(i) => {
+                self.invoices_by_account
+                    .entry(account.to_string())
+                    .or_default()
+                    .push(i.number.clone());
+                self.invoices.insert(
+                    i.number.clone(),
+                    InvoiceRecord {
+                        account_id: account.to_string(),
+                        issued: i.clone(),
+                        status: InvoiceStatus::Unpaid,
+                        history: vec![StatusChange {
+                            status: InvoiceStatus::Unpaid,
+                            at: i.issued_at,
+                            position,
+                            event: "InvoiceIssued",
+                            reference: None,
+                        }],
+                        pdf_sha256: None,
+                        last_failure: None,
+                    },
+                );
+            }
+            AccountEvent::InvoicePdfRendered(e) => {
+                if let Some(r) = self.invoices.get_mut(&e.number) {
+                    r.pdf_sha256 = Some(e.sha256.clone());
+                }
+            }
+            AccountEvent::PaymentSucceeded(e) => {
+                if let Some(r) = self.invoices.get_mut(&e.invoice_number) {
+                    r.status = InvoiceStatus::Paid;
+                    r.last_failure = None;
+                    r.history.push(StatusChange {
+                        status: InvoiceStatus::Paid,
+                        at: recorded_at,
+                        position,
+                        event: "PaymentSucceeded",
+                        reference: Some(e.reference.clone()),
+                    });
+                }
+            }
+            AccountEvent::PaymentFailed(e) => {
+                if let Some(r) = self.invoices.get_mut(&e.invoice_number) {
+                    r.last_failure = Some(e.reason.clone());
+                    r.history.push(StatusChange {
+                        status: r.status,
+                        at: recorded_at,
+                        position,
+                        event: "PaymentFailed",
+                        reference: Some(e.reference.clone()),
+                    });
+                }
+            }
+            AccountEvent::InvoiceVoided(e) => {
+                if let Some(r) = self.invoices.get_mut(&e.number) {
+                    r.status = InvoiceStatus::Void;
+                    r.history.push(StatusChange {
+                        status: InvoiceStatus::Void,
+                        at: recorded_at,
+                        position,
+                        event: "InvoiceVoided",
+                        reference: None,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
