@@ -2,6 +2,7 @@
 //! the side-effect projectors (PDF, mail) that keep a durable checkpoint and
 //! never run during a rebuild.
 
+pub mod pdf;
 pub mod read_models;
 
 pub use read_models::{InvoiceRecord, ReadModels, StatusChange};

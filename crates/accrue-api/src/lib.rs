@@ -1,1 +1,55 @@
+//! accrue-api: the only crate that knows HTTP and the JSON wire format.
 
+pub mod auth;
+pub mod dto;
+pub mod error;
+pub mod extract;
+mod openapi;
+pub mod pan;
+mod routes;
+
+use std::sync::Arc;
+
+use accrue_ledger::Ledger;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::Router;
+
+pub use auth::Tokens;
+
+/// Largest request body accepted (a full 10,000-event batch fits easily).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub ledger: Ledger,
+    pub tokens: Arc<Tokens>,
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    use routes::*;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/accounts", post(create_account))
+        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/accounts/{id}/plan", put(change_plan))
+        .route("/v1/accounts/{id}/seats-in-use", put(report_seats))
+        .route("/v1/accounts/{id}/credit-subscription", put(subscribe).delete(unsubscribe))
+        .route("/v1/accounts/{id}/payment-method", put(replace_payment_method))
+        .route("/v1/accounts/{id}/invoices", get(list_invoices))
+        .route("/v1/accounts/{id}/events", get(account_events))
+        .route("/v1/usage", post(post_usage))
+        .route("/v1/payments", post(post_payment))
+        .route("/v1/invoices/{number}", get(get_invoice))
+        .route("/v1/invoices/{number}/pdf", get(get_invoice_pdf))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/clock", post(move_clock).get(get_clock))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -10,9 +10,11 @@
 //! commit), applies them to the read models, and only then answers: a 200
 //! means the events are on disk.
 
+pub mod audit;
 pub mod clock;
 pub mod idempotency;
 pub mod metrics;
+pub mod projectors;
 mod replay;
 mod writer;
 
@@ -28,7 +30,7 @@ use tokio::sync::oneshot;
 
 pub use clock::{Clock, ClockMode};
 pub use metrics::Metrics;
-pub use replay::{replay_into, ReplayStats};
+pub use replay::{account_as_of, replay_into, ReplayStats};
 
 /// Most events accepted in one ingest request.
 pub const MAX_BATCH_EVENTS: usize = 10_000;

@@ -1,1 +1,201 @@
-fn main() {}
+//! The accrue binary: CLI, configuration and wiring. Thin by design.
+
+mod bench;
+mod demo;
+mod progress;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use accrue_api::{AppState, Tokens};
+use accrue_ledger::{ClockMode, Ledger};
+use accrue_store::sqlite::SqliteStore;
+use accrue_store::EventStore;
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "accrue", version, about = "Event-sourced billing and AI-credits ledger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Data folder (the embedded store, PDFs, outbox).
+    #[arg(long, default_value = "./accrue-data", env = "ACCRUE_DATA")]
+    data: PathBuf,
+    /// Event store: `sqlite:PATH` (default: DATA/ledger.db), `postgres://…`, `esdb://…`.
+    #[arg(long, env = "ACCRUE_STORE")]
+    store: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the HTTP server.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Address to listen on (port 0 picks a free one; the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080", env = "ACCRUE_LISTEN")]
+        listen: SocketAddr,
+        /// Start a manual clock at this instant (moves only through POST /v1/clock).
+        #[arg(long)]
+        clock: Option<String>,
+        /// SMTP relay, `smtp://host:port`; without it mails go to DATA/outbox as .eml files.
+        #[arg(long, env = "ACCRUE_SMTP")]
+        smtp: Option<String>,
+    },
+    /// A whole month for a few accounts on a fresh embedded store: PDFs written, a summary printed.
+    Demo {
+        /// Where to write the demo's store, PDFs and emails.
+        #[arg(long, default_value = "./accrue-demo")]
+        out: PathBuf,
+    },
+    /// Replay every read model from position 0 and check it against a live load.
+    Rebuild {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Audit commands.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
+    /// Measure the performance targets (prints one JSON line last).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Recompute every stream's hash chain; exit 1 on a break.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
+    let url = args.store.clone().unwrap_or_else(|| format!("sqlite:{}", args.data.join("ledger.db").display()));
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.trim_start_matches("//");
+        let store = SqliteStore::open(path).with_context(|| format!("opening the SQLite store at {path}"))?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        bail!("the PostgreSQL backend is not built yet (see ARCHITECTURE.md); use sqlite:PATH");
+    }
+    if url.starts_with("esdb://") || url.starts_with("kurrentdb://") {
+        bail!("the EventStoreDB/KurrentDB backend is not built yet (see ARCHITECTURE.md); use sqlite:PATH");
+    }
+    bail!("unknown store URL {url:?}: expected sqlite:PATH, postgres://… or esdb://…")
+}
+
+fn parse_clock(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(s).with_context(|| format!("--clock {s:?} is not an RFC 3339 instant"))?.with_timezone(&Utc))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACCRUE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Serve { store, listen, clock, smtp } => serve(store, listen, clock, smtp),
+        Cmd::Demo { out } => demo::run(&out),
+        Cmd::Rebuild { store } => rebuild(&store),
+        Cmd::Audit { command: AuditCmd::Verify { store } } => verify(&store),
+        Cmd::Bench(args) => bench::run(args),
+    }
+}
+
+fn serve(args: StoreArgs, listen: SocketAddr, clock: Option<String>, smtp: Option<String>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    let store = open_store(&args)?;
+    let mode = match clock {
+        Some(c) => ClockMode::Manual(parse_clock(&c)?),
+        None => ClockMode::System,
+    };
+    let ledger = Ledger::open(store.clone(), mode)?;
+    let admin = std::env::var("ACCRUE_ADMIN_TOKEN").ok();
+    let (tokens, generated) = Tokens::load(store, admin.as_deref()).map_err(|e| anyhow::anyhow!(e.detail))?;
+    if let Some(t) = generated {
+        println!("admin token (shown once, store it now): {t}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let pdf = accrue_ledger::projectors::spawn_pdf_writer(ledger.clone(), args.data.join("invoices"), stop.clone())?;
+    if smtp.is_some() {
+        tracing::warn!("--smtp is accepted but mail delivery is not built yet; no mail is sent");
+    }
+    let state = AppState { ledger: ledger.clone(), tokens: Arc::new(tokens) };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        println!("accrue listening on http://{addr}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        axum::serve(listener, accrue_api::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        anyhow::Ok(())
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    ledger.shutdown();
+    let _ = pdf.join();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn rebuild(args: &StoreArgs) -> anyhow::Result<()> {
+    let store = open_store(args)?;
+    let bar = progress::Progress::new("rebuild", store.head_position()?);
+    let mut models = accrue_projections::ReadModels::default();
+    let stats = accrue_ledger::replay_into(store.as_ref(), &mut models, |pos, _| bar.set(pos))?;
+    bar.finish();
+    println!(
+        "rebuilt {} events into {} accounts and {} invoices in {:.3} s ({:.0} events/s)",
+        stats.events,
+        models.accounts.len(),
+        models.invoices.len(),
+        stats.seconds,
+        stats.events as f64 / stats.seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+fn verify(args: &StoreArgs) -> anyhow::Result<()> {
+    let store = open_store(args)?;
+    let bar = progress::Progress::new("verify", store.head_position()?);
+    let r = accrue_ledger::audit::verify(store.as_ref(), |pos, _| bar.set(pos))?;
+    bar.finish();
+    let broken = r.first_broken.as_ref().map(|b| {
+        serde_json::json!({"position": b.position, "stream": b.stream, "version": b.version, "reason": b.reason})
+    });
+    println!(
+        "{}",
+        serde_json::json!({"ok": r.ok, "events": r.events, "streams": r.streams, "head_hash": r.head_hash, "first_broken": broken})
+    );
+    if !r.ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}

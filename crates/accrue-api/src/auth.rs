@@ -1,0 +1,137 @@
+//! Bearer tokens and roles. Tokens are random, shown once, and stored only
+//! as SHA-256 hashes in the store's meta area.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use accrue_store::EventStore;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Ingest,
+    Auditor,
+    Account,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+}
+
+impl Principal {
+    /// 403 unless the role is one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+
+    /// Reads of one account: admin and auditor see all; an account token
+    /// sees only its own (others are "not found", not "forbidden", so ids do
+    /// not leak).
+    pub fn may_read_account(&self, account_id: &str) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin | Role::Auditor => Ok(()),
+            Role::Account if self.account_id.as_deref() == Some(account_id) => Ok(()),
+            Role::Account => Err(ApiError::not_found(format!("no account {account_id:?}"))),
+            Role::Ingest => Err(ApiError::forbidden()),
+        }
+    }
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn new_token() -> String {
+    format!("acr_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+pub struct Tokens {
+    store: Arc<dyn EventStore>,
+    cache: RwLock<HashMap<String, Principal>>,
+    admin_hash: Option<String>,
+}
+
+impl Tokens {
+    /// Loads issued tokens. The admin token is `admin_token` if given
+    /// (from `ACCRUE_ADMIN_TOKEN`); otherwise one is generated at the first
+    /// start and returned here, once, to be printed.
+    pub fn load(store: Arc<dyn EventStore>, admin_token: Option<&str>) -> Result<(Tokens, Option<String>), ApiError> {
+        let mut cache = HashMap::new();
+        for (k, v) in store.meta_list("token:").map_err(|e| ApiError::internal(e.to_string()))? {
+            if let Ok(p) = serde_json::from_str::<Principal>(&v) {
+                cache.insert(k.trim_start_matches("token:").to_string(), p);
+            }
+        }
+        let mut generated = None;
+        let admin_hash = match admin_token.filter(|t| !t.is_empty()) {
+            Some(t) => Some(hash(t)),
+            None => {
+                if store.meta_get("admin_token_generated").map_err(|e| ApiError::internal(e.to_string()))?.is_none() {
+                    let t = new_token();
+                    let p = Principal { role: Role::Admin, account_id: None };
+                    let h = hash(&t);
+                    store
+                        .meta_put(&format!("token:{h}"), &serde_json::to_string(&p).unwrap_or_default())
+                        .and_then(|_| store.meta_put("admin_token_generated", "1"))
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    cache.insert(h, p);
+                    generated = Some(t);
+                }
+                None
+            }
+        };
+        Ok((Tokens { store, cache: RwLock::new(cache), admin_hash }, generated))
+    }
+
+    pub fn principal(&self, token: &str) -> Option<Principal> {
+        let h = hash(token);
+        if self.admin_hash.as_deref() == Some(h.as_str()) {
+            return Some(Principal { role: Role::Admin, account_id: None });
+        }
+        self.cache.read().get(&h).cloned()
+    }
+
+    pub fn issue(&self, principal: Principal) -> Result<String, ApiError> {
+        let t = new_token();
+        let h = hash(&t);
+        self.store
+            .meta_put(&format!("token:{h}"), &serde_json::to_string(&principal).unwrap_or_default())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.cache.write().insert(h, principal);
+        Ok(t)
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(ApiError::unauthorized)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(ApiError::unauthorized)?;
+        state.tokens.principal(token).ok_or_else(ApiError::unauthorized)
+    }
+}

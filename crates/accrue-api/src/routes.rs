@@ -1,0 +1,760 @@
+//! Handlers. Each one: who may call it, parse at the edge, one ledger call,
+//! one response.
+
+use std::time::Instant;
+
+use accrue_core::events::{PaymentMethodReplaced, Plan};
+use accrue_core::{parse_money, AccountId, AccountState, BillingFrequency, Command, OpenAccount, SeatsInUse, UsageInput};
+use accrue_ledger::{UsageItem, UsageOutcome, MAX_BATCH_EVENTS};
+use accrue_projections::InvoiceRecord;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::auth::{Principal, Role};
+use crate::dto::*;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_json, Body, Q};
+use crate::AppState;
+
+const ADMIN: &[Role] = &[Role::Admin];
+const READERS: &[Role] = &[Role::Admin, Role::Auditor, Role::Account];
+const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
+
+/// Longest usage id, product or feature name accepted.
+const MAX_ID_LEN: usize = 128;
+/// Largest metadata object accepted per usage event, serialised.
+const MAX_METADATA_BYTES: usize = 4096;
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.ledger.metrics().render(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such resource")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this method is not allowed here")
+}
+
+fn parse_account_id(id: &str) -> ApiResult<AccountId> {
+    AccountId::parse(id).map_err(|_| ApiError::not_found(format!("no account {id:?}")))
+}
+
+fn live_overview(st: &AppState, id: &str) -> ApiResult<Overview> {
+    let read = st.ledger.read();
+    read.accounts
+        .get(id)
+        .and_then(|s| overview(s, None))
+        .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))
+}
+
+fn parse_instant(name: &str, s: &str) -> ApiResult<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    Err(ApiError::unprocessable(format!("{name} must be an RFC 3339 timestamp, got {s:?}")))
+}
+
+// ---------------------------------------------------------------- tokens
+
+pub async fn create_token(State(st): State<AppState>, p: Principal, Body(req): Body<TokenRequest>) -> ApiResult<Response> {
+    p.require(ADMIN)?;
+    let account_id = match (req.role, req.account_id) {
+        (Role::Account, Some(id)) => {
+            live_overview(&st, &id)?;
+            Some(id)
+        }
+        (Role::Account, None) => return Err(ApiError::unprocessable("an account token needs an account_id")),
+        (_, Some(_)) => return Err(ApiError::unprocessable("only account tokens take an account_id")),
+        (_, None) => None,
+    };
+    let token = st.tokens.issue(Principal { role: req.role, account_id: account_id.clone() })?;
+    Ok((StatusCode::CREATED, Json(TokenResponse { token, role: req.role, account_id })).into_response())
+}
+
+// ---------------------------------------------------------------- accounts
+
+fn plan_from(dto: &PlanDto) -> ApiResult<Plan> {
+    let seats = |name: &str, n: i64| -> ApiResult<u32> {
+        if (0..=1_000_000).contains(&n) {
+            Ok(n as u32)
+        } else {
+            Err(ApiError::unprocessable(format!("{name} must be between 0 and 1000000, got {n}")))
+        }
+    };
+    for (name, m) in [
+        ("full_seat_price", dto.full_seat_price),
+        ("viewer_seat_price", dto.viewer_seat_price),
+        ("data_management_price", dto.data_management_price),
+    ] {
+        if m.0 < Decimal::ZERO {
+            return Err(ApiError::unprocessable(format!("{name} must not be negative")));
+        }
+    }
+    Ok(Plan {
+        full_seats: seats("full_seats", dto.full_seats)?,
+        full_seat_price: dto.full_seat_price.0,
+        viewer_seats: seats("viewer_seats", dto.viewer_seats)?,
+        viewer_seat_price: dto.viewer_seat_price.0,
+        data_management: dto.data_management,
+        data_management_price: dto.data_management_price.0,
+    })
+}
+
+fn serial_number() -> String {
+    let u = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
+    format!("ACR-{}-{}-{}-{}", &u[0..4], &u[4..8], &u[8..12], &u[12..16])
+}
+
+fn check_email(e: &str) -> ApiResult<()> {
+    let ok = e.len() <= 254 && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.')) && !e.contains(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(format!("billing_email {e:?} is not an email address")))
+    }
+}
+
+fn check_text(name: &str, s: &str, max: usize) -> ApiResult<()> {
+    if s.trim().is_empty() || s.chars().count() > max {
+        return Err(ApiError::unprocessable(format!("{name} must be 1 to {max} characters")));
+    }
+    Ok(())
+}
+
+pub async fn create_account(State(st): State<AppState>, p: Principal, Body(req): Body<CreateAccount>) -> ApiResult<Response> {
+    p.require(ADMIN)?;
+    let id = AccountId::parse(&req.id).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    check_text("name", &req.name, 200)?;
+    check_email(&req.billing_email)?;
+    if let Some(a) = &req.address {
+        check_text("address", a, 500)?;
+    }
+    if req.currency != "USD" {
+        return Err(ApiError::unprocessable(format!("currency must be USD, got {:?}", req.currency)));
+    }
+    let billing_frequency = match req.billing_frequency.as_str() {
+        "monthly" => BillingFrequency::Monthly,
+        "yearly" => BillingFrequency::Yearly,
+        other => return Err(ApiError::unprocessable(format!("billing_frequency must be monthly or yearly, got {other:?}"))),
+    };
+    let anchor_day = match &req.period_anchor {
+        None => None,
+        Some(AnchorDto::Day(d)) if (1..=31).contains(d) => Some(*d as u32),
+        Some(AnchorDto::Day(d)) => return Err(ApiError::unprocessable(format!("period_anchor must be a day 1..=31, got {d}"))),
+        Some(AnchorDto::Date(s)) => {
+            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| ApiError::unprocessable(format!("period_anchor {s:?} is not a date YYYY-MM-DD")))?;
+            Some(chrono::Datelike::day(&d))
+        }
+    };
+    if req.base_credits.0 < Decimal::ZERO {
+        return Err(ApiError::unprocessable("base_credits must not be negative"));
+    }
+    let open = OpenAccount {
+        account_id: id.to_string(),
+        name: req.name.trim().to_string(),
+        serial_number: serial_number(),
+        billing_email: req.billing_email,
+        email_language: req.email_language,
+        address: req.address,
+        currency: req.currency,
+        billing_frequency,
+        anchor_day,
+        plan: plan_from(&req.plan)?,
+        base_credits: req.base_credits.0,
+        credit_limit: req.credit_limit.map(|m| m.0),
+        invoice_number: String::new(),
+    };
+    st.ledger.execute(id.as_str(), Command::Open(Box::new(open))).await?;
+    Ok((StatusCode::CREATED, Json(live_overview(&st, id.as_str())?)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct AsOf {
+    as_of: Option<String>,
+}
+
+pub async fn get_account(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Q(q): Q<AsOf>) -> ApiResult<Json<Overview>> {
+    p.require(READERS)?;
+    p.may_read_account(&id)?;
+    let Some(as_of) = q.as_of else {
+        return Ok(Json(live_overview(&st, &id)?));
+    };
+    let as_of = parse_instant("as_of", &as_of)?;
+    if as_of > st.ledger.now() {
+        return Err(ApiError::unprocessable("as_of must not be in the future"));
+    }
+    let id = parse_account_id(&id)?;
+    let store = st.ledger.store().clone();
+    let state = tokio::task::spawn_blocking(move || -> ApiResult<AccountState> {
+        accrue_ledger::account_as_of(store.as_ref(), id.as_str(), as_of).map_err(ApiError::from)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    overview(&state, Some(as_of))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("the account did not exist at that instant"))
+}
+
+pub async fn change_plan(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Body(req): Body<PlanDto>) -> ApiResult<Json<Overview>> {
+    p.require(ADMIN)?;
+    let plan = plan_from(&req)?;
+    let id = parse_account_id(&id)?;
+    st.ledger.execute(id.as_str(), Command::ChangePlan(plan)).await?;
+    Ok(Json(live_overview(&st, id.as_str())?))
+}
+
+pub async fn report_seats(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Body(req): Body<SeatsDto>) -> ApiResult<Json<SeatsView>> {
+    p.require(&[Role::Admin, Role::Ingest])?;
+    let n = |name: &str, v: i64| -> ApiResult<u32> {
+        u32::try_from(v).map_err(|_| ApiError::unprocessable(format!("{name} must be a count of seats, got {v}")))
+    };
+    let seats = SeatsInUse { full: n("full", req.full)?, viewer: n("viewer", req.viewer)? };
+    let id = parse_account_id(&id)?;
+    st.ledger.execute(id.as_str(), Command::ReportSeats(seats)).await?;
+    Ok(Json(live_overview(&st, id.as_str())?.seats))
+}
+
+pub async fn subscribe(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Body(req): Body<LimitDto>) -> ApiResult<Json<Overview>> {
+    p.require(ADMIN)?;
+    let id = parse_account_id(&id)?;
+    st.ledger.execute(id.as_str(), Command::SetCreditLimit { limit: req.limit.0 }).await?;
+    Ok(Json(live_overview(&st, id.as_str())?))
+}
+
+pub async fn unsubscribe(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> ApiResult<Json<Overview>> {
+    p.require(ADMIN)?;
+    let id = parse_account_id(&id)?;
+    st.ledger.execute(id.as_str(), Command::Unsubscribe).await?;
+    Ok(Json(live_overview(&st, id.as_str())?))
+}
+
+// ---------------------------------------------------------------- payments
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentMethodDto {
+    billing_email: String,
+    #[serde(default = "en")]
+    email_language: String,
+    #[serde(default)]
+    address: Option<serde_json::Value>,
+    token: String,
+    brand: String,
+    last4: String,
+    exp_month: u32,
+    exp_year: u32,
+}
+
+fn en() -> String {
+    "en".into()
+}
+
+pub async fn replace_payment_method(State(st): State<AppState>, p: Principal, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<Overview>> {
+    p.require(ADMIN)?;
+    let raw: serde_json::Value = parse_json(&body)?;
+    // Card data must never reach an event, a log, a PDF or an email: refuse
+    // the whole body before anything is parsed further or stored.
+    if let Some(why) = crate::pan::find_card_data(&raw) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "card_data_refused", format!("{why}: send the processor's card token, never a card number or CVC")));
+    }
+    let req: PaymentMethodDto = serde_json::from_value(raw).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    check_email(&req.billing_email)?;
+    check_text("token", &req.token, 200)?;
+    check_text("brand", &req.brand, 40)?;
+    if req.last4.len() != 4 || !req.last4.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::unprocessable("last4 must be exactly 4 digits"));
+    }
+    if !(1..=12).contains(&req.exp_month) || !(2000..=2100).contains(&req.exp_year) {
+        return Err(ApiError::unprocessable("exp_month must be 1..=12 and exp_year a four-digit year"));
+    }
+    let address = match req.address {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(v @ serde_json::Value::Object(_)) => Some(crate::pan::address_text(&v)),
+        Some(_) => return Err(ApiError::unprocessable("address must be a string or an object")),
+    };
+    let m = PaymentMethodReplaced {
+        billing_email: req.billing_email,
+        email_language: accrue_core::email_language(&req.email_language).to_string(),
+        address,
+        token: req.token,
+        brand: req.brand.to_lowercase(),
+        last4: req.last4,
+        exp_month: req.exp_month,
+        exp_year: req.exp_year,
+    };
+    let id = parse_account_id(&id)?;
+    st.ledger.execute(id.as_str(), Command::ReplacePaymentMethod(Box::new(m))).await?;
+    Ok(Json(live_overview(&st, id.as_str())?))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentDto {
+    invoice_number: String,
+    /// `succeeded` or `failed`.
+    outcome: String,
+    reference: String,
+    #[serde(default)]
+    failure_reason: Option<String>,
+}
+
+pub async fn post_payment(State(st): State<AppState>, p: Principal, Body(req): Body<PaymentDto>) -> ApiResult<Json<InvoiceDto>> {
+    p.require(ADMIN)?;
+    let succeeded = match req.outcome.as_str() {
+        "succeeded" => true,
+        "failed" => false,
+        o => return Err(ApiError::unprocessable(format!("outcome must be succeeded or failed, got {o:?}"))),
+    };
+    check_text("reference", &req.reference, 200)?;
+    if let Some(r) = &req.failure_reason {
+        check_text("failure_reason", r, 500)?;
+        if crate::pan::find_card_data(&serde_json::Value::String(r.clone())).is_some() {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "card_data_refused", "failure_reason contains card data"));
+        }
+    }
+    let cmd = Command::RecordPayment {
+        invoice_number: req.invoice_number.clone(),
+        reference: req.reference,
+        succeeded,
+        failure_reason: req.failure_reason,
+    };
+    st.ledger.execute_for_invoice(&req.invoice_number, cmd).await?;
+    let read = st.ledger.read();
+    let rec = read.invoices.get(&req.invoice_number).ok_or_else(|| ApiError::not_found("no such invoice"))?;
+    Ok(Json(invoice_dto(rec)))
+}
+
+// ---------------------------------------------------------------- usage
+
+fn invalid(detail: impl Into<String>) -> UsageItem {
+    UsageItem::Invalid { detail: detail.into() }
+}
+
+fn usage_item(e: UsageEventDto) -> UsageItem {
+    let Some(id) = e.id.filter(|i| !i.is_empty()) else { return invalid("id is required") };
+    if id.len() > MAX_ID_LEN {
+        return invalid(format!("id is longer than {MAX_ID_LEN} characters"));
+    }
+    let Some(account) = e.account_id else { return invalid("account_id is required") };
+    if AccountId::parse(&account).is_err() {
+        return invalid(format!("account_id {account:?} is not a valid account id"));
+    }
+    let Some(amount) = e.amount else { return invalid("amount is required") };
+    let amount = match parse_money(&amount.0) {
+        Ok(a) if a > Decimal::ZERO => a,
+        Ok(_) => return invalid("amount must be positive"),
+        Err(err) => return invalid(err.to_string()),
+    };
+    let (occurred_at, given) = match e.occurred_at {
+        None => (Utc::now(), false),
+        Some(s) => match DateTime::parse_from_rfc3339(&s) {
+            Ok(t) => (accrue_ledger::clock::truncate(t.with_timezone(&Utc)), true),
+            Err(_) => return invalid(format!("occurred_at {s:?} is not an RFC 3339 timestamp")),
+        },
+    };
+    for (name, v) in [("product", &e.product), ("feature", &e.feature)] {
+        if v.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
+            return invalid(format!("{name} is longer than {MAX_ID_LEN} characters"));
+        }
+    }
+    let metadata = match e.metadata {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v @ serde_json::Value::Object(_)) => {
+            let s = v.to_string();
+            if s.len() > MAX_METADATA_BYTES {
+                return invalid(format!("metadata is larger than {MAX_METADATA_BYTES} bytes"));
+            }
+            Some(s)
+        }
+        Some(_) => return invalid("metadata must be an object"),
+    };
+    UsageItem::Valid {
+        account_id: account,
+        input: UsageInput { usage_id: id, amount, occurred_at, product: e.product, feature: e.feature, metadata },
+        occurred_at_given: given,
+    }
+}
+
+pub async fn post_usage(State(st): State<AppState>, p: Principal, Body(batch): Body<UsageBatch>) -> ApiResult<Json<UsageResponse>> {
+    p.require(&[Role::Admin, Role::Ingest])?;
+    if batch.events.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {MAX_BATCH_EVENTS} events per request, got {}", batch.events.len()),
+        ));
+    }
+    let started = Instant::now();
+    let ids: Vec<Option<String>> = batch.events.iter().map(|e| e.id.clone()).collect();
+    let items = batch.events.into_iter().map(usage_item).collect();
+    let outcomes = st.ledger.ingest(items).await?;
+    st.ledger.metrics().observe_ingest(started.elapsed().as_secs_f64());
+    let mut resp = UsageResponse { accepted: 0, duplicate: 0, rejected: 0, results: Vec::with_capacity(outcomes.len()) };
+    for (index, (o, id)) in outcomes.into_iter().zip(ids).enumerate() {
+        let (status, reason, detail) = match o {
+            UsageOutcome::Accepted => {
+                resp.accepted += 1;
+                ("accepted", None, None)
+            }
+            UsageOutcome::Duplicate => {
+                resp.duplicate += 1;
+                ("duplicate", None, None)
+            }
+            UsageOutcome::Rejected { reason, detail } => {
+                resp.rejected += 1;
+                ("rejected", Some(reason), Some(detail))
+            }
+        };
+        resp.results.push(UsageResult { index, id, status, reason, detail });
+    }
+    Ok(Json(resp))
+}
+
+// ---------------------------------------------------------------- invoices
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct InvoiceLineDto {
+    pub kind: String,
+    pub description: String,
+    #[schema(value_type = String)]
+    pub quantity: String,
+    pub unit_price: Money,
+    pub amount: Money,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StatusChangeDto {
+    pub status: &'static str,
+    pub at: DateTime<Utc>,
+    pub event: &'static str,
+    pub position: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct InvoiceDto {
+    pub number: String,
+    pub account_id: String,
+    pub serial_number: String,
+    pub customer_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_address: Option<String>,
+    pub date: String,
+    pub issued_at: DateTime<Utc>,
+    pub due_date: String,
+    pub payment_terms: String,
+    pub period: PeriodDto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_period: Option<PeriodDto>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billing_period: Option<PeriodDto>,
+    pub subscription: String,
+    pub lines: Vec<InvoiceLineDto>,
+    pub subtotal: Money,
+    pub total: Money,
+    pub currency: String,
+    pub status: &'static str,
+    pub status_history: Vec<StatusChangeDto>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdf_sha256: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct InvoiceListItem {
+    pub number: String,
+    pub date: String,
+    pub subscription: String,
+    pub period: PeriodDto,
+    pub status: &'static str,
+    pub total: Money,
+    pub currency: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct InvoiceList {
+    pub from: String,
+    pub to: String,
+    pub invoices: Vec<InvoiceListItem>,
+}
+
+fn invoice_period(r: &InvoiceRecord) -> PeriodDto {
+    let i = &r.issued;
+    i.billing_period
+        .or(i.credit_period)
+        .map(PeriodDto::from)
+        .unwrap_or(PeriodDto { start: i.issued_at, end: i.issued_at })
+}
+
+fn subscription_label(r: &InvoiceRecord) -> String {
+    format!("{} license {}", r.issued.currency, r.issued.serial_number)
+}
+
+pub fn invoice_dto(r: &InvoiceRecord) -> InvoiceDto {
+    let i = &r.issued;
+    InvoiceDto {
+        number: i.number.clone(),
+        account_id: r.account_id.clone(),
+        serial_number: i.serial_number.clone(),
+        customer_name: i.customer_name.clone(),
+        customer_address: i.customer_address.clone(),
+        date: i.issued_at.format("%Y-%m-%d").to_string(),
+        issued_at: i.issued_at,
+        due_date: i.due_date.format("%Y-%m-%d").to_string(),
+        payment_terms: format!("Net {} days", accrue_core::invoice::PAYMENT_TERMS_DAYS),
+        period: invoice_period(r),
+        credit_period: i.credit_period.map(Into::into),
+        billing_period: i.billing_period.map(Into::into),
+        subscription: subscription_label(r),
+        lines: i
+            .lines
+            .iter()
+            .map(|l| InvoiceLineDto {
+                kind: format!("{:?}", l.kind).to_lowercase(),
+                description: l.description.clone(),
+                quantity: l.quantity.normalize().to_string(),
+                unit_price: Money(l.unit_price),
+                amount: Money(l.amount),
+            })
+            .collect(),
+        subtotal: Money(i.total),
+        total: Money(i.total),
+        currency: i.currency.clone(),
+        status: r.status.as_str(),
+        status_history: r
+            .history
+            .iter()
+            .map(|h| StatusChangeDto { status: h.status.as_str(), at: h.at, event: h.event, position: h.position, reference: h.reference.clone() })
+            .collect(),
+        last_failure_reason: r.last_failure.clone(),
+        pdf_sha256: r.pdf_sha256.clone(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Range {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn parse_date(name: &str, s: &str) -> ApiResult<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .or_else(|_| DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc).date_naive()))
+        .map_err(|_| ApiError::unprocessable(format!("{name} must be a date YYYY-MM-DD, got {s:?}")))
+}
+
+pub async fn list_invoices(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Q(q): Q<Range>) -> ApiResult<Json<InvoiceList>> {
+    p.require(READERS)?;
+    p.may_read_account(&id)?;
+    let today = st.ledger.now().date_naive();
+    let to = q.to.as_deref().map(|s| parse_date("to", s)).transpose()?.unwrap_or(today);
+    let from = match q.from.as_deref() {
+        Some(s) => parse_date("from", s)?,
+        None => to - Duration::days(365 * 2),
+    };
+    if from > to {
+        return Err(ApiError::unprocessable(format!("from ({from}) is after to ({to})")));
+    }
+    let read = st.ledger.read();
+    if !read.accounts.get(&id).is_some_and(|a| a.is_open()) {
+        return Err(ApiError::not_found(format!("no account {id:?}")));
+    }
+    let mut items: Vec<&InvoiceRecord> = read
+        .invoices_by_account
+        .get(&id)
+        .into_iter()
+        .flatten()
+        .filter_map(|n| read.invoices.get(n))
+        .filter(|r| {
+            let d = r.issued.issued_at.date_naive();
+            from <= d && d <= to
+        })
+        .collect();
+    items.sort_by(|a, b| b.issued.issued_at.cmp(&a.issued.issued_at).then(b.issued.number.cmp(&a.issued.number)));
+    Ok(Json(InvoiceList {
+        from: from.to_string(),
+        to: to.to_string(),
+        invoices: items
+            .into_iter()
+            .map(|r| InvoiceListItem {
+                number: r.issued.number.clone(),
+                date: r.issued.issued_at.format("%Y-%m-%d").to_string(),
+                subscription: subscription_label(r),
+                period: invoice_period(r),
+                status: r.status.as_str(),
+                total: Money(r.issued.total),
+                currency: r.issued.currency.clone(),
+            })
+            .collect(),
+    }))
+}
+
+fn invoice_for(st: &AppState, p: &Principal, number: &str) -> ApiResult<InvoiceRecord> {
+    p.require(READERS)?;
+    let read = st.ledger.read();
+    let rec = read.invoices.get(number).ok_or_else(|| ApiError::not_found(format!("no invoice {number:?}")))?;
+    if p.role == Role::Account && p.account_id.as_deref() != Some(rec.account_id.as_str()) {
+        return Err(ApiError::not_found(format!("no invoice {number:?}")));
+    }
+    Ok(rec.clone())
+}
+
+pub async fn get_invoice(State(st): State<AppState>, p: Principal, Path(number): Path<String>) -> ApiResult<Json<InvoiceDto>> {
+    Ok(Json(invoice_dto(&invoice_for(&st, &p, &number)?)))
+}
+
+pub async fn get_invoice_pdf(State(st): State<AppState>, p: Principal, Path(number): Path<String>) -> ApiResult<Response> {
+    let rec = invoice_for(&st, &p, &number)?;
+    let pdf = tokio::task::spawn_blocking(move || accrue_projections::pdf::render(&rec.issued))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/pdf".to_string()),
+            (header::CONTENT_DISPOSITION, format!("inline; filename=\"{number}.pdf\"")),
+        ],
+        pdf,
+    )
+        .into_response())
+}
+
+// ---------------------------------------------------------------- audit
+
+#[derive(Deserialize)]
+pub struct Page {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EventDto {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub schema: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    pub hash: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventDto>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}
+
+/// Largest page of events returned at once.
+const MAX_EVENT_PAGE: usize = 1000;
+
+pub async fn account_events(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Q(q): Q<Page>) -> ApiResult<Json<EventPage>> {
+    p.require(AUDIT)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_EVENT_PAGE {
+        return Err(ApiError::unprocessable(format!("limit must be 1..={MAX_EVENT_PAGE}")));
+    }
+    let id = parse_account_id(&id)?;
+    if !st.ledger.read().accounts.contains_key(id.as_str()) {
+        return Err(ApiError::not_found(format!("no account {:?}", id.as_str())));
+    }
+    let store = st.ledger.store().clone();
+    let after = q.after.unwrap_or(0);
+    let events = tokio::task::spawn_blocking(move || store.read_stream(&id.stream(), after, limit + 1))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let more = events.len() > limit;
+    let events: Vec<EventDto> = events
+        .into_iter()
+        .take(limit)
+        .map(|e| EventDto {
+            position: e.position,
+            stream: e.stream,
+            version: e.version,
+            type_name: e.type_name,
+            schema: e.schema,
+            occurred_at: e.occurred_at,
+            recorded_at: e.recorded_at,
+            data: serde_json::from_slice(&e.payload).unwrap_or(serde_json::Value::Null),
+            hash: hex::encode(e.hash),
+        })
+        .collect();
+    let next_after = if more { events.last().map(|e| e.version) } else { None };
+    Ok(Json(EventPage { events, next_after }))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BrokenDto {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub reason: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct VerifyDto {
+    pub ok: bool,
+    pub events: u64,
+    pub streams: u64,
+    pub head_hash: String,
+    pub first_broken: Option<BrokenDto>,
+}
+
+pub async fn audit_verify(State(st): State<AppState>, p: Principal) -> ApiResult<Json<VerifyDto>> {
+    p.require(AUDIT)?;
+    let store = st.ledger.store().clone();
+    let r = tokio::task::spawn_blocking(move || accrue_ledger::audit::verify(store.as_ref(), |_, _| {}))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(VerifyDto {
+        ok: r.ok,
+        events: r.events,
+        streams: r.streams,
+        head_hash: r.head_hash,
+        first_broken: r.first_broken.map(|b| BrokenDto { position: b.position, stream: b.stream, version: b.version, reason: b.reason }),
+    }))
+}
+
+// ---------------------------------------------------------------- clock
+
+pub async fn move_clock(State(st): State<AppState>, p: Principal, Body(req): Body<ClockDto>) -> ApiResult<Json<ClockResponse>> {
+    p.require(ADMIN)?;
+    if !st.ledger.is_manual_clock() {
+        return Err(accrue_ledger::LedgerError::NotManualClock.into());
+    }
+    let now = parse_instant("now", &req.now)?;
+    let now = st.ledger.advance_clock(now).await?;
+    Ok(Json(ClockResponse { now }))
+}
+
+pub async fn get_clock(State(st): State<AppState>, p: Principal) -> ApiResult<Json<serde_json::Value>> {
+    p.require(&[Role::Admin, Role::Auditor])?;
+    Ok(Json(serde_json::json!({"now": st.ledger.now(), "manual": st.ledger.is_manual_clock()})))
+}

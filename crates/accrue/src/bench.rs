@@ -1,0 +1,355 @@
+//! `accrue bench`: the SPEC §6 workloads on a fresh store in a temp folder,
+//! printed as one JSON line last. A benchmark, not a test: it reports, it
+//! does not assert.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use accrue_api::{AppState, Tokens};
+use accrue_core::events::Plan;
+use accrue_core::{BillingFrequency, Command, OpenAccount, UsageInput};
+use accrue_ledger::{ClockMode, Ledger, UsageItem, UsageOutcome};
+use accrue_store::sqlite::SqliteStore;
+use accrue_store::EventStore;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A short run (under two minutes on 2 cores).
+    #[arg(long)]
+    quick: bool,
+    /// Store URL for the ingest workloads (default: SQLite in a temp folder).
+    #[arg(long)]
+    store: Option<String>,
+    /// Usage events per ingest workload (default 1,000,000; 200,000 with --quick).
+    #[arg(long)]
+    events: Option<usize>,
+    /// Accounts the events spread over, round robin.
+    #[arg(long, default_value_t = 1000)]
+    accounts: usize,
+    /// Events per request / batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Accounts for the period-close workload.
+    #[arg(long, default_value_t = 10_000)]
+    close_accounts: usize,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+}
+
+fn start() -> DateTime<Utc> {
+    // A fixed instant keeps runs comparable; the manual clock keeps usage inside the period.
+    "2026-01-15T00:00:00Z".parse().expect("constant instant")
+}
+
+fn plan() -> Plan {
+    Plan {
+        full_seats: 5,
+        full_seat_price: Decimal::new(4900, 2),
+        viewer_seats: 10,
+        viewer_seat_price: Decimal::new(900, 2),
+        data_management: false,
+        data_management_price: Decimal::ZERO,
+    }
+}
+
+fn open_cmd(id: &str) -> Command {
+    Command::Open(Box::new(OpenAccount {
+        account_id: id.into(),
+        name: format!("Bench {id}"),
+        serial_number: format!("SN-{id}"),
+        billing_email: format!("billing@{id}.test"),
+        email_language: "en".into(),
+        address: None,
+        currency: "USD".into(),
+        billing_frequency: BillingFrequency::Monthly,
+        anchor_day: None,
+        plan: plan(),
+        // Large enough that the bench measures ingest, with the limit check on every event.
+        base_credits: Decimal::new(100_000, 0),
+        credit_limit: Some(Decimal::new(500, 0)),
+        invoice_number: String::new(),
+    }))
+}
+
+fn open_ledger(dir: &std::path::Path) -> anyhow::Result<Ledger> {
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.join("ledger.db"))?);
+    Ok(Ledger::open(store, ClockMode::Manual(start()))?)
+}
+
+/// Opens `n` accounts from several threads so their commits group.
+fn open_accounts(ledger: &Ledger, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let threads = 16;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let l = ledger.clone();
+            let prefix = prefix.to_string();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                for i in (t..n).step_by(threads) {
+                    let id = format!("{prefix}{i}");
+                    l.execute_blocking(&id, open_cmd(&id))?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("opener panicked"))??;
+    }
+    Ok(())
+}
+
+fn vm_hwm_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile_ms(mut v: Vec<f64>, p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(s) = &args.store {
+        if !s.starts_with("sqlite") {
+            anyhow::bail!("only the embedded SQLite store is built; {s:?} cannot be benchmarked yet");
+        }
+    }
+    let events = args.events.unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
+    let accounts = args.accounts.max(1);
+    let batch = args.batch.clamp(1, accrue_ledger::MAX_BATCH_EVENTS);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tmp = tempfile::tempdir().context("temp folder")?;
+    eprintln!("bench: {events} events, {accounts} accounts, batches of {batch}, {cores} cores, temp {}", tmp.path().display());
+
+    // 1. The physical bound: the same rows, no domain logic.
+    let rows: Vec<(String, Vec<u8>)> = (0..events)
+        .map(|i| {
+            let payload = format!(
+                r#"{{"usage_id":"ev-{i}","amount":"0.0125","occurred_at":"2026-01-15T00:00:00Z","product":"chat","period_used":"{}"}}"#,
+                i / accounts
+            );
+            (format!("account-a{}", i % accounts), payload.into_bytes())
+        })
+        .collect();
+    let store_limit = accrue_store::sqlite::raw_insert_rate(&tmp.path().join("raw.db"), &rows, batch)?;
+    drop(rows);
+    eprintln!("store limit: {store_limit:.0} rows/s");
+
+    // 2. In-process ingest: two producers, so commits group as they would under load.
+    let dir = tmp.path().join("inproc");
+    let ledger = open_ledger(&dir)?;
+    open_accounts(&ledger, "a", accounts)?;
+    let producers = 2;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..producers)
+        .map(|p| {
+            let l = ledger.clone();
+            std::thread::spawn(move || -> anyhow::Result<usize> {
+                let mut accepted = 0;
+                let mut i = p * batch;
+                while i < events {
+                    let end = (i + batch).min(events);
+                    let items = (i..end)
+                        .map(|n| UsageItem::Valid {
+                            account_id: format!("a{}", n % accounts),
+                            input: UsageInput {
+                                usage_id: format!("ev-{n}"),
+                                amount: Decimal::new(125, 4),
+                                occurred_at: start(),
+                                product: Some("chat".into()),
+                                feature: None,
+                                metadata: None,
+                            },
+                            occurred_at_given: false,
+                        })
+                        .collect();
+                    accepted += l.ingest_blocking(items)?.iter().filter(|o| **o == UsageOutcome::Accepted).count();
+                    i += batch * producers;
+                }
+                Ok(accepted)
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for h in handles {
+        accepted += h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    }
+    let inproc = events as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(accepted == events, "only {accepted} of {events} events were accepted");
+    eprintln!("in-process ingest: {inproc:.0} events/s");
+
+    // 3. Rebuild of all read models from position 0.
+    let mut models = accrue_projections::ReadModels::default();
+    let stats = accrue_ledger::replay_into(ledger.store().as_ref(), &mut models, |_, _| {})?;
+    let rebuild = stats.events as f64 / stats.seconds.max(1e-9);
+    eprintln!("rebuild: {} events at {rebuild:.0} events/s", stats.events);
+    drop(models);
+    ledger.shutdown();
+    drop(ledger);
+
+    // 4. HTTP ingest with overview queries running alongside.
+    let (http, p99, p50) = http_ingest(&tmp.path().join("http"), events, accounts, batch, args.connections)?;
+    eprintln!("http ingest: {http:.0} events/s; overview p50 {p50:.3} ms, p99 {p99:.3} ms");
+
+    // 5. Closing many accounts at once, then rendering their invoices.
+    let dir = tmp.path().join("close");
+    let ledger = open_ledger(&dir)?;
+    let n_close = if args.quick { args.close_accounts.min(10_000) } else { args.close_accounts };
+    open_accounts(&ledger, "c", n_close)?;
+    let items: Vec<UsageItem> = (0..n_close)
+        .map(|i| UsageItem::Valid {
+            account_id: format!("c{i}"),
+            input: UsageInput { usage_id: format!("u{i}"), amount: Decimal::new(100_250, 2), occurred_at: start(), product: None, feature: None, metadata: None },
+            occurred_at_given: false,
+        })
+        .collect();
+    for chunk in items.chunks(accrue_ledger::MAX_BATCH_EVENTS) {
+        ledger.ingest_blocking(chunk.to_vec())?;
+    }
+    let started = Instant::now();
+    ledger.advance_clock_blocking("2026-02-15T00:00:00Z".parse()?)?;
+    let close_s = started.elapsed().as_secs_f64();
+    let closed = ledger.read().invoices.len();
+    eprintln!("close: {n_close} accounts in {close_s:.2} s ({closed} invoices in the ledger)");
+
+    let invoices: Vec<_> = ledger.read().invoices.values().map(|r| r.issued.clone()).take(if args.quick { 1000 } else { 4000 }).collect();
+    accrue_projections::pdf::render(&invoices[0])?; // parse the font once, outside the timing
+    let started = Instant::now();
+    let chunk = invoices.len().div_ceil(cores);
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let hs: Vec<_> = invoices
+            .chunks(chunk.max(1))
+            .map(|c| s.spawn(move || c.iter().try_for_each(|i| accrue_projections::pdf::render(i).map(drop))))
+            .collect();
+        for h in hs {
+            h.join().map_err(|_| anyhow::anyhow!("renderer panicked"))??;
+        }
+        Ok(())
+    })?;
+    let pdf = invoices.len() as f64 / started.elapsed().as_secs_f64();
+    eprintln!("pdf: {pdf:.0} renders/s");
+    ledger.shutdown();
+
+    let line = serde_json::json!({
+        "http_ingest_events_per_s": http.round(),
+        "inproc_ingest_events_per_s": inproc.round(),
+        "overview_p99_ms": (p99 * 1000.0).round() / 1000.0,
+        "overview_p50_ms": (p50 * 1000.0).round() / 1000.0,
+        "rebuild_events_per_s": rebuild.round(),
+        "pdf_per_s": pdf.round(),
+        "close_10k_accounts_s": (close_s * 1000.0).round() / 1000.0,
+        "close_accounts": n_close,
+        "rss_mb": (vm_hwm_mb() * 10.0).round() / 10.0,
+        "store_limit_events_per_s": store_limit.round(),
+        "store": "sqlite",
+        "durable": "synchronous=FULL",
+        "events": events,
+        "accounts": accounts,
+        "batch": batch,
+        "cores": cores,
+        "quick": args.quick,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Runs the real router on loopback and drives it with `connections`
+/// concurrent clients; a separate task queries overviews meanwhile.
+fn http_ingest(dir: &std::path::Path, events: usize, accounts: usize, batch: usize, connections: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let ledger = open_ledger(dir)?;
+    open_accounts(&ledger, "h", accounts)?;
+    let (tokens, _) = Tokens::load(ledger.store().clone(), Some("bench-admin-token")).map_err(|e| anyhow::anyhow!(e.detail))?;
+    let state = AppState { ledger: ledger.clone(), tokens: Arc::new(tokens) };
+    // Bodies are built before the clock starts: the client's JSON encoding is not accrue's work.
+    let bodies: Vec<String> = (0..events.div_ceil(batch))
+        .map(|b| {
+            let evs: Vec<String> = (b * batch..((b + 1) * batch).min(events))
+                .map(|n| format!(r#"{{"id":"ev-{n}","account_id":"h{}","amount":"0.0125","product":"chat"}}"#, n % accounts))
+                .collect();
+            format!(r#"{{"events":[{}]}}"#, evs.join(","))
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move { axum::serve(listener, accrue_api::router(state)).await });
+        let client = reqwest::Client::builder().pool_max_idle_per_host(connections + 2).build()?;
+        let url = format!("http://{addr}/v1/usage");
+        let bodies = Arc::new(bodies);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Overview queries while ingest runs.
+        let q = {
+            let client = client.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = 0usize;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let r = client
+                        .get(format!("http://{addr}/v1/accounts/h{}", i % accounts))
+                        .bearer_auth("bench-admin-token")
+                        .send()
+                        .await;
+                    if let Ok(r) = r {
+                        let _ = r.bytes().await;
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                lat
+            })
+        };
+        let started = Instant::now();
+        let workers: Vec<_> = (0..connections)
+            .map(|_| {
+                let client = client.clone();
+                let url = url.clone();
+                let bodies = bodies.clone();
+                let next = next.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(body) = bodies.get(i) else { break };
+                        let r = client
+                            .post(&url)
+                            .bearer_auth("bench-admin-token")
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await?;
+                        anyhow::ensure!(r.status().is_success(), "ingest answered {}", r.status());
+                        let _ = r.bytes().await?;
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await??;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let lat = q.await?;
+        server.abort();
+        anyhow::Ok((events as f64 / elapsed, percentile_ms(lat.clone(), 0.99), percentile_ms(lat, 0.5)))
+    });
+    ledger.shutdown();
+    result
+}
