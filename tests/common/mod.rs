@@ -1,0 +1,136 @@
+//! Test harness: the real router on port 0 against a fresh temporary store
+//! (zero2prod's `spawn_app`), and helpers to start the real binary.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use accrue_api::{AppState, Tokens};
+use accrue_ledger::{ClockMode, Ledger};
+use accrue_store::sqlite::SqliteStore;
+use accrue_store::EventStore;
+use serde_json::{json, Value};
+
+pub const ADMIN: &str = "test-admin-token";
+
+pub struct App {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub ledger: Ledger,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts the API on a manual clock at `now`.
+pub async fn spawn_app(now: &str) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("ledger.db")).unwrap());
+    let ledger = Ledger::open(store.clone(), ClockMode::Manual(now.parse().unwrap())).unwrap();
+    let (tokens, _) = Tokens::load(store, Some(ADMIN)).unwrap();
+    let app = accrue_api::router(AppState { ledger: ledger.clone(), tokens: Arc::new(tokens) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    App { base, client: reqwest::Client::new(), ledger, dir }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+    pub bytes: Vec<u8>,
+}
+
+impl App {
+    pub async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.client.request(m, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        finish(r.send().await.unwrap()).await
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, body: &str) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = self
+            .client
+            .request(m, format!("{}{}", self.base, path))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        finish(r.send().await.unwrap()).await
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        self.req(method, path, Some(ADMIN), body).await
+    }
+
+    pub async fn create(&self, id: &str, base: &str, limit: Option<&str>) -> Resp {
+        let mut body = account_body(id);
+        body["base_credits"] = json!(base);
+        if let Some(l) = limit {
+            body["credit_limit"] = json!(l);
+        }
+        self.admin("POST", "/v1/accounts", Some(body)).await
+    }
+
+    pub async fn token(&self, role: &str, account: Option<&str>) -> String {
+        let mut body = json!({"role": role});
+        if let Some(a) = account {
+            body["account_id"] = json!(a);
+        }
+        let r = self.admin("POST", "/v1/tokens", Some(body)).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn usage(&self, events: Value) -> Resp {
+        self.admin("POST", "/v1/usage", Some(json!({ "events": events }))).await
+    }
+
+    pub async fn overview(&self, id: &str) -> Value {
+        let r = self.admin("GET", &format!("/v1/accounts/{id}"), None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body
+    }
+
+    pub async fn event_count(&self) -> u64 {
+        self.ledger.store().head_position().unwrap()
+    }
+}
+
+async fn finish(r: reqwest::Response) -> Resp {
+    let status = r.status().as_u16();
+    let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let bytes = r.bytes().await.unwrap().to_vec();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Resp { status, content_type, body, bytes }
+}
+
+pub fn account_body(id: &str) -> Value {
+    json!({
+        "id": id,
+        "name": format!("{id} Inc."),
+        "billing_email": format!("billing@{id}.test"),
+        "email_language": "en",
+        "billing_frequency": "monthly",
+        "plan": {
+            "full_seats": 5, "full_seat_price": "10.00",
+            "viewer_seats": 20, "viewer_seat_price": "2.00",
+            "data_management": true, "data_management_price": "50.00"
+        },
+        "base_credits": "0.00"
+    })
+}
+
+/// Asserts an RFC 9457 problem with the given status.
+pub fn assert_problem(r: &Resp, status: u16) {
+    assert_eq!(r.status, status, "{:?}", r.body);
+    assert_eq!(r.content_type, "application/problem+json", "{:?}", r.body);
+    for k in ["type", "title", "status", "detail"] {
+        assert!(r.body.get(k).is_some(), "problem lacks {k}: {:?}", r.body);
+    }
+    assert_eq!(r.body["status"], status);
+}
