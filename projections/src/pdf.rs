@@ -67,7 +67,7 @@ impl Page {
     /// Right-aligned text; widths estimated from the face's figure width
     /// (amounts are digits, so the estimate is close).
     fn text_right(&mut self, x_right: f32, y: f32, size: f32, s: &str) {
-        let w_mm = s.chars().map(|c| if c.is_ascii() { 0.56 } else { 1.0 }).sum::<f32>() * size * 0.3528;
+        let w_mm = s.chars().map(|c| if c.is_ascii() { 0.52 } else { 1.0 }).sum::<f32>() * size * 0.3528;
         self.text(x_right - w_mm, y, size, s);
     }
 
@@ -148,17 +148,17 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
     ];
     let mut fy = 244.0;
     for (k, v) in facts.iter() {
-        p.text(120.0, fy, 9.0, k);
+        p.text(108.0, fy, 9.0, k);
         p.text_right(RIGHT, fy, 9.0, v);
         fy -= 5.0;
     }
     if let Some(b) = &inv.billing_period {
-        p.text(120.0, fy, 9.0, "Subscription period");
+        p.text(108.0, fy, 9.0, "Subscription period");
         p.text_right(RIGHT, fy, 9.0, &period_text(b));
         fy -= 5.0;
     }
     if let Some(c) = &inv.credit_period {
-        p.text(120.0, fy, 9.0, "AI-credit period");
+        p.text(108.0, fy, 9.0, "AI-credit period");
         p.text_right(RIGHT, fy, 9.0, &period_text(c));
     }
 
