@@ -168,3 +168,138 @@ fn invoice_numbers_are_gapless_across_closes_and_years() {
     assert_eq!(by_year["2026"], (1..=8).collect::<Vec<_>>());
     assert_eq!(by_year["2027"], (1..=8).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_crash_in_the_middle_of_a_close_is_finished_exactly_once_at_start() {
+    use accrue_core::events::{ClockAdvanced, LedgerEvent};
+    use accrue_store::{ExpectedVersion, NewEvent, StreamAppend};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
+        for a in ["a", "b", "c"] {
+            ledger.execute_blocking(a, open_cmd(a, dec!(0), None)).unwrap();
+        }
+        ledger.shutdown();
+    }
+    // What a crash right after the clock moved, before any close, leaves behind.
+    {
+        let store = SqliteStore::open(dir.path().join("ledger.db")).unwrap();
+        let now = at("2026-03-01T00:00:00Z");
+        let e = LedgerEvent::ClockAdvanced(ClockAdvanced { now });
+        store
+            .append(
+                &[StreamAppend {
+                    stream: "clock".into(),
+                    expected: ExpectedVersion::Any,
+                    events: vec![NewEvent { type_name: e.type_name(), schema: 1, occurred_at: now, payload: e.encode_payload() }],
+                }],
+                now,
+            )
+            .unwrap();
+    }
+    let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
+    assert_eq!(ledger.now(), at("2026-03-01T00:00:00Z"));
+    let numbers = |l: &Ledger| {
+        let mut n: Vec<String> = l.read().invoices.keys().cloned().collect();
+        n.sort();
+        n
+    };
+    let expected: Vec<String> = (1..=6).map(|i| format!("INV-2026-{i:06}")).collect();
+    assert_eq!(numbers(&ledger), expected, "3 opening + 3 closes on Feb 15");
+    ledger.shutdown();
+    drop(ledger);
+    // Starting again closes nothing twice.
+    let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
+    assert_eq!(numbers(&ledger), expected);
+    assert_eq!(ledger.read().accounts["a"].credit_period.unwrap().start, at("2026-02-15T00:00:00Z"));
+}
+
+#[test]
+fn concurrent_opens_and_clock_moves_keep_numbers_gapless() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(dir.path(), "2026-01-01T00:00:00Z");
+    let openers: Vec<_> = (0..8)
+        .map(|t| {
+            let l = ledger.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let id = format!("t{t}-{i}");
+                    l.execute_blocking(&id, open_cmd(&id, dec!(0), None)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let clock = {
+        let l = ledger.clone();
+        std::thread::spawn(move || {
+            for day in 2..=28 {
+                l.advance_clock_blocking(at(&format!("2026-01-{day:02}T00:00:00Z"))).unwrap();
+            }
+            for m in 2..=4 {
+                l.advance_clock_blocking(at(&format!("2026-{m:02}-28T00:00:00Z"))).unwrap();
+            }
+        })
+    };
+    for t in openers {
+        t.join().unwrap();
+    }
+    clock.join().unwrap();
+    let read = ledger.read();
+    let mut seqs: Vec<u64> = read.invoices.keys().map(|n| n[9..].parse().unwrap()).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "gapless and never reused");
+    // Each account: one opening invoice + one per closed month.
+    assert!(seqs.len() >= 200 * 3);
+    // Numbers increase with issue time.
+    let mut by_number: Vec<_> = read.invoices.values().map(|r| (r.issued.number.clone(), r.issued.issued_at)).collect();
+    by_number.sort();
+    assert!(by_number.windows(2).all(|w| w[0].1 <= w[1].1));
+}
+
+#[test]
+fn a_yearly_account_pays_its_fee_every_twelve_months_and_credits_monthly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(dir.path(), "2026-01-31T00:00:00Z");
+    let mut cmd = open_cmd("y", dec!(0), Some(dec!(10)));
+    if let Command::Open(o) = &mut cmd {
+        o.billing_frequency = BillingFrequency::Yearly;
+    }
+    ledger.execute_blocking("y", cmd).unwrap();
+    ledger.ingest_blocking(vec![usage("y", "u1", dec!(2.5))]).unwrap();
+    ledger.advance_clock_blocking(at("2027-02-01T00:00:00Z")).unwrap();
+    let read = ledger.read();
+    let mut invs: Vec<_> = read.invoices.values().map(|r| (r.issued.issued_at, r.issued.total)).collect();
+    invs.sort();
+    // Opening fee, then the Feb 28 close with the 2.50 credit charge only, then the next fee a year on.
+    assert_eq!(invs[0], (at("2026-01-31T00:00:00Z"), dec!(10.00)));
+    assert_eq!(invs[1], (at("2026-02-28T00:00:00Z"), dec!(2.50)));
+    assert_eq!(invs[2], (at("2027-01-31T00:00:00Z"), dec!(10.00)));
+    assert_eq!(invs.len(), 3, "no invoice for months that total 0.00");
+    let s = &read.accounts["y"];
+    assert_eq!(s.billing_period.unwrap().end, at("2028-01-31T00:00:00Z"));
+    assert_eq!(s.credit_period.unwrap().start, at("2027-01-31T00:00:00Z"));
+}
+
+#[test]
+fn the_pdf_projector_writes_each_invoice_and_records_its_hash_once() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
+    ledger.execute_blocking("a", open_cmd("a", dec!(0), None)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = accrue_ledger::projectors::spawn_pdf_writer(ledger.clone(), dir.path().join("pdf"), stop.clone()).unwrap();
+    // Wait (bounded) for the projector to catch up with the log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ledger.read().invoices["INV-2026-000001"].pdf_sha256.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the projector never recorded the hash");
+        ledger.store().wait_for(ledger.store().head_position().unwrap(), std::time::Duration::from_millis(50)).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    h.join().unwrap();
+    let file = std::fs::read(dir.path().join("pdf/INV-2026-000001.pdf")).unwrap();
+    let recorded = ledger.read().invoices["INV-2026-000001"].pdf_sha256.clone().unwrap();
+    assert_eq!(accrue_projections::pdf::sha256_hex(&file), recorded);
+    // Recording again changes nothing.
+    let evs = ledger.execute_blocking("a", Command::RecordPdf { number: "INV-2026-000001".into(), sha256: "x".into() }).unwrap();
+    assert!(evs.is_empty());
+}
