@@ -3,6 +3,7 @@
 //! never run during a rebuild.
 
 pub mod pdf;
+pub mod postings;
 pub mod read_models;
 
 pub use read_models::{InvoiceRecord, ReadModels, StatusChange};

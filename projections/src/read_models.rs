@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use accrue_core::events::{InvoiceIssued, LedgerEvent};
 use accrue_core::{AccountEvent, AccountState, InvoiceStatus};
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::postings::Posting;
 
 /// One status change of an invoice, as finance sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +40,8 @@ pub struct ReadModels {
     pub invoices: HashMap<String, InvoiceRecord>,
     /// Invoice numbers per account, in issue order.
     pub invoices_by_account: HashMap<String, Vec<String>>,
+    /// Double-entry postings of every money event, in log order.
+    pub postings: Vec<Posting>,
 }
 
 /// `account-<id>` → `<id>`.
@@ -53,6 +58,20 @@ impl ReadModels {
         let Some(account) = account_of(stream) else { return };
         let state = self.accounts.entry(account.to_string()).or_default();
         state.apply(event);
+        let invoices = &self.invoices;
+        for (dr, cr, amount, invoice) in crate::postings::entries(event, |n| invoices.get(n).map(|r| r.issued.total)) {
+            for (acct, debit, credit) in [(dr, amount, Decimal::ZERO), (cr, Decimal::ZERO, amount)] {
+                self.postings.push(Posting {
+                    position,
+                    recorded_at,
+                    account: acct,
+                    debit,
+                    credit,
+                    invoice: invoice.clone(),
+                    account_id: account.to_string(),
+                });
+            }
+        }
         match event {
             AccountEvent::InvoiceIssued(i) => {
                 self.invoices_by_account
