@@ -56,7 +56,10 @@ impl ReadModels {
         self.position = position;
         let LedgerEvent::Account(event) = event else { return };
         let Some(account) = account_of(stream) else { return };
-        let state = self.accounts.entry(account.to_string()).or_default();
+        if !self.accounts.contains_key(account) {
+            self.accounts.insert(account.to_string(), AccountState::default());
+        }
+        let state = self.accounts.get_mut(account).expect("just ensured");
         state.apply(event);
         let invoices = &self.invoices;
         for (dr, cr, amount, invoice) in crate::postings::entries(event, |n| invoices.get(n).map(|r| r.issued.total)) {

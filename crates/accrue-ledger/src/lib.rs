@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 pub use clock::{Clock, ClockMode};
 pub use metrics::Metrics;
-pub use replay::{account_as_of, replay_into, ReplayStats};
+pub use replay::{account_as_of, for_each_decoded, replay_into, Decoded, ReplayStats};
 
 /// Most events accepted in one ingest request.
 pub const MAX_BATCH_EVENTS: usize = 10_000;

@@ -14,6 +14,61 @@ pub struct ReplayStats {
     pub seconds: f64,
 }
 
+/// One decoded event with the envelope fields the folds need.
+pub struct Decoded {
+    pub position: u64,
+    pub stream: String,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    pub event: LedgerEvent,
+}
+
+/// Reads and decodes the log after `after` on a second thread while `fold`
+/// consumes it on this one: reading and JSON decoding overlap with applying,
+/// which is what lets a rebuild use both cores.
+pub fn for_each_decoded(
+    store: &dyn EventStore,
+    after: u64,
+    mut fold: impl FnMut(Vec<Decoded>),
+) -> Result<(), LedgerError> {
+    const PAGE: usize = 5_000;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Decoded>, LedgerError>>(4);
+        s.spawn(move || {
+            let mut after = after;
+            loop {
+                let page = match store.read_all(after, PAGE) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                if page.is_empty() {
+                    return;
+                }
+                let mut out = Vec::with_capacity(page.len());
+                for rec in page {
+                    after = rec.position;
+                    match LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload) {
+                        Ok(event) => out.push(Decoded { position: rec.position, stream: rec.stream, recorded_at: rec.recorded_at, event }),
+                        Err(e) => {
+                            let _ = tx.send(Err(LedgerError::Corrupt(format!("event at position {}: {e}", rec.position))));
+                            return;
+                        }
+                    }
+                }
+                if tx.send(Ok(out)).is_err() {
+                    return;
+                }
+            }
+        });
+        for page in rx {
+            fold(page?);
+        }
+        Ok(())
+    })
+}
+
 /// Replays every event after `models.position` into `models`, calling
 /// `progress(position, head)` after each page.
 pub fn replay_into(
@@ -24,19 +79,13 @@ pub fn replay_into(
     let started = Instant::now();
     let head = store.head_position()?;
     let mut events = 0u64;
-    loop {
-        let page = store.read_all(models.position, 10_000)?;
-        if page.is_empty() {
-            break;
+    for_each_decoded(store, models.position, |page| {
+        for d in &page {
+            models.apply(d.position, &d.stream, d.recorded_at, &d.event);
         }
-        for rec in &page {
-            let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload)
-                .map_err(|e| LedgerError::Corrupt(format!("event at position {}: {e}", rec.position)))?;
-            models.apply(rec.position, &rec.stream, rec.recorded_at, &e);
-            events += 1;
-        }
+        events += page.len() as u64;
         progress(models.position, head);
-    }
+    })?;
     Ok(ReplayStats {
         events,
         seconds: started.elapsed().as_secs_f64(),

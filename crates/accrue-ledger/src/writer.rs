@@ -26,8 +26,8 @@ use crate::{Job, LedgerError, Shared, UsageItem, UsageOutcome};
 const MAX_GROUP_EVENTS: usize = 20_000;
 /// How often the writer wakes without work (system-clock period closes).
 const TICK: Duration = Duration::from_millis(500);
-/// Page size of replays.
-const REPLAY_PAGE: usize = 10_000;
+/// Events applied to the read models between lock releases.
+const READ_CHUNK: usize = 256;
 
 /// Everything the writer decides with.
 #[derive(Default)]
@@ -62,7 +62,11 @@ impl State {
     }
 
     fn apply_account(&mut self, account: &str, e: &AccountEvent) {
-        let st = self.accounts.entry(account.to_string()).or_default();
+        // get_mut first: the hot path must not allocate a key per event.
+        if !self.accounts.contains_key(account) {
+            self.accounts.insert(account.to_string(), AccountState::default());
+        }
+        let st = self.accounts.get_mut(account).expect("just ensured");
         let before = st.period_end();
         st.apply(e);
         let after = st.period_end();
@@ -101,23 +105,15 @@ pub(crate) fn load(store: &dyn EventStore) -> Result<(State, ReadModels, Option<
     let mut state = State::default();
     let mut read = ReadModels::default();
     let mut clock: Option<DateTime<Utc>> = None;
-    let mut after = 0;
-    loop {
-        let page = store.read_all(after, REPLAY_PAGE)?;
-        if page.is_empty() {
-            break;
-        }
-        for rec in &page {
-            let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload)
-                .map_err(|e| LedgerError::Corrupt(format!("event at position {}: {e}", rec.position)))?;
-            if let LedgerEvent::ClockAdvanced(c) = &e {
+    crate::replay::for_each_decoded(store, 0, |page| {
+        for d in &page {
+            if let LedgerEvent::ClockAdvanced(c) = &d.event {
                 clock = Some(clock.map_or(c.now, |k| k.max(c.now)));
             }
-            state.apply_committed(&rec.stream, rec.position, &e);
-            read.apply(rec.position, &rec.stream, rec.recorded_at, &e);
-            after = rec.position;
+            state.apply_committed(&d.stream, d.position, &d.event);
+            read.apply(d.position, &d.stream, d.recorded_at, &d.event);
         }
-    }
+    })?;
     Ok((state, read, clock))
 }
 
@@ -356,25 +352,30 @@ impl Writer {
             .get(account)
             .unwrap_or_else(|| EMPTY.get_or_init(AccountState::default));
         let events = decide(state, command, ctx)?;
-        self.stage(account, &events, ctx.now);
+        self.stage(account, events.clone(), ctx.now);
         Ok(events)
     }
 
-    fn stage(&mut self, account: &str, events: &[AccountEvent], now: DateTime<Utc>) -> Vec<(u32, u32)> {
+    /// Applies and stages the events; returns where the first one went.
+    fn stage(&mut self, account: &str, events: Vec<AccountEvent>, now: DateTime<Utc>) -> (u32, u32) {
         let stream = format!("account-{account}");
-        let mut at = Vec::with_capacity(events.len());
+        let mut first = None;
         for e in events {
             let version_before = self.state.accounts.get(account).map_or(0, |s| s.version);
-            self.state.apply_account(account, e);
-            at.push(self.group.push(&stream, Some(version_before), occurred_at(e, now), LedgerEvent::Account(e.clone())));
-            if let AccountEvent::InvoiceIssued(i) = e {
-                let (year, sequence, number) = self.state.next_invoice_number(i.issued_at);
-                debug_assert_eq!(number, i.number, "invoice numbers are taken in order");
+            self.state.apply_account(account, &e);
+            let issued = match &e {
+                AccountEvent::InvoiceIssued(i) => Some(i.issued_at),
+                _ => None,
+            };
+            let at = self.group.push(&stream, Some(version_before), occurred_at(&e, now), LedgerEvent::Account(e));
+            first.get_or_insert(at);
+            if let Some(issued_at) = issued {
+                let (year, sequence, number) = self.state.next_invoice_number(issued_at);
                 self.state.seq.insert(year, sequence);
                 self.group.push(
                     INVOICE_SEQUENCE_STREAM,
                     None,
-                    i.issued_at,
+                    issued_at,
                     LedgerEvent::InvoiceNumberAssigned(InvoiceNumberAssigned {
                         number,
                         year,
@@ -384,7 +385,7 @@ impl Writer {
                 );
             }
         }
-        at
+        first.unwrap_or((0, 0))
     }
 
     /// Decides one usage event.
@@ -441,8 +442,7 @@ impl Writer {
                 detail: e.to_string(),
             },
             Ok(events) => {
-                let at = self.stage(&account, &events, now);
-                let (stream, event) = at[0];
+                let (stream, event) = self.stage(&account, events, now);
                 let in_exact = self.state.idem.insert(&account, &usage_id, hash, Slot::Pending { stream, event }, hash_taken);
                 self.group.pending_usage.push(PendingUsage { account, usage_id, hash, in_exact, stream, event });
                 UsageOutcome::Accepted
@@ -503,14 +503,20 @@ impl Writer {
                     first.push(pos);
                     pos += a.events.len() as u64;
                 }
-                {
-                    let mut read = self.shared.read.write();
-                    for (i, a) in group.appends.iter().enumerate() {
-                        for (j, e) in group.decoded[i].iter().enumerate() {
-                            read.apply(first[i] + j as u64, &a.stream, recorded_at, e);
+                // Apply in short chunks so queries never wait long for the
+                // lock; each chunk holds only committed events.
+                let mut read = self.shared.read.write();
+                let mut applied = 0usize;
+                for (i, a) in group.appends.iter().enumerate() {
+                    for (j, e) in group.decoded[i].iter().enumerate() {
+                        read.apply(first[i] + j as u64, &a.stream, recorded_at, e);
+                        applied += 1;
+                        if applied % READ_CHUNK == 0 {
+                            parking_lot::RwLockWriteGuard::bump(&mut read);
                         }
                     }
                 }
+                drop(read);
                 for p in &group.pending_usage {
                     let position = first[p.stream as usize] + u64::from(p.event);
                     self.state.idem.commit(&p.account, &p.usage_id, p.hash, position, p.in_exact);

@@ -152,32 +152,40 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tmp.path().join("inproc");
     let ledger = open_ledger(&dir)?;
     open_accounts(&ledger, "a", accounts)?;
+    // Batches are built before the clock starts, as the HTTP bodies are:
+    // the producer's own work is not accrue's.
     let producers = 2;
+    let batches: Vec<Vec<UsageItem>> = (0..events.div_ceil(batch))
+        .map(|b| {
+            (b * batch..((b + 1) * batch).min(events))
+                .map(|n| UsageItem::Valid {
+                    account_id: format!("a{}", n % accounts),
+                    input: UsageInput {
+                        usage_id: format!("ev-{n}"),
+                        amount: Decimal::new(125, 4),
+                        occurred_at: start(),
+                        product: Some("chat".into()),
+                        feature: None,
+                        metadata: None,
+                    },
+                    occurred_at_given: false,
+                })
+                .collect()
+        })
+        .collect();
+    let mut per_producer: Vec<Vec<Vec<UsageItem>>> = (0..producers).map(|_| Vec::new()).collect();
+    for (i, b) in batches.into_iter().enumerate() {
+        per_producer[i % producers].push(b);
+    }
     let started = Instant::now();
-    let handles: Vec<_> = (0..producers)
-        .map(|p| {
+    let handles: Vec<_> = per_producer
+        .into_iter()
+        .map(|mine| {
             let l = ledger.clone();
             std::thread::spawn(move || -> anyhow::Result<usize> {
                 let mut accepted = 0;
-                let mut i = p * batch;
-                while i < events {
-                    let end = (i + batch).min(events);
-                    let items = (i..end)
-                        .map(|n| UsageItem::Valid {
-                            account_id: format!("a{}", n % accounts),
-                            input: UsageInput {
-                                usage_id: format!("ev-{n}"),
-                                amount: Decimal::new(125, 4),
-                                occurred_at: start(),
-                                product: Some("chat".into()),
-                                feature: None,
-                                metadata: None,
-                            },
-                            occurred_at_given: false,
-                        })
-                        .collect();
+                for items in mine {
                     accepted += l.ingest_blocking(items)?.iter().filter(|o| **o == UsageOutcome::Accepted).count();
-                    i += batch * producers;
                 }
                 Ok(accepted)
             })
