@@ -32,6 +32,13 @@ pub struct InvoiceRecord {
     pub last_failure: Option<String>,
 }
 
+impl InvoiceRecord {
+    /// The status as it stood at `t` (from the status history).
+    pub fn status_at(&self, t: DateTime<Utc>) -> InvoiceStatus {
+        self.history.iter().take_while(|h| h.at <= t).last().map_or(InvoiceStatus::Unpaid, |h| h.status)
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReadModels {
     /// The global position applied last (the checkpoint).

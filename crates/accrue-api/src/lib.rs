@@ -26,6 +26,13 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
 }
 
+/// Parses one usage event (a JSON object, as in `POST /v1/usage`) with the
+/// same rules as the API; `Err` when the line is not such an object.
+pub fn parse_usage_line(line: &str) -> Result<accrue_ledger::UsageItem, String> {
+    let dto: dto::UsageEventDto = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    Ok(routes::usage_item(dto))
+}
+
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     use routes::*;
@@ -46,7 +53,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/payments", post(post_payment))
         .route("/v1/invoices/{number}", get(get_invoice))
         .route("/v1/invoices/{number}/pdf", get(get_invoice_pdf))
+        .route("/v1/invoices/{number}/void", post(void_invoice))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/audit/trial-balance", get(trial_balance))
         .route("/v1/clock", post(move_clock).get(get_clock))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -58,6 +58,8 @@ fn ops() -> Vec<Op> {
         op(Get, "/v1/invoices/{number}/pdf", "The invoice PDF as issued", "admin, auditor, owner", None, "200", None, &[]),
         op(Get, "/v1/accounts/{id}/events", "The account's events with hashes", "admin, auditor", None, "200", Some("EventPage"), &["after", "limit"]),
         op(Get, "/v1/audit/verify", "Recompute every hash chain", "admin, auditor", None, "200", Some("VerifyDto"), &[]),
+        op(Get, "/v1/audit/trial-balance", "Trial balance of the double-entry postings", "admin, auditor", None, "200", Some("TrialBalanceDto"), &["as_of"]),
+        op(Post, "/v1/invoices/{number}/void", "Void an unpaid invoice", "admin", Some("VoidDto"), "200", Some("InvoiceDto"), &[]),
         op(Post, "/v1/clock", "Move the manual clock forward", "admin", Some("ClockDto"), "200", Some("ClockResponse"), &[]),
     ]
 }
@@ -128,6 +130,9 @@ fn build() -> String {
         .schema_from::<crate::routes::EventDto>()
         .schema_from::<VerifyDto>()
         .schema_from::<crate::routes::BrokenDto>()
+        .schema_from::<crate::routes::TrialBalanceDto>()
+        .schema_from::<crate::routes::LedgerAccountDto>()
+        .schema_from::<crate::routes::VoidDto>()
         .schema_from::<ClockDto>()
         .schema_from::<ClockResponse>()
         .build();

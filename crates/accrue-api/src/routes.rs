@@ -349,7 +349,7 @@ fn invalid(detail: impl Into<String>) -> UsageItem {
     UsageItem::Invalid { detail: detail.into() }
 }
 
-fn usage_item(e: UsageEventDto) -> UsageItem {
+pub fn usage_item(e: UsageEventDto) -> UsageItem {
     let Some(id) = e.id.filter(|i| !i.is_empty()) else { return invalid("id is required") };
     if id.len() > MAX_ID_LEN {
         return invalid(format!("id is longer than {MAX_ID_LEN} characters"));
@@ -556,6 +556,7 @@ pub fn invoice_dto(r: &InvoiceRecord) -> InvoiceDto {
 pub struct Range {
     from: Option<String>,
     to: Option<String>,
+    as_of: Option<String>,
 }
 
 fn parse_date(name: &str, s: &str) -> ApiResult<NaiveDate> {
@@ -576,6 +577,16 @@ pub async fn list_invoices(State(st): State<AppState>, p: Principal, Path(id): P
     if from > to {
         return Err(ApiError::unprocessable(format!("from ({from}) is after to ({to})")));
     }
+    let as_of = match q.as_of.as_deref() {
+        None => None,
+        Some(s) => {
+            let t = parse_instant("as_of", s)?;
+            if t > st.ledger.now() {
+                return Err(ApiError::unprocessable("as_of must not be in the future"));
+            }
+            Some(t)
+        }
+    };
     let read = st.ledger.read();
     if !read.accounts.get(&id).is_some_and(|a| a.is_open()) {
         return Err(ApiError::not_found(format!("no account {id:?}")));
@@ -588,7 +599,7 @@ pub async fn list_invoices(State(st): State<AppState>, p: Principal, Path(id): P
         .filter_map(|n| read.invoices.get(n))
         .filter(|r| {
             let d = r.issued.issued_at.date_naive();
-            from <= d && d <= to
+            from <= d && d <= to && as_of.is_none_or(|t| r.history[0].at <= t)
         })
         .collect();
     items.sort_by(|a, b| b.issued.issued_at.cmp(&a.issued.issued_at).then(b.issued.number.cmp(&a.issued.number)));
@@ -602,7 +613,7 @@ pub async fn list_invoices(State(st): State<AppState>, p: Principal, Path(id): P
                 date: r.issued.issued_at.format("%Y-%m-%d").to_string(),
                 subscription: subscription_label(r),
                 period: invoice_period(r),
-                status: r.status.as_str(),
+                status: as_of.map_or(r.status, |t| r.status_at(t)).as_str(),
                 total: Money(r.issued.total),
                 currency: r.issued.currency.clone(),
             })
@@ -757,4 +768,72 @@ pub async fn move_clock(State(st): State<AppState>, p: Principal, Body(req): Bod
 pub async fn get_clock(State(st): State<AppState>, p: Principal) -> ApiResult<Json<serde_json::Value>> {
     p.require(&[Role::Admin, Role::Auditor])?;
     Ok(Json(serde_json::json!({"now": st.ledger.now(), "manual": st.ledger.is_manual_clock()})))
+}
+
+// ---------------------------------------------------------------- finance
+
+#[derive(Deserialize)]
+pub struct AsOfOnly {
+    as_of: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LedgerAccountDto {
+    pub account: &'static str,
+    pub kind: &'static str,
+    pub debits: Money,
+    pub credits: Money,
+    /// Debits minus credits.
+    pub balance: Money,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TrialBalanceDto {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<DateTime<Utc>>,
+    pub accounts: Vec<LedgerAccountDto>,
+    pub total_debits: Money,
+    pub total_credits: Money,
+    pub balanced: bool,
+}
+
+pub async fn trial_balance(State(st): State<AppState>, p: Principal, Q(q): Q<AsOfOnly>) -> ApiResult<Json<TrialBalanceDto>> {
+    p.require(AUDIT)?;
+    let as_of = match q.as_of.as_deref() {
+        None => None,
+        Some(s) => {
+            let t = parse_instant("as_of", s)?;
+            if t > st.ledger.now() {
+                return Err(ApiError::unprocessable("as_of must not be in the future"));
+            }
+            Some(t)
+        }
+    };
+    let tb = accrue_projections::postings::trial_balance(&st.ledger.read().postings, as_of);
+    Ok(Json(TrialBalanceDto {
+        as_of,
+        balanced: tb.balanced(),
+        total_debits: Money(tb.total_debits),
+        total_credits: Money(tb.total_credits),
+        accounts: tb
+            .rows
+            .into_iter()
+            .map(|r| LedgerAccountDto { account: r.account, kind: r.kind, debits: Money(r.debits), credits: Money(r.credits), balance: Money(r.balance) })
+            .collect(),
+    }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoidDto {
+    reason: String,
+}
+
+pub async fn void_invoice(State(st): State<AppState>, p: Principal, Path(number): Path<String>, Body(req): Body<VoidDto>) -> ApiResult<Json<InvoiceDto>> {
+    p.require(ADMIN)?;
+    check_text("reason", &req.reason, 500)?;
+    st.ledger.execute_for_invoice(&number, Command::VoidInvoice { number: number.clone(), reason: req.reason }).await?;
+    let read = st.ledger.read();
+    let rec = read.invoices.get(&number).ok_or_else(|| ApiError::not_found("no such invoice"))?;
+    Ok(Json(invoice_dto(rec)))
 }

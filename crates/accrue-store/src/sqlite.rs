@@ -133,6 +133,16 @@ impl SqliteStore {
     }
 }
 
+impl Drop for SqliteStore {
+    /// Folds the WAL back into the database file on a clean close, so the
+    /// file alone holds everything (the readers' connections are read-only
+    /// and could not do it when they close last).
+    fn drop(&mut self) {
+        let w = self.writer.lock();
+        let _ = w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+}
+
 fn meta_value(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))

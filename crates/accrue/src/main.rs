@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod finance;
 mod progress;
 
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use accrue_ledger::{ClockMode, Ledger};
 use accrue_store::sqlite::SqliteStore;
 use accrue_store::EventStore;
 use anyhow::{bail, Context};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -66,6 +67,31 @@ enum Cmd {
         #[command(subcommand)]
         command: AuditCmd,
     },
+    /// Export events and invoices for a date range (CSV with a header row, or JSON lines).
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// First day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        to: NaiveDate,
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Folder for events.<fmt> and invoices.<fmt>.
+        #[arg(long, default_value_os_t = finance::default_export_dir())]
+        out: PathBuf,
+    },
+    /// Bulk-ingest usage events from a JSON-lines file (one usage event per line).
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        file: PathBuf,
+        /// Decide at this manual-clock instant instead of the system clock.
+        #[arg(long)]
+        clock: Option<String>,
+    },
     /// Measure the performance targets (prints one JSON line last).
     Bench(bench::BenchArgs),
 }
@@ -74,6 +100,11 @@ enum Cmd {
 enum AuditCmd {
     /// Recompute every stream's hash chain; exit 1 on a break.
     Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Re-render every invoice PDF and compare with the recorded SHA-256; exit 1 on a mismatch.
+    Invoices {
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -110,6 +141,23 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo { out } => demo::run(&out),
         Cmd::Rebuild { store } => rebuild(&store),
         Cmd::Audit { command: AuditCmd::Verify { store } } => verify(&store),
+        Cmd::Audit { command: AuditCmd::Invoices { store } } => {
+            if finance::audit_invoices(open_store(&store)?)? > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Export { store, from, to, format, out } => finance::export(open_store(&store)?, from, to, &format, &out),
+        Cmd::Import { store, file, clock } => {
+            let mode = match clock {
+                Some(c) => ClockMode::Manual(parse_clock(&c)?),
+                None => ClockMode::System,
+            };
+            if finance::import(open_store(&store)?, &file, mode)? > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Bench(args) => bench::run(args),
     }
 }
