@@ -2,6 +2,7 @@
 //! the side-effect projectors (PDF, mail) that keep a durable checkpoint and
 //! never run during a rebuild.
 
+pub mod mail;
 pub mod pdf;
 pub mod postings;
 pub mod read_models;

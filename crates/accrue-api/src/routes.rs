@@ -35,11 +35,17 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.ledger.metrics().render(),
-    )
-        .into_response()
+    let mut text = st.ledger.metrics().render();
+    let store = st.ledger.store();
+    let head = store.head_position().unwrap_or(0);
+    text.push_str("# HELP accrue_head_position Global position of the last event.\n# TYPE accrue_head_position gauge\n");
+    text.push_str(&format!("accrue_head_position {head}\n"));
+    text.push_str("# HELP accrue_projector_checkpoint Last position a side-effect projector handled.\n# TYPE accrue_projector_checkpoint gauge\n");
+    for name in ["pdf", "mailer"] {
+        let cp = store.checkpoint(name).unwrap_or(0);
+        text.push_str(&format!("accrue_projector_checkpoint{{name=\"{name}\"}} {cp}\n"));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 pub async fn not_found() -> ApiError {

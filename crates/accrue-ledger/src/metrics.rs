@@ -24,6 +24,7 @@ pub struct Metrics {
     pub usage_duplicate: AtomicU64,
     pub rejections: [AtomicU64; 6],
     pub commits: AtomicU64,
+    pub mails_sent: AtomicU64,
     latency_buckets: [AtomicU64; 12],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -54,6 +55,8 @@ impl Metrics {
         s.push_str(&format!("accrue_events_appended_total {}\n", self.events_appended.load(Relaxed)));
         s.push_str("# HELP accrue_commits_total Store transactions committed.\n# TYPE accrue_commits_total counter\n");
         s.push_str(&format!("accrue_commits_total {}\n", self.commits.load(Relaxed)));
+        s.push_str("# HELP accrue_mails_sent_total Mails delivered (or written to the outbox).\n# TYPE accrue_mails_sent_total counter\n");
+        s.push_str(&format!("accrue_mails_sent_total {}\n", self.mails_sent.load(Relaxed)));
         s.push_str("# HELP accrue_usage_events_total Usage events by outcome.\n# TYPE accrue_usage_events_total counter\n");
         s.push_str(&format!("accrue_usage_events_total{{outcome=\"accepted\"}} {}\n", self.usage_accepted.load(Relaxed)));
         s.push_str(&format!("accrue_usage_events_total{{outcome=\"duplicate\"}} {}\n", self.usage_duplicate.load(Relaxed)));

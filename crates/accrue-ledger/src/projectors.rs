@@ -16,6 +16,9 @@ use accrue_store::RecordedEvent;
 
 use crate::{Ledger, LedgerError};
 
+/// The longest wait between two attempts at one effect.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 /// Runs `handle` for every event after the checkpoint `name`, page by page,
 /// until `stop` is set. The checkpoint advances after each handled event.
 pub fn follow(
@@ -60,7 +63,7 @@ pub fn follow(
                                 return;
                             }
                             std::thread::sleep(backoff);
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                     }
                 }
@@ -87,4 +90,62 @@ pub fn spawn_pdf_writer(ledger: Ledger, dir: PathBuf, stop: Arc<AtomicBool>) -> 
         ledger.execute_blocking(account, Command::RecordPdf { number: inv.number.clone(), sha256 })?;
         Ok(())
     })
+}
+
+/// Sends the mail each event causes (payment failures, invoices with their
+/// PDF, subscription changes, credit thresholds). At most once per causing
+/// event: a `mail-sent:<position>` mark is stored after delivery and checked
+/// before; at least once: a failed delivery is retried with capped
+/// exponential backoff, across restarts (the checkpoint has not moved).
+pub fn spawn_mailer(
+    ledger: Ledger,
+    transport: accrue_projections::mail::MailTransport,
+    from: String,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    follow(ledger, "mailer", stop, move |ledger, rec, e| {
+        let LedgerEvent::Account(event) = e else { return Ok(()) };
+        let Some(account) = rec.stream.strip_prefix("account-") else { return Ok(()) };
+        let store = ledger.store();
+        let key = format!("mail-sent:{}", rec.position);
+        if store.meta_get(&key)?.is_some() {
+            return Ok(());
+        }
+        let Some(state) = ledger.read().accounts.get(account).cloned() else { return Ok(()) };
+        let Some(mail) = accrue_projections::mail::mail_for(event, &state, |i| accrue_projections::pdf::render(i).ok()) else {
+            return Ok(());
+        };
+        let id: String = rec.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let msg = match accrue_projections::mail::build(&mail, &from, &format!("<{}.{id}@accrue>", rec.position)) {
+            Ok(m) => m,
+            Err(err) => {
+                // A bad address never becomes deliverable by retrying.
+                tracing::error!(position = rec.position, error = %err, "mail cannot be built; skipped");
+                return Ok(());
+            }
+        };
+        transport
+            .send(&msg, &format!("{:012}-{}", rec.position, mail.kind))
+            .map_err(|e| LedgerError::Store(accrue_store::StoreError::Backend(e.to_string())))?;
+        store.meta_put(&key, mail.kind)?;
+        ledger.metrics().mails_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    })
+}
+
+/// Blocks until projector `name` has handled everything up to the head, or
+/// the timeout passes; returns whether it caught up.
+pub fn wait_caught_up(ledger: &Ledger, name: &str, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let head = ledger.store().head_position().unwrap_or(0);
+        if ledger.store().checkpoint(name).unwrap_or(0) >= head {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        let _ = ledger.store().wait_for(head, Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -145,6 +145,15 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         let sha256 = accrue_projections::pdf::sha256_hex(&pdf);
         ledger.execute_blocking(&rec.account_id, Command::RecordPdf { number: n.clone(), sha256 })?;
     }
+    // The mails those events cause, as .eml files in the outbox.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let transport = accrue_projections::mail::MailTransport::Outbox(out.join("outbox"));
+    let mailer = accrue_ledger::projectors::spawn_mailer(ledger.clone(), transport, "accrue Billing <billing@accrue.example>".into(), stop.clone())?;
+    let caught_up = accrue_ledger::projectors::wait_caught_up(&ledger, "mailer", std::time::Duration::from_secs(60));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = mailer.join();
+    anyhow::ensure!(caught_up, "the mailer did not finish");
+    let mails = std::fs::read_dir(out.join("outbox")).map(|d| d.count()).unwrap_or(0);
     let verify = accrue_ledger::audit::verify(ledger.store().as_ref(), |_, _| {})?;
 
     println!("accrue demo — one month, {} customers, manual clock {} → {}", CUSTOMERS.len(), start.format("%Y-%m-%d"), "2026-02-15");
@@ -172,7 +181,8 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         println!("{:<16} {:<9} {:>10}  {:<7} {}", n, r.account_id, format!("{} {}", r.issued.currency, r.issued.total), status, r.issued.lines.len());
     }
     println!(
-        "\nPDFs: {}/invoices/   hash chain: {} events, ok={}, head {}",
+        "\nPDFs: {}/invoices/   emails: {mails} in {}/outbox/   hash chain: {} events, ok={}, head {}",
+        out.display(),
         out.display(),
         verify.events,
         verify.ok,

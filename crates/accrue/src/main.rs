@@ -177,9 +177,9 @@ fn serve(args: StoreArgs, listen: SocketAddr, clock: Option<String>, smtp: Optio
     }
     let stop = Arc::new(AtomicBool::new(false));
     let pdf = accrue_ledger::projectors::spawn_pdf_writer(ledger.clone(), args.data.join("invoices"), stop.clone())?;
-    if smtp.is_some() {
-        tracing::warn!("--smtp is accepted but mail delivery is not built yet; no mail is sent");
-    }
+    let transport = accrue_projections::mail::MailTransport::from_url(smtp.as_deref(), args.data.join("outbox")).map_err(|e| anyhow::anyhow!("--smtp: {e}"))?;
+    let from = std::env::var("ACCRUE_MAIL_FROM").unwrap_or_else(|_| "accrue Billing <billing@accrue.example>".to_string());
+    let mailer = accrue_ledger::projectors::spawn_mailer(ledger.clone(), transport, from, stop.clone())?;
     let state = AppState { ledger: ledger.clone(), tokens: Arc::new(tokens) };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -196,6 +196,7 @@ fn serve(args: StoreArgs, listen: SocketAddr, clock: Option<String>, smtp: Optio
     stop.store(true, Ordering::Relaxed);
     ledger.shutdown();
     let _ = pdf.join();
+    let _ = mailer.join();
     Ok(())
 }
 

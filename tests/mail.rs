@@ -1,0 +1,191 @@
+//! Mail through a real SMTP server (Python aiosmtpd, started by the test on
+//! loopback) and the real binary: language, content, exactly-once effect.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const TOKEN: &str = "mail-test-admin";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn python() -> &'static str {
+    let ok = |p: &str| Command::new(p).args(["-c", "import aiosmtpd"]).status().is_ok_and(|s| s.success());
+    if ok("python3") {
+        "python3"
+    } else if ok("/usr/bin/python3") {
+        "/usr/bin/python3"
+    } else {
+        panic!("aiosmtpd is not installed: .ci/run installs it (Debian python3-aiosmtpd or pip)")
+    }
+}
+
+struct Smtp {
+    child: Child,
+    maildir: PathBuf,
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_smtp(port: u16, maildir: &Path) -> Smtp {
+    let child = Command::new(python())
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(maildir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aiosmtpd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "aiosmtpd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Smtp { child, maildir: maildir.to_path_buf() }
+}
+
+fn mails(maildir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(maildir.join("new"))
+        .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+struct Accrue {
+    child: Child,
+    base: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Drop for Accrue {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_accrue(data: &Path, smtp_port: u16) -> Accrue {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--clock", "2026-01-15T00:00:00Z", "--smtp", &format!("smtp://127.0.0.1:{smtp_port}"), "--data"])
+        .arg(data)
+        .env("ACCRUE_ADMIN_TOKEN", TOKEN)
+        .env("ACCRUE_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(a) = line.strip_prefix("accrue listening on ") {
+            break a.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Accrue { child, base, client: reqwest::blocking::Client::new() }
+}
+
+impl Accrue {
+    fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().unwrap_or(Value::Null))
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let text = self.client.get(format!("{}/metrics", self.base)).send().unwrap().text().unwrap();
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// Waits (bounded) until the mailer has handled every event so far.
+    fn mailer_caught_up(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let head = self.metric("accrue_head_position");
+            if self.metric("accrue_projector_checkpoint{name=\"mailer\"}") >= head {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn german_customer_with_failed_payment(&self) {
+        let acct = json!({"id": "mueller", "name": "Müller & Söhne GmbH", "billing_email": "info@mueller.test", "email_language": "de",
+                          "plan": {"full_seats": 2, "full_seat_price": "70.00"}});
+        assert_eq!(self.call("POST", "/v1/accounts", acct).0, 201);
+        let pm = json!({"billing_email": "rechnung@mueller.test", "email_language": "de", "token": "tok_1", "brand": "visa", "last4": "4242", "exp_month": 1, "exp_year": 2030});
+        assert_eq!(self.call("PUT", "/v1/accounts/mueller/payment-method", pm).0, 200);
+        let fail = json!({"invoice_number": "INV-2026-000001", "outcome": "failed", "reference": "ch_9", "failure_reason": "Karte abgelehnt"});
+        assert_eq!(self.call("POST", "/v1/payments", fail.clone()).0, 200);
+        // The processor retries the same outcome.
+        assert_eq!(self.call("POST", "/v1/payments", fail).0, 200);
+    }
+}
+
+fn count(mails: &[String], subject: &str) -> usize {
+    mails.iter().filter(|m| m.contains(subject)).count()
+}
+
+#[test]
+fn the_failure_alert_arrives_in_german_once_naming_the_invoice() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let smtp = start_smtp(port, &dir.path().join("maildir"));
+    let a = start_accrue(&dir.path().join("data"), port);
+    a.german_customer_with_failed_payment();
+    assert!(a.mailer_caught_up(Duration::from_secs(60)));
+    let all = mails(&smtp.maildir);
+    assert_eq!(count(&all, "Subject: Zahlung fehlgeschlagen: Rechnung INV-2026-000001"), 1, "{all:#?}");
+    let alert = all.iter().find(|m| m.contains("Zahlung fehlgeschlagen")).unwrap();
+    assert!(alert.contains("X-RcptTo: rechnung@mueller.test"), "{alert}");
+    assert!(alert.contains("Content-Language: de"), "{alert}");
+    assert!(alert.contains("USD 140.00"), "names the amount due: {alert}");
+    assert!(alert.contains("Karte abgelehnt"), "names the reason: {alert}");
+    // The opening invoice mail carries its PDF.
+    let invoice = all.iter().find(|m| m.contains("Subject: Ihre Rechnung INV-2026-000001")).expect("invoice mail");
+    assert!(invoice.contains("application/pdf") && invoice.contains("INV-2026-000001.pdf"), "{invoice}");
+}
+
+#[test]
+fn mail_waits_for_smtp_to_come_back_and_a_restart_sends_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let a = start_accrue(&data, port);
+    a.german_customer_with_failed_payment();
+    // Nothing listens yet: the mailer cannot get past the first mail.
+    assert!(!a.mailer_caught_up(Duration::from_millis(700)));
+    let smtp = start_smtp(port, &dir.path().join("maildir"));
+    assert!(a.mailer_caught_up(Duration::from_secs(60)), "delivered once the server is back");
+    let first = mails(&smtp.maildir);
+    assert_eq!(count(&first, "Zahlung fehlgeschlagen"), 1);
+    assert_eq!(count(&first, "Subject: Ihre Rechnung"), 1);
+    drop(a);
+    let a = start_accrue(&data, port);
+    assert!(a.mailer_caught_up(Duration::from_secs(60)));
+    // One more event to be sure the restarted mailer is live and past the old ones.
+    assert_eq!(a.call("PUT", "/v1/accounts/mueller/credit-subscription", json!({"limit": "25.00"})).0, 200);
+    assert!(a.mailer_caught_up(Duration::from_secs(60)));
+    let after = mails(&smtp.maildir);
+    assert_eq!(after.len(), first.len() + 1, "only the new subscription mail: {after:#?}");
+    assert_eq!(count(&after, "Zahlung fehlgeschlagen"), 1);
+}
