@@ -13,14 +13,26 @@ use common::*;
 use serde_json::{json, Value};
 
 fn accrue(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_accrue")).args(args).env("ACCRUE_LOG", "warn").output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    let out = Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args(args)
+        .env("ACCRUE_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 /// A small ledger in `dir`: two accounts, usage, a close.
 fn seed(dir: &std::path::Path) -> u64 {
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.join("ledger.db")).unwrap());
-    let ledger = Ledger::open(store, ClockMode::Manual("2026-01-15T00:00:00Z".parse().unwrap())).unwrap();
+    let ledger = Ledger::open(
+        store,
+        ClockMode::Manual("2026-01-15T00:00:00Z".parse().unwrap()),
+    )
+    .unwrap();
     for id in ["acme", "globex"] {
         let cmd = accrue_core::Command::Open(Box::new(accrue_core::OpenAccount {
             account_id: id.into(),
@@ -46,8 +58,17 @@ fn seed(dir: &std::path::Path) -> u64 {
         }));
         ledger.execute_blocking(id, cmd).unwrap();
     }
-    let line = |id: &str, amount: &str| accrue_api::parse_usage_line(&json!({"id": id, "account_id": "acme", "amount": amount}).to_string()).unwrap();
-    let items: Vec<UsageItem> = vec![line("u-1", "0.5"), line("tamper-me-42", "0.0125"), line("u-3", "3")];
+    let line = |id: &str, amount: &str| {
+        accrue_api::parse_usage_line(
+            &json!({"id": id, "account_id": "acme", "amount": amount}).to_string(),
+        )
+        .unwrap()
+    };
+    let items: Vec<UsageItem> = vec![
+        line("u-1", "0.5"),
+        line("tamper-me-42", "0.0125"),
+        line("u-3", "3"),
+    ];
     ledger.ingest_blocking(items).unwrap();
     let pos = ledger
         .store()
@@ -57,7 +78,9 @@ fn seed(dir: &std::path::Path) -> u64 {
         .find(|e| String::from_utf8_lossy(&e.payload).contains("tamper-me-42"))
         .unwrap()
         .position;
-    ledger.advance_clock_blocking("2026-02-15T00:00:00Z".parse().unwrap()).unwrap();
+    ledger
+        .advance_clock_blocking("2026-02-15T00:00:00Z".parse().unwrap())
+        .unwrap();
     ledger.shutdown();
     pos
 }
@@ -77,8 +100,16 @@ fn verify_finds_exactly_the_event_whose_stored_bytes_changed() {
     let mut bytes = std::fs::read(&db).unwrap();
     let needle = b"tamper-me-42";
     // Every copy: SQLite may also keep a stale one in a free page.
-    let hits: Vec<usize> = bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
-    assert!(!hits.is_empty(), "payload is in the main file after checkpoint");
+    let hits: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !hits.is_empty(),
+        "payload is in the main file after checkpoint"
+    );
     for at in hits {
         bytes[at] = b'T';
     }
@@ -98,19 +129,65 @@ fn export_writes_spreadsheet_csv_and_refuses_an_inverted_range() {
     seed(dir.path());
     let data = dir.path().to_str().unwrap();
     let out = dir.path().join("export");
-    let (code, stdout, err) = accrue(&["export", "--data", data, "--from", "2026-01-01", "--to", "2026-12-31", "--format", "csv", "--out", out.to_str().unwrap()]);
+    let (code, stdout, err) = accrue(&[
+        "export",
+        "--data",
+        data,
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-12-31",
+        "--format",
+        "csv",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{stdout}{err}");
     let events = std::fs::read_to_string(out.join("events.csv")).unwrap();
     let mut lines = events.lines();
-    assert_eq!(lines.next().unwrap(), "position,stream,version,type,schema,occurred_at,recorded_at,hash,data");
+    assert_eq!(
+        lines.next().unwrap(),
+        "position,stream,version,type,schema,occurred_at,recorded_at,hash,data"
+    );
     assert!(events.contains("CreditsConsumed"));
     let invoices = std::fs::read_to_string(out.join("invoices.csv")).unwrap();
-    assert_eq!(invoices.lines().count(), 1 + 4, "header + 2 opening + 2 closes");
-    let (code, _, _) = accrue(&["export", "--data", data, "--from", "2026-01-01", "--to", "2026-12-31", "--format", "jsonl", "--out", out.to_str().unwrap()]);
+    assert_eq!(
+        invoices.lines().count(),
+        1 + 4,
+        "header + 2 opening + 2 closes"
+    );
+    let (code, _, _) = accrue(&[
+        "export",
+        "--data",
+        data,
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-12-31",
+        "--format",
+        "jsonl",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0);
-    let first: Value = serde_json::from_str(std::fs::read_to_string(out.join("events.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("events.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(first["position"], 1);
-    let (code, _, err) = accrue(&["export", "--data", data, "--from", "2026-03-01", "--to", "2026-01-01"]);
+    let (code, _, err) = accrue(&[
+        "export",
+        "--data",
+        data,
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-01-01",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("after"), "{err}");
 }
@@ -129,14 +206,28 @@ fn import_keeps_going_past_bad_lines_and_reports_them() {
         json!({"id": "i-4", "account_id": "acme", "amount": "0.75", "occurred_at": "2026-02-15T01:00:00Z"}).to_string(),
     ];
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let (code, out, err) = accrue(&["import", "--data", data, "--clock", "2026-02-15T02:00:00Z", file.to_str().unwrap()]);
+    let (code, out, err) = accrue(&[
+        "import",
+        "--data",
+        data,
+        "--clock",
+        "2026-02-15T02:00:00Z",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("line 2: malformed"), "{err}");
     assert!(err.contains("line 3: rejected invalid"), "{err}");
     assert!(err.contains("line 4: rejected unknown_account"), "{err}");
     assert!(out.contains("2 accepted"), "{out}");
     // Importing the same file again: the good lines are duplicates.
-    let (_, out, _) = accrue(&["import", "--data", data, "--clock", "2026-02-15T02:00:00Z", file.to_str().unwrap()]);
+    let (_, out, _) = accrue(&[
+        "import",
+        "--data",
+        data,
+        "--clock",
+        "2026-02-15T02:00:00Z",
+        file.to_str().unwrap(),
+    ]);
     assert!(out.contains("0 accepted, 2 duplicates"), "{out}");
     let (code, out, _) = accrue(&["rebuild", "--data", data]);
     assert_eq!(code, 0);
@@ -164,25 +255,72 @@ async fn the_trial_balance_balances_and_receivables_are_the_unpaid_invoices() {
     let app = spawn_app("2026-01-15T00:00:00Z").await;
     app.create("acme", "0.00", Some("12.00")).await;
     app.create("globex", "0.00", None).await;
-    app.usage(json!([{"id": "a", "account_id": "acme", "amount": "5.555"}])).await;
-    app.admin("POST", "/v1/clock", Some(json!({"now": "2026-02-15T00:00:00Z"}))).await;
-    let pay = json!({"invoice_number": "INV-2026-000001", "outcome": "succeeded", "reference": "p1"});
-    assert_eq!(app.admin("POST", "/v1/payments", Some(pay)).await.status, 200);
-    let r = app.admin("POST", "/v1/invoices/INV-2026-000002/void", Some(json!({"reason": "duplicate"}))).await;
+    app.usage(json!([{"id": "a", "account_id": "acme", "amount": "5.555"}]))
+        .await;
+    app.admin(
+        "POST",
+        "/v1/clock",
+        Some(json!({"now": "2026-02-15T00:00:00Z"})),
+    )
+    .await;
+    let pay =
+        json!({"invoice_number": "INV-2026-000001", "outcome": "succeeded", "reference": "p1"});
+    assert_eq!(
+        app.admin("POST", "/v1/payments", Some(pay)).await.status,
+        200
+    );
+    let r = app
+        .admin(
+            "POST",
+            "/v1/invoices/INV-2026-000002/void",
+            Some(json!({"reason": "duplicate"})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["status"], "void");
     let tb = app.admin("GET", "/v1/audit/trial-balance", None).await.body;
     assert_eq!(tb["balanced"], true, "{tb}");
     assert_eq!(tb["total_debits"], tb["total_credits"]);
-    let bal = |name: &str| tb["accounts"].as_array().unwrap().iter().find(|a| a["account"] == name).unwrap()["balance"].as_str().unwrap().to_string();
+    let bal = |name: &str| {
+        tb["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["account"] == name)
+            .unwrap()["balance"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     // Paid: the opening 140.00 of acme. Void: globex's opening 140.00.
     // Unpaid: acme's close 5.56 + 140.00 and globex's close 140.00.
     assert_eq!(bal("cash"), "140.00");
     assert_eq!(bal("accounts_receivable"), "285.56");
     assert_eq!(bal("revenue_ai_credits"), "-5.56");
-    let past = app.admin("GET", "/v1/audit/trial-balance?as_of=2026-01-16T00:00:00Z", None).await.body;
+    let past = app
+        .admin(
+            "GET",
+            "/v1/audit/trial-balance?as_of=2026-01-16T00:00:00Z",
+            None,
+        )
+        .await
+        .body;
     assert_eq!(past["balanced"], true);
-    let ar = past["accounts"].as_array().unwrap().iter().find(|a| a["account"] == "accounts_receivable").unwrap()["balance"].clone();
+    let ar = past["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == "accounts_receivable")
+        .unwrap()["balance"]
+        .clone();
     assert_eq!(ar, "280.00");
-    assert_problem(&app.admin("GET", "/v1/audit/trial-balance?as_of=2099-01-01T00:00:00Z", None).await, 422);
+    assert_problem(
+        &app.admin(
+            "GET",
+            "/v1/audit/trial-balance?as_of=2099-01-01T00:00:00Z",
+            None,
+        )
+        .await,
+        422,
+    );
 }

@@ -17,7 +17,14 @@ struct Server {
 
 fn start(data: &std::path::Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--clock", "2026-01-15T00:00:00Z", "--data"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--clock",
+            "2026-01-15T00:00:00Z",
+            "--data",
+        ])
         .arg(data)
         .env("ACCRUE_ADMIN_TOKEN", TOKEN)
         .env("ACCRUE_LOG", "warn")
@@ -38,8 +45,19 @@ fn start(data: &std::path::Path) -> Server {
     Server { child, base }
 }
 
-async fn post(client: &reqwest::Client, base: &str, path: &str, body: Value) -> Option<(u16, Value)> {
-    let r = client.post(format!("{base}{path}")).bearer_auth(TOKEN).json(&body).send().await.ok()?;
+async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: Value,
+) -> Option<(u16, Value)> {
+    let r = client
+        .post(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
     let status = r.status().as_u16();
     let v = r.json().await.ok()?;
     Some((status, v))
@@ -49,10 +67,19 @@ async fn post(client: &reqwest::Client, base: &str, path: &str, body: Value) -> 
 async fn acknowledged_events_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path());
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let acct = json!({"id": "acme", "name": "Acme", "billing_email": "b@acme.test", "plan": {"full_seats": 1, "full_seat_price": "1.00"},
                       "base_credits": "1000000.00"});
-    assert_eq!(post(&client, &s.base, "/v1/accounts", acct).await.unwrap().0, 201);
+    assert_eq!(
+        post(&client, &s.base, "/v1/accounts", acct)
+            .await
+            .unwrap()
+            .0,
+        201
+    );
 
     // Four writers post batches until the server dies under them.
     let acked = std::sync::Arc::new(parking_lot_free::Acked::default());
@@ -93,7 +120,10 @@ async fn acknowledged_events_survive_sigkill() {
     let mut after = 0u64;
     loop {
         let r = client
-            .get(format!("{}/v1/accounts/acme/events?after={after}&limit=1000", s.base))
+            .get(format!(
+                "{}/v1/accounts/acme/events?after={after}&limit=1000",
+                s.base
+            ))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -117,14 +147,36 @@ async fn acknowledged_events_survive_sigkill() {
         assert!(unique.contains(id), "acknowledged event {id} was lost");
     }
     // The balance agrees with the events, and retries of acknowledged events are duplicates.
-    let o: Value = client.get(format!("{}/v1/accounts/acme", s.base)).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+    let o: Value = client
+        .get(format!("{}/v1/accounts/acme", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let used: rust_decimal::Decimal = o["credits"]["used"].as_str().unwrap().parse().unwrap();
     assert_eq!(used, rust_decimal::Decimal::new(seen.len() as i64, 2));
-    let retry: Vec<Value> = acknowledged.iter().take(50).map(|id| json!({"id": id, "account_id": "acme", "amount": "0.01"})).collect();
-    let (status, v) = post(&client, &s.base, "/v1/usage", json!({"events": retry})).await.unwrap();
+    let retry: Vec<Value> = acknowledged
+        .iter()
+        .take(50)
+        .map(|id| json!({"id": id, "account_id": "acme", "amount": "0.01"}))
+        .collect();
+    let (status, v) = post(&client, &s.base, "/v1/usage", json!({"events": retry}))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     assert_eq!(v["duplicate"], 50);
-    let v: Value = client.get(format!("{}/v1/audit/verify", s.base)).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+    let v: Value = client
+        .get(format!("{}/v1/audit/verify", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["ok"], true, "{v}");
     s.child.kill().unwrap();
     s.child.wait().unwrap();

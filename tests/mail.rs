@@ -11,11 +11,20 @@ use serde_json::{json, Value};
 const TOKEN: &str = "mail-test-admin";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn python() -> &'static str {
-    let ok = |p: &str| Command::new(p).args(["-c", "import aiosmtpd"]).status().is_ok_and(|s| s.success());
+    let ok = |p: &str| {
+        Command::new(p)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     if ok("python3") {
         "python3"
     } else if ok("/usr/bin/python3") {
@@ -39,7 +48,15 @@ impl Drop for Smtp {
 
 fn start_smtp(port: u16, maildir: &Path) -> Smtp {
     let child = Command::new(python())
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
         .arg(maildir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -50,12 +67,18 @@ fn start_smtp(port: u16, maildir: &Path) -> Smtp {
         assert!(Instant::now() < deadline, "aiosmtpd did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Smtp { child, maildir: maildir.to_path_buf() }
+    Smtp {
+        child,
+        maildir: maildir.to_path_buf(),
+    }
 }
 
 fn mails(maildir: &Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(maildir.join("new"))
-        .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .collect()
+        })
         .unwrap_or_default();
     out.sort();
     out
@@ -76,7 +99,16 @@ impl Drop for Accrue {
 
 fn start_accrue(data: &Path, smtp_port: u16) -> Accrue {
     let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--clock", "2026-01-15T00:00:00Z", "--smtp", &format!("smtp://127.0.0.1:{smtp_port}"), "--data"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--clock",
+            "2026-01-15T00:00:00Z",
+            "--smtp",
+            &format!("smtp://127.0.0.1:{smtp_port}"),
+            "--data",
+        ])
         .arg(data)
         .env("ACCRUE_ADMIN_TOKEN", TOKEN)
         .env("ACCRUE_LOG", "error")
@@ -92,14 +124,21 @@ fn start_accrue(data: &Path, smtp_port: u16) -> Accrue {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    Accrue { child, base, client: reqwest::blocking::Client::new() }
+    Accrue {
+        child,
+        base,
+        client: reqwest::blocking::Client::new(),
+    }
 }
 
 impl Accrue {
     fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .client
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", self.base))
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", self.base),
+            )
             .bearer_auth(TOKEN)
             .json(&body)
             .send()
@@ -109,8 +148,18 @@ impl Accrue {
     }
 
     fn metric(&self, name: &str) -> u64 {
-        let text = self.client.get(format!("{}/metrics", self.base)).send().unwrap().text().unwrap();
-        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Waits (bounded) until the mailer has handled every event so far.
@@ -133,7 +182,11 @@ impl Accrue {
                           "plan": {"full_seats": 2, "full_seat_price": "70.00"}});
         assert_eq!(self.call("POST", "/v1/accounts", acct).0, 201);
         let pm = json!({"billing_email": "rechnung@mueller.test", "email_language": "de", "token": "tok_1", "brand": "visa", "last4": "4242", "exp_month": 1, "exp_year": 2030});
-        assert_eq!(self.call("PUT", "/v1/accounts/mueller/payment-method", pm).0, 200);
+        assert_eq!(
+            self.call("PUT", "/v1/accounts/mueller/payment-method", pm)
+                .0,
+            200
+        );
         let fail = json!({"invoice_number": "INV-2026-000001", "outcome": "failed", "reference": "ch_9", "failure_reason": "Karte abgelehnt"});
         assert_eq!(self.call("POST", "/v1/payments", fail.clone()).0, 200);
         // The processor retries the same outcome.
@@ -154,15 +207,37 @@ fn the_failure_alert_arrives_in_german_once_naming_the_invoice() {
     a.german_customer_with_failed_payment();
     assert!(a.mailer_caught_up(Duration::from_secs(60)));
     let all = mails(&smtp.maildir);
-    assert_eq!(count(&all, "Subject: Zahlung fehlgeschlagen: Rechnung INV-2026-000001"), 1, "{all:#?}");
-    let alert = all.iter().find(|m| m.contains("Zahlung fehlgeschlagen")).unwrap();
+    assert_eq!(
+        count(
+            &all,
+            "Subject: Zahlung fehlgeschlagen: Rechnung INV-2026-000001"
+        ),
+        1,
+        "{all:#?}"
+    );
+    let alert = all
+        .iter()
+        .find(|m| m.contains("Zahlung fehlgeschlagen"))
+        .unwrap();
     assert!(alert.contains("X-RcptTo: rechnung@mueller.test"), "{alert}");
     assert!(alert.contains("Content-Language: de"), "{alert}");
-    assert!(alert.contains("USD 140.00"), "names the amount due: {alert}");
-    assert!(alert.contains("Karte abgelehnt"), "names the reason: {alert}");
+    assert!(
+        alert.contains("USD 140.00"),
+        "names the amount due: {alert}"
+    );
+    assert!(
+        alert.contains("Karte abgelehnt"),
+        "names the reason: {alert}"
+    );
     // The opening invoice mail carries its PDF.
-    let invoice = all.iter().find(|m| m.contains("Subject: Ihre Rechnung INV-2026-000001")).expect("invoice mail");
-    assert!(invoice.contains("application/pdf") && invoice.contains("INV-2026-000001.pdf"), "{invoice}");
+    let invoice = all
+        .iter()
+        .find(|m| m.contains("Subject: Ihre Rechnung INV-2026-000001"))
+        .expect("invoice mail");
+    assert!(
+        invoice.contains("application/pdf") && invoice.contains("INV-2026-000001.pdf"),
+        "{invoice}"
+    );
 }
 
 #[test]
@@ -175,7 +250,10 @@ fn mail_waits_for_smtp_to_come_back_and_a_restart_sends_nothing_twice() {
     // Nothing listens yet: the mailer cannot get past the first mail.
     assert!(!a.mailer_caught_up(Duration::from_millis(700)));
     let smtp = start_smtp(port, &dir.path().join("maildir"));
-    assert!(a.mailer_caught_up(Duration::from_secs(60)), "delivered once the server is back");
+    assert!(
+        a.mailer_caught_up(Duration::from_secs(60)),
+        "delivered once the server is back"
+    );
     let first = mails(&smtp.maildir);
     assert_eq!(count(&first, "Zahlung fehlgeschlagen"), 1);
     assert_eq!(count(&first, "Subject: Ihre Rechnung"), 1);
@@ -183,9 +261,21 @@ fn mail_waits_for_smtp_to_come_back_and_a_restart_sends_nothing_twice() {
     let a = start_accrue(&data, port);
     assert!(a.mailer_caught_up(Duration::from_secs(60)));
     // One more event to be sure the restarted mailer is live and past the old ones.
-    assert_eq!(a.call("PUT", "/v1/accounts/mueller/credit-subscription", json!({"limit": "25.00"})).0, 200);
+    assert_eq!(
+        a.call(
+            "PUT",
+            "/v1/accounts/mueller/credit-subscription",
+            json!({"limit": "25.00"})
+        )
+        .0,
+        200
+    );
     assert!(a.mailer_caught_up(Duration::from_secs(60)));
     let after = mails(&smtp.maildir);
-    assert_eq!(after.len(), first.len() + 1, "only the new subscription mail: {after:#?}");
+    assert_eq!(
+        after.len(),
+        first.len() + 1,
+        "only the new subscription mail: {after:#?}"
+    );
     assert_eq!(count(&after, "Zahlung fehlgeschlagen"), 1);
 }

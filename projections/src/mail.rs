@@ -160,34 +160,76 @@ pub fn mail_for(
     let mut vars = vec![("name", info.name.clone())];
     let (kind, subject, body, attachment) = match event {
         AccountEvent::PaymentFailed(p) => {
-            vars.extend([("number", p.invoice_number.clone()), ("amount", money(cur, p.amount_due)), ("reason", p.reason.clone())]);
+            vars.extend([
+                ("number", p.invoice_number.clone()),
+                ("amount", money(cur, p.amount_due)),
+                ("reason", p.reason.clone()),
+            ]);
             ("payment_failed", t.failure_subject, t.failure_body, None)
         }
         AccountEvent::InvoiceIssued(i) => {
-            vars.extend([("number", i.number.clone()), ("amount", money(cur, i.total)), ("date", day(i.due_date))]);
+            vars.extend([
+                ("number", i.number.clone()),
+                ("amount", money(cur, i.total)),
+                ("date", day(i.due_date)),
+            ]);
             let att = pdf(i).map(|b| (format!("{}.pdf", i.number), b));
             ("invoice_issued", t.invoice_subject, t.invoice_body, att)
         }
         AccountEvent::CreditLimitSet(l) => {
             vars.push(("limit", money(cur, l.limit)));
-            ("credit_subscription", t.subscribed_subject, t.subscribed_body, None)
+            (
+                "credit_subscription",
+                t.subscribed_subject,
+                t.subscribed_body,
+                None,
+            )
         }
         AccountEvent::CreditUnsubscribed(u) => {
             vars.push(("date", day(u.effective_at)));
-            ("credit_unsubscribed", t.unsubscribed_subject, t.unsubscribed_body, None)
+            (
+                "credit_unsubscribed",
+                t.unsubscribed_subject,
+                t.unsubscribed_body,
+                None,
+            )
         }
         AccountEvent::CreditThresholdReached(c) => {
-            vars.extend([("percent", c.percent.to_string()), ("used", money(cur, c.used)), ("capacity", money(cur, c.capacity))]);
-            ("credit_threshold", t.threshold_subject, t.threshold_body, None)
+            vars.extend([
+                ("percent", c.percent.to_string()),
+                ("used", money(cur, c.used)),
+                ("capacity", money(cur, c.capacity)),
+            ]);
+            (
+                "credit_threshold",
+                t.threshold_subject,
+                t.threshold_body,
+                None,
+            )
         }
         _ => return None,
     };
-    let text = format!("{}\n\n{}\n\n{}\n", fill(t.greeting, &vars), fill(body, &vars), t.closing);
-    Some(Mail { kind, to, language, subject: fill(subject, &vars), text, attachment })
+    let text = format!(
+        "{}\n\n{}\n\n{}\n",
+        fill(t.greeting, &vars),
+        fill(body, &vars),
+        t.closing
+    );
+    Some(Mail {
+        kind,
+        to,
+        language,
+        subject: fill(subject, &vars),
+        text,
+        attachment,
+    })
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,16 +243,32 @@ pub enum MailError {
 /// Builds the MIME message. `message_id` makes a re-delivery recognisable
 /// as the same mail.
 pub fn build(mail: &Mail, from: &str, message_id: &str) -> Result<Message, MailError> {
-    let from: Mailbox = from.parse().map_err(|e| MailError::Build(format!("from: {e}")))?;
-    let to: Mailbox = mail.to.parse().map_err(|e| MailError::Build(format!("to: {e}")))?;
+    let from: Mailbox = from
+        .parse()
+        .map_err(|e| MailError::Build(format!("from: {e}")))?;
+    let to: Mailbox = mail
+        .to
+        .parse()
+        .map_err(|e| MailError::Build(format!("to: {e}")))?;
     let html = format!(
         "<!doctype html><html lang=\"{}\"><body>{}</body></html>",
         mail.language,
-        mail.text.split("\n\n").map(|p| format!("<p>{}</p>", html_escape(p).replace('\n', "<br>"))).collect::<String>()
+        mail.text
+            .split("\n\n")
+            .map(|p| format!("<p>{}</p>", html_escape(p).replace('\n', "<br>")))
+            .collect::<String>()
     );
     let alternative = MultiPart::alternative()
-        .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(mail.text.clone()))
-        .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html));
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(mail.text.clone()),
+        )
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(html),
+        );
     let builder = Message::builder()
         .from(from)
         .to(to)
@@ -220,9 +278,13 @@ pub fn build(mail: &Mail, from: &str, message_id: &str) -> Result<Message, MailE
     let msg = match &mail.attachment {
         None => builder.multipart(alternative),
         Some((name, bytes)) => builder.multipart(
-            MultiPart::mixed()
-                .multipart(alternative)
-                .singlepart(Attachment::new(name.clone()).body(bytes.clone(), ContentType::parse("application/pdf").map_err(|e| MailError::Build(e.to_string()))?)),
+            MultiPart::mixed().multipart(alternative).singlepart(
+                Attachment::new(name.clone()).body(
+                    bytes.clone(),
+                    ContentType::parse("application/pdf")
+                        .map_err(|e| MailError::Build(e.to_string()))?,
+                ),
+            ),
         ),
     };
     msg.map_err(|e| MailError::Build(e.to_string()))
@@ -238,24 +300,40 @@ pub enum MailTransport {
 impl MailTransport {
     /// `smtp://host:port` (plain SMTP to a relay), or `None` for the outbox.
     pub fn from_url(url: Option<&str>, outbox: PathBuf) -> Result<MailTransport, MailError> {
-        let Some(url) = url else { return Ok(MailTransport::Outbox(outbox)) };
-        let rest = url.strip_prefix("smtp://").ok_or_else(|| MailError::Build(format!("{url:?}: only smtp://host:port is supported")))?;
+        let Some(url) = url else {
+            return Ok(MailTransport::Outbox(outbox));
+        };
+        let rest = url.strip_prefix("smtp://").ok_or_else(|| {
+            MailError::Build(format!("{url:?}: only smtp://host:port is supported"))
+        })?;
         let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse::<u16>().map_err(|_| MailError::Build(format!("bad port in {url:?}")))?),
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|_| MailError::Build(format!("bad port in {url:?}")))?,
+            ),
             None => (rest.trim_end_matches('/').to_string(), 25),
         };
-        let t = SmtpTransport::builder_dangerous(host).port(port).timeout(Some(std::time::Duration::from_secs(10))).build();
+        let t = SmtpTransport::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(std::time::Duration::from_secs(10)))
+            .build();
         Ok(MailTransport::Smtp(Box::new(t)))
     }
 
     pub fn send(&self, msg: &Message, file_key: &str) -> Result<(), MailError> {
         match self {
-            MailTransport::Smtp(t) => t.send(msg).map(drop).map_err(|e| MailError::Send(e.to_string())),
+            MailTransport::Smtp(t) => t
+                .send(msg)
+                .map(drop)
+                .map_err(|e| MailError::Send(e.to_string())),
             MailTransport::Outbox(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| MailError::Send(e.to_string()))?;
                 let path = dir.join(format!("{file_key}.eml"));
                 let tmp = dir.join(format!(".{file_key}.eml.tmp"));
-                std::fs::write(&tmp, msg.formatted()).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| MailError::Send(e.to_string()))
+                std::fs::write(&tmp, msg.formatted())
+                    .and_then(|_| std::fs::rename(&tmp, &path))
+                    .map_err(|e| MailError::Send(e.to_string()))
             }
         }
     }

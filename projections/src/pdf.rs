@@ -12,8 +12,8 @@ use accrue_core::events::InvoiceIssued;
 use accrue_core::money::display;
 use chrono::Duration;
 use printpdf::{
-    Color, FontId, Line, LinePoint, Mm, Op, ParsedFont, PdfDocument, PdfFont, PdfFontHandle, PdfPage, PdfSaveOptions,
-    Point, Pt, Rgb, TextItem,
+    Color, FontId, Line, LinePoint, Mm, Op, ParsedFont, PdfDocument, PdfFont, PdfFontHandle,
+    PdfPage, PdfSaveOptions, Point, Pt, Rgb, TextItem,
 };
 use sha2::{Digest, Sha256};
 
@@ -57,9 +57,16 @@ impl Page {
         let font = PdfFontHandle::External(FontId(FONT_ID.into()));
         self.ops.extend([
             Op::StartTextSection,
-            Op::SetTextCursor { pos: Point::new(Mm(x), Mm(y)) },
-            Op::SetFont { font, size: Pt(size) },
-            Op::ShowText { items: vec![TextItem::Text(s.to_string())] },
+            Op::SetTextCursor {
+                pos: Point::new(Mm(x), Mm(y)),
+            },
+            Op::SetFont {
+                font,
+                size: Pt(size),
+            },
+            Op::ShowText {
+                items: vec![TextItem::Text(s.to_string())],
+            },
             Op::EndTextSection,
         ]);
     }
@@ -67,18 +74,36 @@ impl Page {
     /// Right-aligned text; widths estimated from the face's figure width
     /// (amounts are digits, so the estimate is close).
     fn text_right(&mut self, x_right: f32, y: f32, size: f32, s: &str) {
-        let w_mm = s.chars().map(|c| if c.is_ascii() { 0.52 } else { 1.0 }).sum::<f32>() * size * 0.3528;
+        let w_mm = s
+            .chars()
+            .map(|c| if c.is_ascii() { 0.52 } else { 1.0 })
+            .sum::<f32>()
+            * size
+            * 0.3528;
         self.text(x_right - w_mm, y, size, s);
     }
 
     fn rule(&mut self, y: f32, gray: f32) {
-        self.ops.push(Op::SetOutlineColor { col: Color::Rgb(Rgb { r: gray, g: gray, b: gray, icc_profile: None }) });
+        self.ops.push(Op::SetOutlineColor {
+            col: Color::Rgb(Rgb {
+                r: gray,
+                g: gray,
+                b: gray,
+                icc_profile: None,
+            }),
+        });
         self.ops.push(Op::SetOutlineThickness { pt: Pt(0.5) });
         self.ops.push(Op::DrawLine {
             line: Line {
                 points: vec![
-                    LinePoint { p: Point::new(Mm(LEFT), Mm(y)), bezier: false },
-                    LinePoint { p: Point::new(Mm(RIGHT), Mm(y)), bezier: false },
+                    LinePoint {
+                        p: Point::new(Mm(LEFT), Mm(y)),
+                        bezier: false,
+                    },
+                    LinePoint {
+                        p: Point::new(Mm(RIGHT), Mm(y)),
+                        bezier: false,
+                    },
                 ],
                 is_closed: false,
             },
@@ -99,7 +124,11 @@ fn wrap(s: &str, max: usize) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for part in s.split(", ") {
-        let add = if cur.is_empty() { part.to_string() } else { format!("{cur}, {part}") };
+        let add = if cur.is_empty() {
+            part.to_string()
+        } else {
+            format!("{cur}, {part}")
+        };
         if add.chars().count() > max && !cur.is_empty() {
             out.push(format!("{cur},"));
             cur = part.to_string();
@@ -138,7 +167,12 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
             y -= 4.5;
         }
     }
-    p.text(LEFT, y, 9.0, &format!("Serial number: {}", inv.serial_number));
+    p.text(
+        LEFT,
+        y,
+        9.0,
+        &format!("Serial number: {}", inv.serial_number),
+    );
 
     let facts = [
         ("Invoice number", inv.number.clone()),
@@ -194,7 +228,12 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
     p.rule(y + 2.0, 0.3);
     y -= 5.0;
     p.text(120.0, y, 11.0, "Total");
-    p.text_right(RIGHT, y, 11.0, &format!("{} {}", inv.currency, display(inv.total)));
+    p.text_right(
+        RIGHT,
+        y,
+        11.0,
+        &format!("{} {}", inv.currency, display(inv.total)),
+    );
     y -= 14.0;
 
     // Terms.
@@ -206,7 +245,10 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
             display(inv.total),
             day(inv.due_date)
         ),
-        format!("Please quote invoice number {} with your payment.", inv.number),
+        format!(
+            "Please quote invoice number {} with your payment.",
+            inv.number
+        ),
         "AI credits are billed in arrears (usage beyond the included base credits);".to_string(),
         "seats and add-ons are billed in advance for the subscription period.".to_string(),
     ];
@@ -216,12 +258,27 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
     }
     let count = pages.len();
     for (i, pg) in pages.iter_mut().enumerate() {
-        pg.text(LEFT, 12.0, 7.5, &format!("{} · {} · page {} of {}", ISSUER[0], inv.number, i + 1, count));
+        pg.text(
+            LEFT,
+            12.0,
+            7.5,
+            &format!(
+                "{} · {} · page {} of {}",
+                ISSUER[0],
+                inv.number,
+                i + 1,
+                count
+            ),
+        );
     }
 
     let mut doc = PdfDocument::new(&format!("Invoice {}", inv.number));
-    doc.resources.fonts.map.insert(FontId(FONT_ID.into()), PdfFont::new(font.clone()));
-    let issued = printpdf::OffsetDateTime::from_unix_timestamp(inv.issued_at.timestamp()).unwrap_or_else(|_| doc.metadata.info.creation_date);
+    doc.resources
+        .fonts
+        .map
+        .insert(FontId(FONT_ID.into()), PdfFont::new(font.clone()));
+    let issued = printpdf::OffsetDateTime::from_unix_timestamp(inv.issued_at.timestamp())
+        .unwrap_or(doc.metadata.info.creation_date);
     doc.metadata.info.creation_date = issued;
     doc.metadata.info.modification_date = issued;
     doc.metadata.info.metadata_date = issued;
@@ -229,13 +286,20 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
     doc.metadata.info.creator = "accrue".to_string();
     doc.metadata.info.producer = "accrue".to_string();
     doc.metadata.info.subject = format!("Invoice {} for {}", inv.number, inv.customer_name);
-    doc.pages = pages.into_iter().map(|p| PdfPage::new(Mm(PAGE_W), Mm(PAGE_H), p.ops)).collect();
+    doc.pages = pages
+        .into_iter()
+        .map(|p| PdfPage::new(Mm(PAGE_W), Mm(PAGE_H), p.ops))
+        .collect();
 
     let opts = PdfSaveOptions::default();
     let mut warnings = Vec::new();
     let mut lo = doc.to_lopdf_document(&opts, &mut warnings);
-    let id = lopdf::Object::String(Sha256::digest(inv.number.as_bytes())[..16].to_vec(), lopdf::StringFormat::Hexadecimal);
-    lo.trailer.set("ID", lopdf::Object::Array(vec![id.clone(), id]));
+    let id = lopdf::Object::String(
+        Sha256::digest(inv.number.as_bytes())[..16].to_vec(),
+        lopdf::StringFormat::Hexadecimal,
+    );
+    lo.trailer
+        .set("ID", lopdf::Object::Array(vec![id.clone(), id]));
     if opts.optimize {
         lo.compress();
     }

@@ -61,9 +61,21 @@ pub fn entries(
         AccountEvent::InvoiceIssued(InvoiceIssued { number, lines, .. }) => lines
             .iter()
             .filter(|l| !l.amount.is_zero())
-            .map(|l| pair("accounts_receivable", revenue_account(l.kind), l.amount, number))
+            .map(|l| {
+                pair(
+                    "accounts_receivable",
+                    revenue_account(l.kind),
+                    l.amount,
+                    number,
+                )
+            })
             .collect(),
-        AccountEvent::PaymentSucceeded(p) => vec![pair("cash", "accounts_receivable", p.amount, &p.invoice_number)],
+        AccountEvent::PaymentSucceeded(p) => vec![pair(
+            "cash",
+            "accounts_receivable",
+            p.amount,
+            &p.invoice_number,
+        )],
         AccountEvent::InvoiceVoided(v) => invoice_total(&v.number)
             .map(|t| vec![pair("invoice_voids", "accounts_receivable", t, &v.number)])
             .unwrap_or_default(),
@@ -93,7 +105,10 @@ impl TrialBalance {
         self.total_debits == self.total_credits
     }
     pub fn balance_of(&self, account: &str) -> Decimal {
-        self.rows.iter().find(|r| r.account == account).map_or(Decimal::ZERO, |r| r.balance)
+        self.rows
+            .iter()
+            .find(|r| r.account == account)
+            .map_or(Decimal::ZERO, |r| r.balance)
     }
 }
 
@@ -101,9 +116,18 @@ impl TrialBalance {
 pub fn trial_balance(postings: &[Posting], as_of: Option<DateTime<Utc>>) -> TrialBalance {
     let mut rows: Vec<BalanceRow> = CHART
         .iter()
-        .map(|(a, k)| BalanceRow { account: a, kind: k, debits: Decimal::ZERO, credits: Decimal::ZERO, balance: Decimal::ZERO })
+        .map(|(a, k)| BalanceRow {
+            account: a,
+            kind: k,
+            debits: Decimal::ZERO,
+            credits: Decimal::ZERO,
+            balance: Decimal::ZERO,
+        })
         .collect();
-    for p in postings.iter().filter(|p| as_of.is_none_or(|t| p.recorded_at <= t)) {
+    for p in postings
+        .iter()
+        .filter(|p| as_of.is_none_or(|t| p.recorded_at <= t))
+    {
         if let Some(r) = rows.iter_mut().find(|r| r.account == p.account) {
             r.debits += p.debit;
             r.credits += p.credit;
@@ -114,5 +138,9 @@ pub fn trial_balance(postings: &[Posting], as_of: Option<DateTime<Utc>>) -> Tria
     }
     let total_debits = rows.iter().map(|r| r.debits).sum();
     let total_credits = rows.iter().map(|r| r.credits).sum();
-    TrialBalance { rows, total_debits, total_credits }
+    TrialBalance {
+        rows,
+        total_debits,
+        total_credits,
+    }
 }

@@ -35,7 +35,11 @@ pub struct InvoiceRecord {
 impl InvoiceRecord {
     /// The status as it stood at `t` (from the status history).
     pub fn status_at(&self, t: DateTime<Utc>) -> InvoiceStatus {
-        self.history.iter().take_while(|h| h.at <= t).last().map_or(InvoiceStatus::Unpaid, |h| h.status)
+        self.history
+            .iter()
+            .take_while(|h| h.at <= t)
+            .last()
+            .map_or(InvoiceStatus::Unpaid, |h| h.status)
     }
 }
 
@@ -58,19 +62,36 @@ pub fn account_of(stream: &str) -> Option<&str> {
 
 impl ReadModels {
     /// Folds one event. Positions must arrive in increasing order.
-    pub fn apply(&mut self, position: u64, stream: &str, recorded_at: DateTime<Utc>, event: &LedgerEvent) {
-        debug_assert!(position > self.position, "read models replay in global order");
+    pub fn apply(
+        &mut self,
+        position: u64,
+        stream: &str,
+        recorded_at: DateTime<Utc>,
+        event: &LedgerEvent,
+    ) {
+        debug_assert!(
+            position > self.position,
+            "read models replay in global order"
+        );
         self.position = position;
-        let LedgerEvent::Account(event) = event else { return };
-        let Some(account) = account_of(stream) else { return };
+        let LedgerEvent::Account(event) = event else {
+            return;
+        };
+        let Some(account) = account_of(stream) else {
+            return;
+        };
         if !self.accounts.contains_key(account) {
-            self.accounts.insert(account.to_string(), AccountState::default());
+            self.accounts
+                .insert(account.to_string(), AccountState::default());
         }
         let state = self.accounts.get_mut(account).expect("just ensured");
         state.apply(event);
         let invoices = &self.invoices;
-        for (dr, cr, amount, invoice) in crate::postings::entries(event, |n| invoices.get(n).map(|r| r.issued.total)) {
-            for (acct, debit, credit) in [(dr, amount, Decimal::ZERO), (cr, Decimal::ZERO, amount)] {
+        for (dr, cr, amount, invoice) in
+            crate::postings::entries(event, |n| invoices.get(n).map(|r| r.issued.total))
+        {
+            for (acct, debit, credit) in [(dr, amount, Decimal::ZERO), (cr, Decimal::ZERO, amount)]
+            {
                 self.postings.push(Posting {
                     position,
                     recorded_at,

@@ -2,7 +2,10 @@
 //! receivables equal the sum of unpaid invoices.
 
 use accrue_core::events::{LedgerEvent, Plan};
-use accrue_core::{decide, AccountState, BillingFrequency, Command, Context, InvoiceStatus, OpenAccount, UsageInput};
+use accrue_core::{
+    decide, AccountState, BillingFrequency, Command, Context, InvoiceStatus, OpenAccount,
+    UsageInput,
+};
 use accrue_projections::postings::trial_balance;
 use accrue_projections::ReadModels;
 use chrono::{DateTime, Duration, Utc};
@@ -26,15 +29,16 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
     let mut models = ReadModels::default();
     let mut pos = 0u64;
     let mut seq = 0u64;
-    let mut run = |state: &mut AccountState, models: &mut ReadModels, cmd: Command, now: DateTime<Utc>| {
-        if let Ok(events) = decide(state, cmd, &Context { now }) {
-            for e in events {
-                state.apply(&e);
-                pos += 1;
-                models.apply(pos, "account-p", now, &LedgerEvent::Account(e));
+    let mut run =
+        |state: &mut AccountState, models: &mut ReadModels, cmd: Command, now: DateTime<Utc>| {
+            if let Ok(events) = decide(state, cmd, &Context { now }) {
+                for e in events {
+                    state.apply(&e);
+                    pos += 1;
+                    models.apply(pos, "account-p", now, &LedgerEvent::Account(e));
+                }
             }
-        }
-    };
+        };
     let mut number = || {
         seq += 1;
         format!("INV-2026-{seq:06}")
@@ -57,7 +61,12 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
     run(&mut state, &mut models, Command::Open(Box::new(open)), now);
     for (i, (op, n)) in ops.iter().enumerate() {
         let invoices: Vec<String> = state.invoices.keys().cloned().collect();
-        let pick = || invoices.get(*n as usize % invoices.len().max(1)).cloned().unwrap_or_default();
+        let pick = || {
+            invoices
+                .get(*n as usize % invoices.len().max(1))
+                .cloned()
+                .unwrap_or_default()
+        };
         let cmd = match op % 6 {
             0 | 1 => Command::Consume(UsageInput {
                 usage_id: format!("u{i}"),
@@ -69,10 +78,20 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
             }),
             2 => {
                 now = state.period_end().unwrap();
-                Command::ClosePeriod { invoice_number: number() }
+                Command::ClosePeriod {
+                    invoice_number: number(),
+                }
             }
-            3 => Command::RecordPayment { invoice_number: pick(), reference: format!("r{i}"), succeeded: n % 3 != 0, failure_reason: None },
-            4 => Command::VoidInvoice { number: pick(), reason: "test".into() },
+            3 => Command::RecordPayment {
+                invoice_number: pick(),
+                reference: format!("r{i}"),
+                succeeded: n % 3 != 0,
+                failure_reason: None,
+            },
+            4 => Command::VoidInvoice {
+                number: pick(),
+                reason: "test".into(),
+            },
             _ => {
                 now += Duration::days(i64::from(*n % 9));
                 if now >= state.period_end().unwrap() {

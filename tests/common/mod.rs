@@ -22,14 +22,23 @@ pub struct App {
 /// Starts the API on a manual clock at `now`.
 pub async fn spawn_app(now: &str) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("ledger.db")).unwrap());
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(dir.path().join("ledger.db")).unwrap());
     let ledger = Ledger::open(store.clone(), ClockMode::Manual(now.parse().unwrap())).unwrap();
     let (tokens, _) = Tokens::load(store, Some(ADMIN)).unwrap();
-    let app = accrue_api::router(AppState { ledger: ledger.clone(), tokens: Arc::new(tokens) });
+    let app = accrue_api::router(AppState {
+        ledger: ledger.clone(),
+        tokens: Arc::new(tokens),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    App { base, client: reqwest::Client::new(), ledger, dir }
+    App {
+        base,
+        client: reqwest::Client::new(),
+        ledger,
+        dir,
+    }
 }
 
 pub struct Resp {
@@ -40,7 +49,13 @@ pub struct Resp {
 }
 
 impl App {
-    pub async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut r = self.client.request(m, format!("{}{}", self.base, path));
         if let Some(t) = token {
@@ -87,7 +102,8 @@ impl App {
     }
 
     pub async fn usage(&self, events: Value) -> Resp {
-        self.admin("POST", "/v1/usage", Some(json!({ "events": events }))).await
+        self.admin("POST", "/v1/usage", Some(json!({ "events": events })))
+            .await
     }
 
     pub async fn overview(&self, id: &str) -> Value {
@@ -103,10 +119,20 @@ impl App {
 
 async fn finish(r: reqwest::Response) -> Resp {
     let status = r.status().as_u16();
-    let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let bytes = r.bytes().await.unwrap().to_vec();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Resp { status, content_type, body, bytes }
+    Resp {
+        status,
+        content_type,
+        body,
+        bytes,
+    }
 }
 
 pub fn account_body(id: &str) -> Value {

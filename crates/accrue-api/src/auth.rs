@@ -58,7 +58,11 @@ fn hash(token: &str) -> String {
 }
 
 pub fn new_token() -> String {
-    format!("acr_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "acr_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 pub struct Tokens {
@@ -71,9 +75,15 @@ impl Tokens {
     /// Loads issued tokens. The admin token is `admin_token` if given
     /// (from `ACCRUE_ADMIN_TOKEN`); otherwise one is generated at the first
     /// start and returned here, once, to be printed.
-    pub fn load(store: Arc<dyn EventStore>, admin_token: Option<&str>) -> Result<(Tokens, Option<String>), ApiError> {
+    pub fn load(
+        store: Arc<dyn EventStore>,
+        admin_token: Option<&str>,
+    ) -> Result<(Tokens, Option<String>), ApiError> {
         let mut cache = HashMap::new();
-        for (k, v) in store.meta_list("token:").map_err(|e| ApiError::internal(e.to_string()))? {
+        for (k, v) in store
+            .meta_list("token:")
+            .map_err(|e| ApiError::internal(e.to_string()))?
+        {
             if let Ok(p) = serde_json::from_str::<Principal>(&v) {
                 cache.insert(k.trim_start_matches("token:").to_string(), p);
             }
@@ -82,12 +92,22 @@ impl Tokens {
         let admin_hash = match admin_token.filter(|t| !t.is_empty()) {
             Some(t) => Some(hash(t)),
             None => {
-                if store.meta_get("admin_token_generated").map_err(|e| ApiError::internal(e.to_string()))?.is_none() {
+                if store
+                    .meta_get("admin_token_generated")
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .is_none()
+                {
                     let t = new_token();
-                    let p = Principal { role: Role::Admin, account_id: None };
+                    let p = Principal {
+                        role: Role::Admin,
+                        account_id: None,
+                    };
                     let h = hash(&t);
                     store
-                        .meta_put(&format!("token:{h}"), &serde_json::to_string(&p).unwrap_or_default())
+                        .meta_put(
+                            &format!("token:{h}"),
+                            &serde_json::to_string(&p).unwrap_or_default(),
+                        )
                         .and_then(|_| store.meta_put("admin_token_generated", "1"))
                         .map_err(|e| ApiError::internal(e.to_string()))?;
                     cache.insert(h, p);
@@ -96,13 +116,23 @@ impl Tokens {
                 None
             }
         };
-        Ok((Tokens { store, cache: RwLock::new(cache), admin_hash }, generated))
+        Ok((
+            Tokens {
+                store,
+                cache: RwLock::new(cache),
+                admin_hash,
+            },
+            generated,
+        ))
     }
 
     pub fn principal(&self, token: &str) -> Option<Principal> {
         let h = hash(token);
         if self.admin_hash.as_deref() == Some(h.as_str()) {
-            return Some(Principal { role: Role::Admin, account_id: None });
+            return Some(Principal {
+                role: Role::Admin,
+                account_id: None,
+            });
         }
         self.cache.read().get(&h).cloned()
     }
@@ -111,7 +141,10 @@ impl Tokens {
         let t = new_token();
         let h = hash(&t);
         self.store
-            .meta_put(&format!("token:{h}"), &serde_json::to_string(&principal).unwrap_or_default())
+            .meta_put(
+                &format!("token:{h}"),
+                &serde_json::to_string(&principal).unwrap_or_default(),
+            )
             .map_err(|e| ApiError::internal(e.to_string()))?;
         self.cache.write().insert(h, principal);
         Ok(t)
@@ -121,7 +154,10 @@ impl Tokens {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -132,6 +168,9 @@ impl FromRequestParts<AppState> for Principal {
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
             .ok_or_else(ApiError::unauthorized)?;
-        state.tokens.principal(token).ok_or_else(ApiError::unauthorized)
+        state
+            .tokens
+            .principal(token)
+            .ok_or_else(ApiError::unauthorized)
     }
 }

@@ -170,7 +170,10 @@ pub struct PeriodDto {
 
 impl From<accrue_core::Period> for PeriodDto {
     fn from(p: accrue_core::Period) -> Self {
-        PeriodDto { start: p.start, end: p.end }
+        PeriodDto {
+            start: p.start,
+            end: p.end,
+        }
     }
 }
 
@@ -247,7 +250,11 @@ pub struct Overview {
 }
 
 fn seat(licensed: u32, in_use: u32) -> SeatCount {
-    SeatCount { licensed, in_use, remaining: licensed.saturating_sub(in_use) }
+    SeatCount {
+        licensed,
+        in_use,
+        remaining: licensed.saturating_sub(in_use),
+    }
 }
 
 /// Builds the overview from an account's state (live or as of an instant).
@@ -260,8 +267,14 @@ pub fn overview(s: &AccountState, as_of: Option<DateTime<Utc>>) -> Option<Overvi
         id: info.account_id.clone(),
         name: info.name.clone(),
         serial_number: info.serial_number.clone(),
-        billing_email: s.payment_method.as_ref().map_or(info.billing_email.clone(), |m| m.billing_email.clone()),
-        email_language: s.payment_method.as_ref().map_or(info.email_language.clone(), |m| m.email_language.clone()),
+        billing_email: s
+            .payment_method
+            .as_ref()
+            .map_or(info.billing_email.clone(), |m| m.billing_email.clone()),
+        email_language: s
+            .payment_method
+            .as_ref()
+            .map_or(info.email_language.clone(), |m| m.email_language.clone()),
         currency: info.currency.clone(),
         billing_frequency: info.billing_frequency.as_str(),
         period_anchor: info.anchor_day,

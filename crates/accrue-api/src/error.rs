@@ -27,7 +27,11 @@ pub struct Problem {
 
 impl ApiError {
     pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, reason, detail: detail.into() }
+        ApiError {
+            status,
+            reason,
+            detail: detail.into(),
+        }
     }
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail)
@@ -39,10 +43,18 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
     }
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid `Authorization: Bearer <token>` header is required")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <token>` header is required",
+        )
     }
     pub fn forbidden() -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", "this token's role may not do this")
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token's role may not do this",
+        )
     }
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
@@ -76,8 +88,14 @@ impl From<LedgerError> for ApiError {
                 "not_found",
                 "the clock can only be moved when `serve --clock` started a manual clock",
             ),
-            e @ LedgerError::ClockBackwards { .. } => ApiError::new(StatusCode::CONFLICT, "clock_backwards", e.to_string()),
-            LedgerError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the ledger is shutting down"),
+            e @ LedgerError::ClockBackwards { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "clock_backwards", e.to_string())
+            }
+            LedgerError::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the ledger is shutting down",
+            ),
             e => ApiError::internal(e.to_string()),
         }
     }
@@ -93,14 +111,22 @@ impl IntoResponse for ApiError {
             tracing::error!(reason = self.reason, detail = %self.detail, "request failed");
         }
         let body = Problem {
-            type_: format!("https://accrue.dev/problems/{}", self.reason.replace('_', "-")),
+            type_: format!(
+                "https://accrue.dev/problems/{}",
+                self.reason.replace('_', "-")
+            ),
             title: title(self.status),
             status: self.status.as_u16(),
             detail: self.detail,
             reason: self.reason.to_string(),
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        (self.status, [(header::CONTENT_TYPE, "application/problem+json")], json).into_response()
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            json,
+        )
+            .into_response()
     }
 }
 

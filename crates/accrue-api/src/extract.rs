@@ -18,7 +18,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "body_too_large", "the request body is larger than the limit")
+                ApiError::new(
+                    status,
+                    "body_too_large",
+                    "the request body is larger than the limit",
+                )
             } else {
                 ApiError::new(status, "malformed", e.body_text())
             }

@@ -45,8 +45,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/accounts/{id}", get(get_account))
         .route("/v1/accounts/{id}/plan", put(change_plan))
         .route("/v1/accounts/{id}/seats-in-use", put(report_seats))
-        .route("/v1/accounts/{id}/credit-subscription", put(subscribe).delete(unsubscribe))
-        .route("/v1/accounts/{id}/payment-method", put(replace_payment_method))
+        .route(
+            "/v1/accounts/{id}/credit-subscription",
+            put(subscribe).delete(unsubscribe),
+        )
+        .route(
+            "/v1/accounts/{id}/payment-method",
+            put(replace_payment_method),
+        )
         .route("/v1/accounts/{id}/invoices", get(list_invoices))
         .route("/v1/accounts/{id}/events", get(account_events))
         .route("/v1/usage", post(post_usage))

@@ -5,10 +5,15 @@ use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApiBuilder, PathsBuilder, Ref, Required, ResponseBuilder};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApiBuilder, PathsBuilder, Ref, Required,
+    ResponseBuilder,
+};
 
 use crate::dto::*;
 use crate::error::Problem;
@@ -25,6 +30,8 @@ struct Op {
     query: &'static [&'static str],
 }
 
+// One row of the table below; positional on purpose so the table reads as one.
+#[allow(clippy::too_many_arguments)]
 const fn op(
     method: HttpMethod,
     path: &'static str,
@@ -35,37 +42,219 @@ const fn op(
     response: Option<&'static str>,
     query: &'static [&'static str],
 ) -> Op {
-    Op { method, path, summary, roles, body, status, response, query }
+    Op {
+        method,
+        path,
+        summary,
+        roles,
+        body,
+        status,
+        response,
+        query,
+    }
 }
 
 fn ops() -> Vec<Op> {
     use HttpMethod::*;
     vec![
         op(Get, "/healthz", "Liveness", "none", None, "200", None, &[]),
-        op(Get, "/metrics", "Prometheus metrics", "none", None, "200", None, &[]),
-        op(Post, "/v1/tokens", "Issue a token", "admin", Some("TokenRequest"), "201", Some("TokenResponse"), &[]),
-        op(Post, "/v1/accounts", "Create an account (license)", "admin", Some("CreateAccount"), "201", Some("Overview"), &[]),
-        op(Get, "/v1/accounts/{id}", "License overview, optionally as of a past instant", "admin, auditor, account", None, "200", Some("Overview"), &["as_of"]),
-        op(Put, "/v1/accounts/{id}/plan", "Change seats and add-on (prorated)", "admin", Some("PlanDto"), "200", Some("Overview"), &[]),
-        op(Put, "/v1/accounts/{id}/seats-in-use", "Report seats in use", "admin, ingest", Some("SeatsDto"), "200", Some("SeatsView"), &[]),
-        op(Put, "/v1/accounts/{id}/credit-subscription", "Subscribe or change the additional-credits limit", "admin", Some("LimitDto"), "200", Some("Overview"), &[]),
-        op(Delete, "/v1/accounts/{id}/credit-subscription", "Unsubscribe from the next period", "admin", None, "200", Some("Overview"), &[]),
-        op(Put, "/v1/accounts/{id}/payment-method", "Replace the saved payment method (token only, never card data)", "admin", None, "200", Some("Overview"), &[]),
-        op(Post, "/v1/usage", "Ingest a batch of usage events (at most 10,000)", "admin, ingest", Some("UsageBatch"), "200", Some("UsageResponse"), &[]),
-        op(Post, "/v1/payments", "Record a payment processor outcome", "admin", Some("PaymentDto"), "200", Some("InvoiceDto"), &[]),
-        op(Get, "/v1/accounts/{id}/invoices", "Invoices, newest first (default: the last two years)", "admin, auditor, account", None, "200", Some("InvoiceList"), &["from", "to"]),
-        op(Get, "/v1/invoices/{number}", "One invoice with its lines and status history", "admin, auditor, owner", None, "200", Some("InvoiceDto"), &[]),
-        op(Get, "/v1/invoices/{number}/pdf", "The invoice PDF as issued", "admin, auditor, owner", None, "200", None, &[]),
-        op(Get, "/v1/accounts/{id}/events", "The account's events with hashes", "admin, auditor", None, "200", Some("EventPage"), &["after", "limit"]),
-        op(Get, "/v1/audit/verify", "Recompute every hash chain", "admin, auditor", None, "200", Some("VerifyDto"), &[]),
-        op(Get, "/v1/audit/trial-balance", "Trial balance of the double-entry postings", "admin, auditor", None, "200", Some("TrialBalanceDto"), &["as_of"]),
-        op(Post, "/v1/invoices/{number}/void", "Void an unpaid invoice", "admin", Some("VoidDto"), "200", Some("InvoiceDto"), &[]),
-        op(Post, "/v1/clock", "Move the manual clock forward", "admin", Some("ClockDto"), "200", Some("ClockResponse"), &[]),
+        op(
+            Get,
+            "/metrics",
+            "Prometheus metrics",
+            "none",
+            None,
+            "200",
+            None,
+            &[],
+        ),
+        op(
+            Post,
+            "/v1/tokens",
+            "Issue a token",
+            "admin",
+            Some("TokenRequest"),
+            "201",
+            Some("TokenResponse"),
+            &[],
+        ),
+        op(
+            Post,
+            "/v1/accounts",
+            "Create an account (license)",
+            "admin",
+            Some("CreateAccount"),
+            "201",
+            Some("Overview"),
+            &[],
+        ),
+        op(
+            Get,
+            "/v1/accounts/{id}",
+            "License overview, optionally as of a past instant",
+            "admin, auditor, account",
+            None,
+            "200",
+            Some("Overview"),
+            &["as_of"],
+        ),
+        op(
+            Put,
+            "/v1/accounts/{id}/plan",
+            "Change seats and add-on (prorated)",
+            "admin",
+            Some("PlanDto"),
+            "200",
+            Some("Overview"),
+            &[],
+        ),
+        op(
+            Put,
+            "/v1/accounts/{id}/seats-in-use",
+            "Report seats in use",
+            "admin, ingest",
+            Some("SeatsDto"),
+            "200",
+            Some("SeatsView"),
+            &[],
+        ),
+        op(
+            Put,
+            "/v1/accounts/{id}/credit-subscription",
+            "Subscribe or change the additional-credits limit",
+            "admin",
+            Some("LimitDto"),
+            "200",
+            Some("Overview"),
+            &[],
+        ),
+        op(
+            Delete,
+            "/v1/accounts/{id}/credit-subscription",
+            "Unsubscribe from the next period",
+            "admin",
+            None,
+            "200",
+            Some("Overview"),
+            &[],
+        ),
+        op(
+            Put,
+            "/v1/accounts/{id}/payment-method",
+            "Replace the saved payment method (token only, never card data)",
+            "admin",
+            None,
+            "200",
+            Some("Overview"),
+            &[],
+        ),
+        op(
+            Post,
+            "/v1/usage",
+            "Ingest a batch of usage events (at most 10,000)",
+            "admin, ingest",
+            Some("UsageBatch"),
+            "200",
+            Some("UsageResponse"),
+            &[],
+        ),
+        op(
+            Post,
+            "/v1/payments",
+            "Record a payment processor outcome",
+            "admin",
+            Some("PaymentDto"),
+            "200",
+            Some("InvoiceDto"),
+            &[],
+        ),
+        op(
+            Get,
+            "/v1/accounts/{id}/invoices",
+            "Invoices, newest first (default: the last two years)",
+            "admin, auditor, account",
+            None,
+            "200",
+            Some("InvoiceList"),
+            &["from", "to"],
+        ),
+        op(
+            Get,
+            "/v1/invoices/{number}",
+            "One invoice with its lines and status history",
+            "admin, auditor, owner",
+            None,
+            "200",
+            Some("InvoiceDto"),
+            &[],
+        ),
+        op(
+            Get,
+            "/v1/invoices/{number}/pdf",
+            "The invoice PDF as issued",
+            "admin, auditor, owner",
+            None,
+            "200",
+            None,
+            &[],
+        ),
+        op(
+            Get,
+            "/v1/accounts/{id}/events",
+            "The account's events with hashes",
+            "admin, auditor",
+            None,
+            "200",
+            Some("EventPage"),
+            &["after", "limit"],
+        ),
+        op(
+            Get,
+            "/v1/audit/verify",
+            "Recompute every hash chain",
+            "admin, auditor",
+            None,
+            "200",
+            Some("VerifyDto"),
+            &[],
+        ),
+        op(
+            Get,
+            "/v1/audit/trial-balance",
+            "Trial balance of the double-entry postings",
+            "admin, auditor",
+            None,
+            "200",
+            Some("TrialBalanceDto"),
+            &["as_of"],
+        ),
+        op(
+            Post,
+            "/v1/invoices/{number}/void",
+            "Void an unpaid invoice",
+            "admin",
+            Some("VoidDto"),
+            "200",
+            Some("InvoiceDto"),
+            &[],
+        ),
+        op(
+            Post,
+            "/v1/clock",
+            "Move the manual clock forward",
+            "admin",
+            Some("ClockDto"),
+            "200",
+            Some("ClockResponse"),
+            &[],
+        ),
     ]
 }
 
 fn json(schema: &str) -> utoipa::openapi::Content {
-    ContentBuilder::new().schema(Some(Ref::from_schema_name(schema))).build()
+    ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name(schema)))
+        .build()
 }
 
 fn build() -> String {
@@ -79,24 +268,48 @@ fn build() -> String {
         }
         for seg in o.path.split('/').filter(|s| s.starts_with('{')) {
             let name = seg.trim_matches(|c| c == '{' || c == '}');
-            b = b.parameter(ParameterBuilder::new().name(name).parameter_in(ParameterIn::Path).required(Required::True));
+            b = b.parameter(
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True),
+            );
         }
         for q in o.query {
-            b = b.parameter(ParameterBuilder::new().name(*q).parameter_in(ParameterIn::Query).required(Required::False));
+            b = b.parameter(
+                ParameterBuilder::new()
+                    .name(*q)
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False),
+            );
         }
         if let Some(body) = o.body {
-            b = b.request_body(Some(RequestBodyBuilder::new().content("application/json", json(body)).required(Some(Required::True)).build()));
+            b = b.request_body(Some(
+                RequestBodyBuilder::new()
+                    .content("application/json", json(body))
+                    .required(Some(Required::True))
+                    .build(),
+            ));
         }
         let mut ok = ResponseBuilder::new().description("success");
         if let Some(r) = o.response {
             ok = ok.content("application/json", json(r));
         }
         b = b.response(o.status, ok.build());
-        b = b.response("4XX", ResponseBuilder::new().description("problem").content("application/problem+json", json("Problem")).build());
+        b = b.response(
+            "4XX",
+            ResponseBuilder::new()
+                .description("problem")
+                .content("application/problem+json", json("Problem"))
+                .build(),
+        );
         paths = paths.path(o.path, PathItem::new(o.method, b.build()));
     }
     let components = ComponentsBuilder::new()
-        .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()))
+        .security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        )
         .schema_from::<Problem>()
         .schema_from::<TokenRequest>()
         .schema_from::<TokenResponse>()
@@ -137,7 +350,15 @@ fn build() -> String {
         .schema_from::<ClockResponse>()
         .build();
     let doc = OpenApiBuilder::new()
-        .info(InfoBuilder::new().title("accrue").version(env!("CARGO_PKG_VERSION")).description(Some("Event-sourced billing and AI-credits ledger. Money is a decimal string.")).build())
+        .info(
+            InfoBuilder::new()
+                .title("accrue")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "Event-sourced billing and AI-credits ledger. Money is a decimal string.",
+                ))
+                .build(),
+        )
         .paths(paths.build())
         .components(Some(components))
         .build();
@@ -146,5 +367,9 @@ fn build() -> String {
 
 pub async fn openapi_json() -> Response {
     static DOC: OnceLock<String> = OnceLock::new();
-    ([(header::CONTENT_TYPE, "application/json")], DOC.get_or_init(build).clone()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOC.get_or_init(build).clone(),
+    )
+        .into_response()
 }

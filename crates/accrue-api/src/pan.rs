@@ -4,7 +4,16 @@
 use serde_json::Value;
 
 /// Field names that can only mean a card verification code.
-const CVC_KEYS: [&str; 8] = ["cvc", "cvv", "cvc2", "cvv2", "cid", "csc", "security_code", "card_verification"];
+const CVC_KEYS: [&str; 8] = [
+    "cvc",
+    "cvv",
+    "cvc2",
+    "cvv2",
+    "cid",
+    "csc",
+    "security_code",
+    "card_verification",
+];
 
 /// True when `digits` (13–19 of them) passes the Luhn check.
 pub fn luhn(digits: &[u8]) -> bool {
@@ -19,7 +28,7 @@ pub fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Finds a card number in text: a run of 13–19 digits (spaces and dashes
@@ -37,7 +46,10 @@ pub fn contains_pan(text: &str) -> bool {
     for (i, b) in bytes.iter().enumerate() {
         if b.is_ascii_digit() {
             digits.push(b - b'0');
-        } else if (*b == b' ' || *b == b'-') && !digits.is_empty() && bytes.get(i + 1).is_some_and(|n| n.is_ascii_digit()) {
+        } else if (*b == b' ' || *b == b'-')
+            && !digits.is_empty()
+            && bytes.get(i + 1).is_some_and(|n| n.is_ascii_digit())
+        {
             continue;
         } else if check(&mut digits) {
             return true;
@@ -68,8 +80,20 @@ pub fn find_card_data(v: &Value) -> Option<String> {
 
 /// An address object flattened to one line per field, in a fixed order.
 pub fn address_text(v: &Value) -> String {
-    let Value::Object(m) = v else { return String::new() };
-    let order = ["line1", "line2", "street", "postal_code", "zip", "city", "state", "region", "country"];
+    let Value::Object(m) = v else {
+        return String::new();
+    };
+    let order = [
+        "line1",
+        "line2",
+        "street",
+        "postal_code",
+        "zip",
+        "city",
+        "state",
+        "region",
+        "country",
+    ];
     let mut parts: Vec<String> = order
         .iter()
         .filter_map(|k| m.get(*k).and_then(Value::as_str).map(str::to_string))

@@ -4,7 +4,10 @@
 use std::time::Instant;
 
 use accrue_core::events::{PaymentMethodReplaced, Plan};
-use accrue_core::{parse_money, AccountId, AccountState, BillingFrequency, Command, OpenAccount, SeatsInUse, UsageInput};
+use accrue_core::{
+    parse_money, AccountId, AccountState, BillingFrequency, Command, OpenAccount, SeatsInUse,
+    UsageInput,
+};
 use accrue_ledger::{UsageItem, UsageOutcome, MAX_BATCH_EVENTS};
 use accrue_projections::InvoiceRecord;
 use axum::extract::{Path, State};
@@ -43,7 +46,9 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     text.push_str("# HELP accrue_projector_checkpoint Last position a side-effect projector handled.\n# TYPE accrue_projector_checkpoint gauge\n");
     for name in ["pdf", "mailer"] {
         let cp = store.checkpoint(name).unwrap_or(0);
-        text.push_str(&format!("accrue_projector_checkpoint{{name=\"{name}\"}} {cp}\n"));
+        text.push_str(&format!(
+            "accrue_projector_checkpoint{{name=\"{name}\"}} {cp}\n"
+        ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -53,7 +58,11 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this method is not allowed here")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this method is not allowed here",
+    )
 }
 
 fn parse_account_id(id: &str) -> ApiResult<AccountId> {
@@ -75,24 +84,49 @@ fn parse_instant(name: &str, s: &str) -> ApiResult<DateTime<Utc>> {
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
     }
-    Err(ApiError::unprocessable(format!("{name} must be an RFC 3339 timestamp, got {s:?}")))
+    Err(ApiError::unprocessable(format!(
+        "{name} must be an RFC 3339 timestamp, got {s:?}"
+    )))
 }
 
 // ---------------------------------------------------------------- tokens
 
-pub async fn create_token(State(st): State<AppState>, p: Principal, Body(req): Body<TokenRequest>) -> ApiResult<Response> {
+pub async fn create_token(
+    State(st): State<AppState>,
+    p: Principal,
+    Body(req): Body<TokenRequest>,
+) -> ApiResult<Response> {
     p.require(ADMIN)?;
     let account_id = match (req.role, req.account_id) {
         (Role::Account, Some(id)) => {
             live_overview(&st, &id)?;
             Some(id)
         }
-        (Role::Account, None) => return Err(ApiError::unprocessable("an account token needs an account_id")),
-        (_, Some(_)) => return Err(ApiError::unprocessable("only account tokens take an account_id")),
+        (Role::Account, None) => {
+            return Err(ApiError::unprocessable(
+                "an account token needs an account_id",
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::unprocessable(
+                "only account tokens take an account_id",
+            ))
+        }
         (_, None) => None,
     };
-    let token = st.tokens.issue(Principal { role: req.role, account_id: account_id.clone() })?;
-    Ok((StatusCode::CREATED, Json(TokenResponse { token, role: req.role, account_id })).into_response())
+    let token = st.tokens.issue(Principal {
+        role: req.role,
+        account_id: account_id.clone(),
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenResponse {
+            token,
+            role: req.role,
+            account_id,
+        }),
+    )
+        .into_response())
 }
 
 // ---------------------------------------------------------------- accounts
@@ -102,7 +136,9 @@ fn plan_from(dto: &PlanDto) -> ApiResult<Plan> {
         if (0..=1_000_000).contains(&n) {
             Ok(n as u32)
         } else {
-            Err(ApiError::unprocessable(format!("{name} must be between 0 and 1000000, got {n}")))
+            Err(ApiError::unprocessable(format!(
+                "{name} must be between 0 and 1000000, got {n}"
+            )))
         }
     };
     for (name, m) in [
@@ -111,7 +147,9 @@ fn plan_from(dto: &PlanDto) -> ApiResult<Plan> {
         ("data_management_price", dto.data_management_price),
     ] {
         if m.0 < Decimal::ZERO {
-            return Err(ApiError::unprocessable(format!("{name} must not be negative")));
+            return Err(ApiError::unprocessable(format!(
+                "{name} must not be negative"
+            )));
         }
     }
     Ok(Plan {
@@ -130,22 +168,33 @@ fn serial_number() -> String {
 }
 
 fn check_email(e: &str) -> ApiResult<()> {
-    let ok = e.len() <= 254 && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.')) && !e.contains(char::is_whitespace);
+    let ok = e.len() <= 254
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        && !e.contains(char::is_whitespace);
     if ok {
         Ok(())
     } else {
-        Err(ApiError::unprocessable(format!("billing_email {e:?} is not an email address")))
+        Err(ApiError::unprocessable(format!(
+            "billing_email {e:?} is not an email address"
+        )))
     }
 }
 
 fn check_text(name: &str, s: &str, max: usize) -> ApiResult<()> {
     if s.trim().is_empty() || s.chars().count() > max {
-        return Err(ApiError::unprocessable(format!("{name} must be 1 to {max} characters")));
+        return Err(ApiError::unprocessable(format!(
+            "{name} must be 1 to {max} characters"
+        )));
     }
     Ok(())
 }
 
-pub async fn create_account(State(st): State<AppState>, p: Principal, Body(req): Body<CreateAccount>) -> ApiResult<Response> {
+pub async fn create_account(
+    State(st): State<AppState>,
+    p: Principal,
+    Body(req): Body<CreateAccount>,
+) -> ApiResult<Response> {
     p.require(ADMIN)?;
     let id = AccountId::parse(&req.id).map_err(|e| ApiError::unprocessable(e.to_string()))?;
     check_text("name", &req.name, 200)?;
@@ -154,19 +203,32 @@ pub async fn create_account(State(st): State<AppState>, p: Principal, Body(req):
         check_text("address", a, 500)?;
     }
     if req.currency != "USD" {
-        return Err(ApiError::unprocessable(format!("currency must be USD, got {:?}", req.currency)));
+        return Err(ApiError::unprocessable(format!(
+            "currency must be USD, got {:?}",
+            req.currency
+        )));
     }
     let billing_frequency = match req.billing_frequency.as_str() {
         "monthly" => BillingFrequency::Monthly,
         "yearly" => BillingFrequency::Yearly,
-        other => return Err(ApiError::unprocessable(format!("billing_frequency must be monthly or yearly, got {other:?}"))),
+        other => {
+            return Err(ApiError::unprocessable(format!(
+                "billing_frequency must be monthly or yearly, got {other:?}"
+            )))
+        }
     };
     let anchor_day = match &req.period_anchor {
         None => None,
         Some(AnchorDto::Day(d)) if (1..=31).contains(d) => Some(*d as u32),
-        Some(AnchorDto::Day(d)) => return Err(ApiError::unprocessable(format!("period_anchor must be a day 1..=31, got {d}"))),
+        Some(AnchorDto::Day(d)) => {
+            return Err(ApiError::unprocessable(format!(
+                "period_anchor must be a day 1..=31, got {d}"
+            )))
+        }
         Some(AnchorDto::Date(s)) => {
-            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| ApiError::unprocessable(format!("period_anchor {s:?} is not a date YYYY-MM-DD")))?;
+            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+                ApiError::unprocessable(format!("period_anchor {s:?} is not a date YYYY-MM-DD"))
+            })?;
             Some(chrono::Datelike::day(&d))
         }
     };
@@ -188,7 +250,9 @@ pub async fn create_account(State(st): State<AppState>, p: Principal, Body(req):
         credit_limit: req.credit_limit.map(|m| m.0),
         invoice_number: String::new(),
     };
-    st.ledger.execute(id.as_str(), Command::Open(Box::new(open))).await?;
+    st.ledger
+        .execute(id.as_str(), Command::Open(Box::new(open)))
+        .await?;
     Ok((StatusCode::CREATED, Json(live_overview(&st, id.as_str())?)).into_response())
 }
 
@@ -197,7 +261,12 @@ pub struct AsOf {
     as_of: Option<String>,
 }
 
-pub async fn get_account(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Q(q): Q<AsOf>) -> ApiResult<Json<Overview>> {
+pub async fn get_account(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    Q(q): Q<AsOf>,
+) -> ApiResult<Json<Overview>> {
     p.require(READERS)?;
     p.may_read_account(&id)?;
     let Some(as_of) = q.as_of else {
@@ -219,33 +288,63 @@ pub async fn get_account(State(st): State<AppState>, p: Principal, Path(id): Pat
         .ok_or_else(|| ApiError::not_found("the account did not exist at that instant"))
 }
 
-pub async fn change_plan(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Body(req): Body<PlanDto>) -> ApiResult<Json<Overview>> {
+pub async fn change_plan(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(req): Body<PlanDto>,
+) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
     let plan = plan_from(&req)?;
     let id = parse_account_id(&id)?;
-    st.ledger.execute(id.as_str(), Command::ChangePlan(plan)).await?;
+    st.ledger
+        .execute(id.as_str(), Command::ChangePlan(plan))
+        .await?;
     Ok(Json(live_overview(&st, id.as_str())?))
 }
 
-pub async fn report_seats(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Body(req): Body<SeatsDto>) -> ApiResult<Json<SeatsView>> {
+pub async fn report_seats(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(req): Body<SeatsDto>,
+) -> ApiResult<Json<SeatsView>> {
     p.require(&[Role::Admin, Role::Ingest])?;
     let n = |name: &str, v: i64| -> ApiResult<u32> {
-        u32::try_from(v).map_err(|_| ApiError::unprocessable(format!("{name} must be a count of seats, got {v}")))
+        u32::try_from(v).map_err(|_| {
+            ApiError::unprocessable(format!("{name} must be a count of seats, got {v}"))
+        })
     };
-    let seats = SeatsInUse { full: n("full", req.full)?, viewer: n("viewer", req.viewer)? };
+    let seats = SeatsInUse {
+        full: n("full", req.full)?,
+        viewer: n("viewer", req.viewer)?,
+    };
     let id = parse_account_id(&id)?;
-    st.ledger.execute(id.as_str(), Command::ReportSeats(seats)).await?;
+    st.ledger
+        .execute(id.as_str(), Command::ReportSeats(seats))
+        .await?;
     Ok(Json(live_overview(&st, id.as_str())?.seats))
 }
 
-pub async fn subscribe(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Body(req): Body<LimitDto>) -> ApiResult<Json<Overview>> {
+pub async fn subscribe(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    Body(req): Body<LimitDto>,
+) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
     let id = parse_account_id(&id)?;
-    st.ledger.execute(id.as_str(), Command::SetCreditLimit { limit: req.limit.0 }).await?;
+    st.ledger
+        .execute(id.as_str(), Command::SetCreditLimit { limit: req.limit.0 })
+        .await?;
     Ok(Json(live_overview(&st, id.as_str())?))
 }
 
-pub async fn unsubscribe(State(st): State<AppState>, p: Principal, Path(id): Path<String>) -> ApiResult<Json<Overview>> {
+pub async fn unsubscribe(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
     let id = parse_account_id(&id)?;
     st.ledger.execute(id.as_str(), Command::Unsubscribe).await?;
@@ -273,15 +372,25 @@ fn en() -> String {
     "en".into()
 }
 
-pub async fn replace_payment_method(State(st): State<AppState>, p: Principal, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<Overview>> {
+pub async fn replace_payment_method(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
     let raw: serde_json::Value = parse_json(&body)?;
     // Card data must never reach an event, a log, a PDF or an email: refuse
     // the whole body before anything is parsed further or stored.
     if let Some(why) = crate::pan::find_card_data(&raw) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "card_data_refused", format!("{why}: send the processor's card token, never a card number or CVC")));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "card_data_refused",
+            format!("{why}: send the processor's card token, never a card number or CVC"),
+        ));
     }
-    let req: PaymentMethodDto = serde_json::from_value(raw).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let req: PaymentMethodDto =
+        serde_json::from_value(raw).map_err(|e| ApiError::unprocessable(e.to_string()))?;
     check_email(&req.billing_email)?;
     check_text("token", &req.token, 200)?;
     check_text("brand", &req.brand, 40)?;
@@ -289,13 +398,19 @@ pub async fn replace_payment_method(State(st): State<AppState>, p: Principal, Pa
         return Err(ApiError::unprocessable("last4 must be exactly 4 digits"));
     }
     if !(1..=12).contains(&req.exp_month) || !(2000..=2100).contains(&req.exp_year) {
-        return Err(ApiError::unprocessable("exp_month must be 1..=12 and exp_year a four-digit year"));
+        return Err(ApiError::unprocessable(
+            "exp_month must be 1..=12 and exp_year a four-digit year",
+        ));
     }
     let address = match req.address {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(s),
         Some(v @ serde_json::Value::Object(_)) => Some(crate::pan::address_text(&v)),
-        Some(_) => return Err(ApiError::unprocessable("address must be a string or an object")),
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "address must be a string or an object",
+            ))
+        }
     };
     let m = PaymentMethodReplaced {
         billing_email: req.billing_email,
@@ -308,7 +423,9 @@ pub async fn replace_payment_method(State(st): State<AppState>, p: Principal, Pa
         exp_year: req.exp_year,
     };
     let id = parse_account_id(&id)?;
-    st.ledger.execute(id.as_str(), Command::ReplacePaymentMethod(Box::new(m))).await?;
+    st.ledger
+        .execute(id.as_str(), Command::ReplacePaymentMethod(Box::new(m)))
+        .await?;
     Ok(Json(live_overview(&st, id.as_str())?))
 }
 
@@ -323,18 +440,30 @@ pub struct PaymentDto {
     failure_reason: Option<String>,
 }
 
-pub async fn post_payment(State(st): State<AppState>, p: Principal, Body(req): Body<PaymentDto>) -> ApiResult<Json<InvoiceDto>> {
+pub async fn post_payment(
+    State(st): State<AppState>,
+    p: Principal,
+    Body(req): Body<PaymentDto>,
+) -> ApiResult<Json<InvoiceDto>> {
     p.require(ADMIN)?;
     let succeeded = match req.outcome.as_str() {
         "succeeded" => true,
         "failed" => false,
-        o => return Err(ApiError::unprocessable(format!("outcome must be succeeded or failed, got {o:?}"))),
+        o => {
+            return Err(ApiError::unprocessable(format!(
+                "outcome must be succeeded or failed, got {o:?}"
+            )))
+        }
     };
     check_text("reference", &req.reference, 200)?;
     if let Some(r) = &req.failure_reason {
         check_text("failure_reason", r, 500)?;
         if crate::pan::find_card_data(&serde_json::Value::String(r.clone())).is_some() {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "card_data_refused", "failure_reason contains card data"));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "card_data_refused",
+                "failure_reason contains card data",
+            ));
         }
     }
     let cmd = Command::RecordPayment {
@@ -343,28 +472,41 @@ pub async fn post_payment(State(st): State<AppState>, p: Principal, Body(req): B
         succeeded,
         failure_reason: req.failure_reason,
     };
-    st.ledger.execute_for_invoice(&req.invoice_number, cmd).await?;
+    st.ledger
+        .execute_for_invoice(&req.invoice_number, cmd)
+        .await?;
     let read = st.ledger.read();
-    let rec = read.invoices.get(&req.invoice_number).ok_or_else(|| ApiError::not_found("no such invoice"))?;
+    let rec = read
+        .invoices
+        .get(&req.invoice_number)
+        .ok_or_else(|| ApiError::not_found("no such invoice"))?;
     Ok(Json(invoice_dto(rec)))
 }
 
 // ---------------------------------------------------------------- usage
 
 fn invalid(detail: impl Into<String>) -> UsageItem {
-    UsageItem::Invalid { detail: detail.into() }
+    UsageItem::Invalid {
+        detail: detail.into(),
+    }
 }
 
 pub fn usage_item(e: UsageEventDto) -> UsageItem {
-    let Some(id) = e.id.filter(|i| !i.is_empty()) else { return invalid("id is required") };
+    let Some(id) = e.id.filter(|i| !i.is_empty()) else {
+        return invalid("id is required");
+    };
     if id.len() > MAX_ID_LEN {
         return invalid(format!("id is longer than {MAX_ID_LEN} characters"));
     }
-    let Some(account) = e.account_id else { return invalid("account_id is required") };
+    let Some(account) = e.account_id else {
+        return invalid("account_id is required");
+    };
     if AccountId::parse(&account).is_err() {
         return invalid(format!("account_id {account:?} is not a valid account id"));
     }
-    let Some(amount) = e.amount else { return invalid("amount is required") };
+    let Some(amount) = e.amount else {
+        return invalid("amount is required");
+    };
     let amount = match parse_money(&amount.0) {
         Ok(a) if a > Decimal::ZERO => a,
         Ok(_) => return invalid("amount must be positive"),
@@ -387,7 +529,9 @@ pub fn usage_item(e: UsageEventDto) -> UsageItem {
         Some(v @ serde_json::Value::Object(_)) => {
             let s = v.to_string();
             if s.len() > MAX_METADATA_BYTES {
-                return invalid(format!("metadata is larger than {MAX_METADATA_BYTES} bytes"));
+                return invalid(format!(
+                    "metadata is larger than {MAX_METADATA_BYTES} bytes"
+                ));
             }
             Some(s)
         }
@@ -395,26 +539,47 @@ pub fn usage_item(e: UsageEventDto) -> UsageItem {
     };
     UsageItem::Valid {
         account_id: account,
-        input: UsageInput { usage_id: id, amount, occurred_at, product: e.product, feature: e.feature, metadata },
+        input: UsageInput {
+            usage_id: id,
+            amount,
+            occurred_at,
+            product: e.product,
+            feature: e.feature,
+            metadata,
+        },
         occurred_at_given: given,
     }
 }
 
-pub async fn post_usage(State(st): State<AppState>, p: Principal, Body(batch): Body<UsageBatch>) -> ApiResult<Json<UsageResponse>> {
+pub async fn post_usage(
+    State(st): State<AppState>,
+    p: Principal,
+    Body(batch): Body<UsageBatch>,
+) -> ApiResult<Json<UsageResponse>> {
     p.require(&[Role::Admin, Role::Ingest])?;
     if batch.events.len() > MAX_BATCH_EVENTS {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
-            format!("at most {MAX_BATCH_EVENTS} events per request, got {}", batch.events.len()),
+            format!(
+                "at most {MAX_BATCH_EVENTS} events per request, got {}",
+                batch.events.len()
+            ),
         ));
     }
     let started = Instant::now();
     let ids: Vec<Option<String>> = batch.events.iter().map(|e| e.id.clone()).collect();
     let items = batch.events.into_iter().map(usage_item).collect();
     let outcomes = st.ledger.ingest(items).await?;
-    st.ledger.metrics().observe_ingest(started.elapsed().as_secs_f64());
-    let mut resp = UsageResponse { accepted: 0, duplicate: 0, rejected: 0, results: Vec::with_capacity(outcomes.len()) };
+    st.ledger
+        .metrics()
+        .observe_ingest(started.elapsed().as_secs_f64());
+    let mut resp = UsageResponse {
+        accepted: 0,
+        duplicate: 0,
+        rejected: 0,
+        results: Vec::with_capacity(outcomes.len()),
+    };
     for (index, (o, id)) in outcomes.into_iter().zip(ids).enumerate() {
         let (status, reason, detail) = match o {
             UsageOutcome::Accepted => {
@@ -430,7 +595,13 @@ pub async fn post_usage(State(st): State<AppState>, p: Principal, Body(batch): B
                 ("rejected", Some(reason), Some(detail))
             }
         };
-        resp.results.push(UsageResult { index, id, status, reason, detail });
+        resp.results.push(UsageResult {
+            index,
+            id,
+            status,
+            reason,
+            detail,
+        });
     }
     Ok(Json(resp))
 }
@@ -510,7 +681,10 @@ fn invoice_period(r: &InvoiceRecord) -> PeriodDto {
     i.billing_period
         .or(i.credit_period)
         .map(PeriodDto::from)
-        .unwrap_or(PeriodDto { start: i.issued_at, end: i.issued_at })
+        .unwrap_or(PeriodDto {
+            start: i.issued_at,
+            end: i.issued_at,
+        })
 }
 
 fn subscription_label(r: &InvoiceRecord) -> String {
@@ -551,7 +725,13 @@ pub fn invoice_dto(r: &InvoiceRecord) -> InvoiceDto {
         status_history: r
             .history
             .iter()
-            .map(|h| StatusChangeDto { status: h.status.as_str(), at: h.at, event: h.event, position: h.position, reference: h.reference.clone() })
+            .map(|h| StatusChangeDto {
+                status: h.status.as_str(),
+                at: h.at,
+                event: h.event,
+                position: h.position,
+                reference: h.reference.clone(),
+            })
             .collect(),
         last_failure_reason: r.last_failure.clone(),
         pdf_sha256: r.pdf_sha256.clone(),
@@ -568,20 +748,33 @@ pub struct Range {
 fn parse_date(name: &str, s: &str) -> ApiResult<NaiveDate> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .or_else(|_| DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc).date_naive()))
-        .map_err(|_| ApiError::unprocessable(format!("{name} must be a date YYYY-MM-DD, got {s:?}")))
+        .map_err(|_| {
+            ApiError::unprocessable(format!("{name} must be a date YYYY-MM-DD, got {s:?}"))
+        })
 }
 
-pub async fn list_invoices(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Q(q): Q<Range>) -> ApiResult<Json<InvoiceList>> {
+pub async fn list_invoices(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    Q(q): Q<Range>,
+) -> ApiResult<Json<InvoiceList>> {
     p.require(READERS)?;
     p.may_read_account(&id)?;
     let today = st.ledger.now().date_naive();
-    let to = q.to.as_deref().map(|s| parse_date("to", s)).transpose()?.unwrap_or(today);
+    let to =
+        q.to.as_deref()
+            .map(|s| parse_date("to", s))
+            .transpose()?
+            .unwrap_or(today);
     let from = match q.from.as_deref() {
         Some(s) => parse_date("from", s)?,
         None => to - Duration::days(365 * 2),
     };
     if from > to {
-        return Err(ApiError::unprocessable(format!("from ({from}) is after to ({to})")));
+        return Err(ApiError::unprocessable(format!(
+            "from ({from}) is after to ({to})"
+        )));
     }
     let as_of = match q.as_of.as_deref() {
         None => None,
@@ -608,7 +801,12 @@ pub async fn list_invoices(State(st): State<AppState>, p: Principal, Path(id): P
             from <= d && d <= to && as_of.is_none_or(|t| r.history[0].at <= t)
         })
         .collect();
-    items.sort_by(|a, b| b.issued.issued_at.cmp(&a.issued.issued_at).then(b.issued.number.cmp(&a.issued.number)));
+    items.sort_by(|a, b| {
+        b.issued
+            .issued_at
+            .cmp(&a.issued.issued_at)
+            .then(b.issued.number.cmp(&a.issued.number))
+    });
     Ok(Json(InvoiceList {
         from: from.to_string(),
         to: to.to_string(),
@@ -630,18 +828,29 @@ pub async fn list_invoices(State(st): State<AppState>, p: Principal, Path(id): P
 fn invoice_for(st: &AppState, p: &Principal, number: &str) -> ApiResult<InvoiceRecord> {
     p.require(READERS)?;
     let read = st.ledger.read();
-    let rec = read.invoices.get(number).ok_or_else(|| ApiError::not_found(format!("no invoice {number:?}")))?;
+    let rec = read
+        .invoices
+        .get(number)
+        .ok_or_else(|| ApiError::not_found(format!("no invoice {number:?}")))?;
     if p.role == Role::Account && p.account_id.as_deref() != Some(rec.account_id.as_str()) {
         return Err(ApiError::not_found(format!("no invoice {number:?}")));
     }
     Ok(rec.clone())
 }
 
-pub async fn get_invoice(State(st): State<AppState>, p: Principal, Path(number): Path<String>) -> ApiResult<Json<InvoiceDto>> {
+pub async fn get_invoice(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(number): Path<String>,
+) -> ApiResult<Json<InvoiceDto>> {
     Ok(Json(invoice_dto(&invoice_for(&st, &p, &number)?)))
 }
 
-pub async fn get_invoice_pdf(State(st): State<AppState>, p: Principal, Path(number): Path<String>) -> ApiResult<Response> {
+pub async fn get_invoice_pdf(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(number): Path<String>,
+) -> ApiResult<Response> {
     let rec = invoice_for(&st, &p, &number)?;
     let pdf = tokio::task::spawn_blocking(move || accrue_projections::pdf::render(&rec.issued))
         .await
@@ -650,7 +859,10 @@ pub async fn get_invoice_pdf(State(st): State<AppState>, p: Principal, Path(numb
     Ok((
         [
             (header::CONTENT_TYPE, "application/pdf".to_string()),
-            (header::CONTENT_DISPOSITION, format!("inline; filename=\"{number}.pdf\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{number}.pdf\""),
+            ),
         ],
         pdf,
     )
@@ -691,11 +903,18 @@ pub struct EventPage {
 /// Largest page of events returned at once.
 const MAX_EVENT_PAGE: usize = 1000;
 
-pub async fn account_events(State(st): State<AppState>, p: Principal, Path(id): Path<String>, Q(q): Q<Page>) -> ApiResult<Json<EventPage>> {
+pub async fn account_events(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    Q(q): Q<Page>,
+) -> ApiResult<Json<EventPage>> {
     p.require(AUDIT)?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_EVENT_PAGE {
-        return Err(ApiError::unprocessable(format!("limit must be 1..={MAX_EVENT_PAGE}")));
+        return Err(ApiError::unprocessable(format!(
+            "limit must be 1..={MAX_EVENT_PAGE}"
+        )));
     }
     let id = parse_account_id(&id)?;
     if !st.ledger.read().accounts.contains_key(id.as_str()) {
@@ -703,10 +922,11 @@ pub async fn account_events(State(st): State<AppState>, p: Principal, Path(id): 
     }
     let store = st.ledger.store().clone();
     let after = q.after.unwrap_or(0);
-    let events = tokio::task::spawn_blocking(move || store.read_stream(&id.stream(), after, limit + 1))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let events =
+        tokio::task::spawn_blocking(move || store.read_stream(&id.stream(), after, limit + 1))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
     let more = events.len() > limit;
     let events: Vec<EventDto> = events
         .into_iter()
@@ -723,7 +943,11 @@ pub async fn account_events(State(st): State<AppState>, p: Principal, Path(id): 
             hash: hex::encode(e.hash),
         })
         .collect();
-    let next_after = if more { events.last().map(|e| e.version) } else { None };
+    let next_after = if more {
+        events.last().map(|e| e.version)
+    } else {
+        None
+    };
     Ok(Json(EventPage { events, next_after }))
 }
 
@@ -747,21 +971,32 @@ pub struct VerifyDto {
 pub async fn audit_verify(State(st): State<AppState>, p: Principal) -> ApiResult<Json<VerifyDto>> {
     p.require(AUDIT)?;
     let store = st.ledger.store().clone();
-    let r = tokio::task::spawn_blocking(move || accrue_ledger::audit::verify(store.as_ref(), |_, _| {}))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let r = tokio::task::spawn_blocking(move || {
+        accrue_ledger::audit::verify(store.as_ref(), |_, _| {})
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(Json(VerifyDto {
         ok: r.ok,
         events: r.events,
         streams: r.streams,
         head_hash: r.head_hash,
-        first_broken: r.first_broken.map(|b| BrokenDto { position: b.position, stream: b.stream, version: b.version, reason: b.reason }),
+        first_broken: r.first_broken.map(|b| BrokenDto {
+            position: b.position,
+            stream: b.stream,
+            version: b.version,
+            reason: b.reason,
+        }),
     }))
 }
 
 // ---------------------------------------------------------------- clock
 
-pub async fn move_clock(State(st): State<AppState>, p: Principal, Body(req): Body<ClockDto>) -> ApiResult<Json<ClockResponse>> {
+pub async fn move_clock(
+    State(st): State<AppState>,
+    p: Principal,
+    Body(req): Body<ClockDto>,
+) -> ApiResult<Json<ClockResponse>> {
     p.require(ADMIN)?;
     if !st.ledger.is_manual_clock() {
         return Err(accrue_ledger::LedgerError::NotManualClock.into());
@@ -771,9 +1006,14 @@ pub async fn move_clock(State(st): State<AppState>, p: Principal, Body(req): Bod
     Ok(Json(ClockResponse { now }))
 }
 
-pub async fn get_clock(State(st): State<AppState>, p: Principal) -> ApiResult<Json<serde_json::Value>> {
+pub async fn get_clock(
+    State(st): State<AppState>,
+    p: Principal,
+) -> ApiResult<Json<serde_json::Value>> {
     p.require(&[Role::Admin, Role::Auditor])?;
-    Ok(Json(serde_json::json!({"now": st.ledger.now(), "manual": st.ledger.is_manual_clock()})))
+    Ok(Json(
+        serde_json::json!({"now": st.ledger.now(), "manual": st.ledger.is_manual_clock()}),
+    ))
 }
 
 // ---------------------------------------------------------------- finance
@@ -803,7 +1043,11 @@ pub struct TrialBalanceDto {
     pub balanced: bool,
 }
 
-pub async fn trial_balance(State(st): State<AppState>, p: Principal, Q(q): Q<AsOfOnly>) -> ApiResult<Json<TrialBalanceDto>> {
+pub async fn trial_balance(
+    State(st): State<AppState>,
+    p: Principal,
+    Q(q): Q<AsOfOnly>,
+) -> ApiResult<Json<TrialBalanceDto>> {
     p.require(AUDIT)?;
     let as_of = match q.as_of.as_deref() {
         None => None,
@@ -824,7 +1068,13 @@ pub async fn trial_balance(State(st): State<AppState>, p: Principal, Q(q): Q<AsO
         accounts: tb
             .rows
             .into_iter()
-            .map(|r| LedgerAccountDto { account: r.account, kind: r.kind, debits: Money(r.debits), credits: Money(r.credits), balance: Money(r.balance) })
+            .map(|r| LedgerAccountDto {
+                account: r.account,
+                kind: r.kind,
+                debits: Money(r.debits),
+                credits: Money(r.credits),
+                balance: Money(r.balance),
+            })
             .collect(),
     }))
 }
@@ -835,11 +1085,27 @@ pub struct VoidDto {
     reason: String,
 }
 
-pub async fn void_invoice(State(st): State<AppState>, p: Principal, Path(number): Path<String>, Body(req): Body<VoidDto>) -> ApiResult<Json<InvoiceDto>> {
+pub async fn void_invoice(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(number): Path<String>,
+    Body(req): Body<VoidDto>,
+) -> ApiResult<Json<InvoiceDto>> {
     p.require(ADMIN)?;
     check_text("reason", &req.reason, 500)?;
-    st.ledger.execute_for_invoice(&number, Command::VoidInvoice { number: number.clone(), reason: req.reason }).await?;
+    st.ledger
+        .execute_for_invoice(
+            &number,
+            Command::VoidInvoice {
+                number: number.clone(),
+                reason: req.reason,
+            },
+        )
+        .await?;
     let read = st.ledger.read();
-    let rec = read.invoices.get(&number).ok_or_else(|| ApiError::not_found("no such invoice"))?;
+    let rec = read
+        .invoices
+        .get(&number)
+        .ok_or_else(|| ApiError::not_found("no such invoice"))?;
     Ok(Json(invoice_dto(rec)))
 }

@@ -11,7 +11,10 @@ pub enum DomainError {
     #[error("unknown account")]
     UnknownAccount,
     #[error("credit limit exceeded: {requested} requested, {available} available")]
-    CreditLimitExceeded { available: Decimal, requested: Decimal },
+    CreditLimitExceeded {
+        available: Decimal,
+        requested: Decimal,
+    },
     #[error("usage occurred at {occurred_at} before the current period started at {period_start}")]
     PeriodClosed {
         occurred_at: String,

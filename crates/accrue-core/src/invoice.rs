@@ -21,7 +21,13 @@ fn last_day(p: Period) -> String {
     day(p.end - Duration::days(1))
 }
 
-fn line(kind: LineKind, description: String, quantity: Decimal, unit_price: Decimal, exact: Decimal) -> InvoiceLine {
+fn line(
+    kind: LineKind,
+    description: String,
+    quantity: Decimal,
+    unit_price: Decimal,
+    exact: Decimal,
+) -> InvoiceLine {
     InvoiceLine {
         kind,
         description,
@@ -93,7 +99,12 @@ pub fn credit_line(period: Period, charge: Decimal) -> InvoiceLine {
 /// component that changed, the difference times remaining days / days in the
 /// period. The day of the change counts as remaining. A downgrade gives a
 /// negative (credit) line.
-pub fn proration_lines(previous: &Plan, plan: &Plan, billing: Period, at: DateTime<Utc>) -> Vec<InvoiceLine> {
+pub fn proration_lines(
+    previous: &Plan,
+    plan: &Plan,
+    billing: Period,
+    at: DateTime<Utc>,
+) -> Vec<InvoiceLine> {
     let today = at.duration_trunc(Duration::days(1)).unwrap_or(at);
     let days = billing.days().max(1);
     let remaining = (billing.end - today).num_days().clamp(0, days);
@@ -114,7 +125,11 @@ pub fn proration_lines(previous: &Plan, plan: &Plan, billing: Period, at: DateTi
         } else {
             (Decimal::ONE, new_fee - old_fee)
         };
-        let kind = if new_fee > old_fee { "upgrade" } else { "downgrade credit" };
+        let kind = if new_fee > old_fee {
+            "upgrade"
+        } else {
+            "downgrade credit"
+        };
         lines.push(line(
             LineKind::Proration,
             format!("{name} {old_q} → {new_q}, {kind}, {note}"),
@@ -123,8 +138,20 @@ pub fn proration_lines(previous: &Plan, plan: &Plan, billing: Period, at: DateTi
             (new_fee - old_fee) * ratio,
         ));
     };
-    component("Full seats", previous.full_seats, previous.full_seat_price, plan.full_seats, plan.full_seat_price);
-    component("Viewer seats", previous.viewer_seats, previous.viewer_seat_price, plan.viewer_seats, plan.viewer_seat_price);
+    component(
+        "Full seats",
+        previous.full_seats,
+        previous.full_seat_price,
+        plan.full_seats,
+        plan.full_seat_price,
+    );
+    component(
+        "Viewer seats",
+        previous.viewer_seats,
+        previous.viewer_seat_price,
+        plan.viewer_seats,
+        plan.viewer_seat_price,
+    );
     let dm = |p: &Plan| if p.data_management { 1 } else { 0 };
     component(
         "Data Management add-on",

@@ -12,9 +12,8 @@ pub mod money;
 pub mod period;
 
 pub use account::{
-    total_of, InvoiceState,
-    decide, evolve, AccountState, Command, Context, OpenAccount, PaymentStatus, SeatsInUse,
-    UsageInput, FUTURE_TOLERANCE_SECS,
+    decide, evolve, total_of, AccountState, Command, Context, InvoiceState, OpenAccount,
+    PaymentStatus, SeatsInUse, UsageInput, FUTURE_TOLERANCE_SECS,
 };
 pub use error::DomainError;
 pub use events::{
@@ -27,7 +26,9 @@ pub use period::{add_months, period_containing, BillingFrequency, Period};
 use std::fmt;
 
 /// A validated account id: `[a-z0-9][a-z0-9_-]{0,63}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct AccountId(String);
 

@@ -41,7 +41,9 @@ pub fn parse_money(s: &str) -> Result<Decimal, MoneyError> {
     if int.trim_start_matches('0').len() > 12 {
         return Err(MoneyError::TooLarge(s.to_string()));
     }
-    let value: Decimal = s.parse().map_err(|_| MoneyError::NotDecimal(s.to_string()))?;
+    let value: Decimal = s
+        .parse()
+        .map_err(|_| MoneyError::NotDecimal(s.to_string()))?;
     if value.abs() >= Decimal::from(1_000_000_000_000u64) {
         return Err(MoneyError::TooLarge(s.to_string()));
     }
@@ -80,11 +82,22 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_money() {
-        for bad in ["", "1e5", "1.", ".5", " 1", "1,00", "NaN", "--1", "0x10", "1.2.3"] {
-            assert!(matches!(parse_money(bad), Err(MoneyError::NotDecimal(_))), "{bad}");
+        for bad in [
+            "", "1e5", "1.", ".5", " 1", "1,00", "NaN", "--1", "0x10", "1.2.3",
+        ] {
+            assert!(
+                matches!(parse_money(bad), Err(MoneyError::NotDecimal(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!(parse_money("0.00000000001"), Err(MoneyError::TooPrecise(_))));
-        assert!(matches!(parse_money("1000000000000"), Err(MoneyError::TooLarge(_))));
+        assert!(matches!(
+            parse_money("0.00000000001"),
+            Err(MoneyError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            parse_money("1000000000000"),
+            Err(MoneyError::TooLarge(_))
+        ));
         assert!(parse_money("999999999999.99").is_ok());
     }
 

@@ -29,7 +29,10 @@ pub struct VerifyReport {
 }
 
 /// Recomputes every stream's hash chain from the stored bytes.
-pub fn verify(store: &dyn EventStore, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport, LedgerError> {
+pub fn verify(
+    store: &dyn EventStore,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<VerifyReport, LedgerError> {
     let head = store.head_position()?;
     let mut heads: HashMap<String, (u64, [u8; 32])> = HashMap::new();
     let mut first_broken = None;

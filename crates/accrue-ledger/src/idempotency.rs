@@ -96,7 +96,14 @@ impl IdempotencyIndex {
 
     /// Inserts a key known to be new. `hash_taken` says the hash already
     /// belongs to another key. Returns whether it went to the exact table.
-    pub fn insert(&mut self, account: &str, usage_id: &str, hash: u64, slot: Slot, hash_taken: bool) -> bool {
+    pub fn insert(
+        &mut self,
+        account: &str,
+        usage_id: &str,
+        hash: u64,
+        slot: Slot,
+        hash_taken: bool,
+    ) -> bool {
         if hash_taken {
             self.exact
                 .insert((account.to_string(), usage_id.to_string()), pack(slot));
@@ -107,7 +114,14 @@ impl IdempotencyIndex {
     }
 
     /// Replaces a pending slot with its committed position.
-    pub fn commit(&mut self, account: &str, usage_id: &str, hash: u64, position: u64, in_exact: bool) {
+    pub fn commit(
+        &mut self,
+        account: &str,
+        usage_id: &str,
+        hash: u64,
+        position: u64,
+        in_exact: bool,
+    ) {
         let committed = pack(Slot::Committed(position));
         if in_exact {
             self.exact
@@ -127,8 +141,14 @@ mod tests {
         for s in [
             Slot::Committed(0),
             Slot::Committed(123_456_789),
-            Slot::Pending { stream: 7, event: 9999 },
-            Slot::Pending { stream: u32::MAX >> 1, event: u32::MAX },
+            Slot::Pending {
+                stream: 7,
+                event: 9999,
+            },
+            Slot::Pending {
+                stream: u32::MAX >> 1,
+                event: u32::MAX,
+            },
         ] {
             assert_eq!(unpack(pack(s)), s);
         }

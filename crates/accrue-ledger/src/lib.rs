@@ -63,7 +63,9 @@ pub enum UsageItem {
         input: UsageInput,
         occurred_at_given: bool,
     },
-    Invalid { detail: String },
+    Invalid {
+        detail: String,
+    },
 }
 
 /// What happened to one usage event.
@@ -71,7 +73,10 @@ pub enum UsageItem {
 pub enum UsageOutcome {
     Accepted,
     Duplicate,
-    Rejected { reason: &'static str, detail: String },
+    Rejected {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 pub(crate) enum Job {
@@ -173,7 +178,11 @@ impl Ledger {
     }
 
     /// Runs one command against an account; returns the events it recorded.
-    pub async fn execute(&self, account_id: &str, command: Command) -> Result<Vec<AccountEvent>, LedgerError> {
+    pub async fn execute(
+        &self,
+        account_id: &str,
+        command: Command,
+    ) -> Result<Vec<AccountEvent>, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Command {
             account_id: account_id.to_string(),
@@ -183,7 +192,11 @@ impl Ledger {
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
-    pub fn execute_blocking(&self, account_id: &str, command: Command) -> Result<Vec<AccountEvent>, LedgerError> {
+    pub fn execute_blocking(
+        &self,
+        account_id: &str,
+        command: Command,
+    ) -> Result<Vec<AccountEvent>, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Command {
             account_id: account_id.to_string(),
@@ -194,7 +207,11 @@ impl Ledger {
     }
 
     /// Runs a command against the account that owns an invoice.
-    pub async fn execute_for_invoice(&self, number: &str, command: Command) -> Result<Vec<AccountEvent>, LedgerError> {
+    pub async fn execute_for_invoice(
+        &self,
+        number: &str,
+        command: Command,
+    ) -> Result<Vec<AccountEvent>, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::InvoiceCommand {
             number: number.to_string(),
@@ -204,7 +221,11 @@ impl Ledger {
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
-    pub fn execute_for_invoice_blocking(&self, number: &str, command: Command) -> Result<Vec<AccountEvent>, LedgerError> {
+    pub fn execute_for_invoice_blocking(
+        &self,
+        number: &str,
+        command: Command,
+    ) -> Result<Vec<AccountEvent>, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::InvoiceCommand {
             number: number.to_string(),

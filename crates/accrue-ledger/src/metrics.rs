@@ -45,32 +45,59 @@ impl Metrics {
             }
         }
         self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
+        self.latency_sum_us
+            .fetch_add((seconds * 1e6) as u64, Relaxed);
     }
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut s = String::new();
         s.push_str("# HELP accrue_events_appended_total Events appended to the store.\n# TYPE accrue_events_appended_total counter\n");
-        s.push_str(&format!("accrue_events_appended_total {}\n", self.events_appended.load(Relaxed)));
+        s.push_str(&format!(
+            "accrue_events_appended_total {}\n",
+            self.events_appended.load(Relaxed)
+        ));
         s.push_str("# HELP accrue_commits_total Store transactions committed.\n# TYPE accrue_commits_total counter\n");
-        s.push_str(&format!("accrue_commits_total {}\n", self.commits.load(Relaxed)));
+        s.push_str(&format!(
+            "accrue_commits_total {}\n",
+            self.commits.load(Relaxed)
+        ));
         s.push_str("# HELP accrue_mails_sent_total Mails delivered (or written to the outbox).\n# TYPE accrue_mails_sent_total counter\n");
-        s.push_str(&format!("accrue_mails_sent_total {}\n", self.mails_sent.load(Relaxed)));
+        s.push_str(&format!(
+            "accrue_mails_sent_total {}\n",
+            self.mails_sent.load(Relaxed)
+        ));
         s.push_str("# HELP accrue_usage_events_total Usage events by outcome.\n# TYPE accrue_usage_events_total counter\n");
-        s.push_str(&format!("accrue_usage_events_total{{outcome=\"accepted\"}} {}\n", self.usage_accepted.load(Relaxed)));
-        s.push_str(&format!("accrue_usage_events_total{{outcome=\"duplicate\"}} {}\n", self.usage_duplicate.load(Relaxed)));
+        s.push_str(&format!(
+            "accrue_usage_events_total{{outcome=\"accepted\"}} {}\n",
+            self.usage_accepted.load(Relaxed)
+        ));
+        s.push_str(&format!(
+            "accrue_usage_events_total{{outcome=\"duplicate\"}} {}\n",
+            self.usage_duplicate.load(Relaxed)
+        ));
         s.push_str("# HELP accrue_usage_rejections_total Rejected usage events by reason.\n# TYPE accrue_usage_rejections_total counter\n");
         for (i, r) in REASONS.iter().enumerate() {
-            s.push_str(&format!("accrue_usage_rejections_total{{reason=\"{r}\"}} {}\n", self.rejections[i].load(Relaxed)));
+            s.push_str(&format!(
+                "accrue_usage_rejections_total{{reason=\"{r}\"}} {}\n",
+                self.rejections[i].load(Relaxed)
+            ));
         }
         s.push_str("# HELP accrue_ingest_latency_seconds Latency of ingest requests.\n# TYPE accrue_ingest_latency_seconds histogram\n");
         for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
-            s.push_str(&format!("accrue_ingest_latency_seconds_bucket{{le=\"{b}\"}} {}\n", self.latency_buckets[i].load(Relaxed)));
+            s.push_str(&format!(
+                "accrue_ingest_latency_seconds_bucket{{le=\"{b}\"}} {}\n",
+                self.latency_buckets[i].load(Relaxed)
+            ));
         }
         let count = self.latency_count.load(Relaxed);
-        s.push_str(&format!("accrue_ingest_latency_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
-        s.push_str(&format!("accrue_ingest_latency_seconds_sum {}\n", self.latency_sum_us.load(Relaxed) as f64 / 1e6));
+        s.push_str(&format!(
+            "accrue_ingest_latency_seconds_bucket{{le=\"+Inf\"}} {count}\n"
+        ));
+        s.push_str(&format!(
+            "accrue_ingest_latency_seconds_sum {}\n",
+            self.latency_sum_us.load(Relaxed) as f64 / 1e6
+        ));
         s.push_str(&format!("accrue_ingest_latency_seconds_count {count}\n"));
         s
     }

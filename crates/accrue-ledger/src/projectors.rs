@@ -25,7 +25,9 @@ pub fn follow(
     ledger: Ledger,
     name: &'static str,
     stop: Arc<AtomicBool>,
-    mut handle: impl FnMut(&Ledger, &RecordedEvent, &LedgerEvent) -> Result<(), LedgerError> + Send + 'static,
+    mut handle: impl FnMut(&Ledger, &RecordedEvent, &LedgerEvent) -> Result<(), LedgerError>
+        + Send
+        + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("accrue-{name}")).spawn(move || {
         let store = ledger.store().clone();
@@ -78,16 +80,30 @@ pub fn follow(
 
 /// Writes each issued invoice's PDF to `dir/<number>.pdf` and records its
 /// SHA-256 in the ledger (once: the aggregate ignores a second record).
-pub fn spawn_pdf_writer(ledger: Ledger, dir: PathBuf, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn_pdf_writer(
+    ledger: Ledger,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&dir)?;
     follow(ledger, "pdf", stop, move |ledger, rec, e| {
-        let LedgerEvent::Account(AccountEvent::InvoiceIssued(inv)) = e else { return Ok(()) };
-        let pdf = accrue_projections::pdf::render(inv).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+        let LedgerEvent::Account(AccountEvent::InvoiceIssued(inv)) = e else {
+            return Ok(());
+        };
+        let pdf = accrue_projections::pdf::render(inv)
+            .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
         let sha256 = accrue_projections::pdf::sha256_hex(&pdf);
         let path = dir.join(format!("{}.pdf", inv.number));
-        std::fs::write(&path, &pdf).map_err(|e| LedgerError::Store(accrue_store::StoreError::Backend(e.to_string())))?;
+        std::fs::write(&path, &pdf)
+            .map_err(|e| LedgerError::Store(accrue_store::StoreError::Backend(e.to_string())))?;
         let account = rec.stream.trim_start_matches("account-");
-        ledger.execute_blocking(account, Command::RecordPdf { number: inv.number.clone(), sha256 })?;
+        ledger.execute_blocking(
+            account,
+            Command::RecordPdf {
+                number: inv.number.clone(),
+                sha256,
+            },
+        )?;
         Ok(())
     })
 }
@@ -104,19 +120,31 @@ pub fn spawn_mailer(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     follow(ledger, "mailer", stop, move |ledger, rec, e| {
-        let LedgerEvent::Account(event) = e else { return Ok(()) };
-        let Some(account) = rec.stream.strip_prefix("account-") else { return Ok(()) };
+        let LedgerEvent::Account(event) = e else {
+            return Ok(());
+        };
+        let Some(account) = rec.stream.strip_prefix("account-") else {
+            return Ok(());
+        };
         let store = ledger.store();
         let key = format!("mail-sent:{}", rec.position);
         if store.meta_get(&key)?.is_some() {
             return Ok(());
         }
-        let Some(state) = ledger.read().accounts.get(account).cloned() else { return Ok(()) };
-        let Some(mail) = accrue_projections::mail::mail_for(event, &state, |i| accrue_projections::pdf::render(i).ok()) else {
+        let Some(state) = ledger.read().accounts.get(account).cloned() else {
+            return Ok(());
+        };
+        let Some(mail) = accrue_projections::mail::mail_for(event, &state, |i| {
+            accrue_projections::pdf::render(i).ok()
+        }) else {
             return Ok(());
         };
         let id: String = rec.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let msg = match accrue_projections::mail::build(&mail, &from, &format!("<{}.{id}@accrue>", rec.position)) {
+        let msg = match accrue_projections::mail::build(
+            &mail,
+            &from,
+            &format!("<{}.{id}@accrue>", rec.position),
+        ) {
             Ok(m) => m,
             Err(err) => {
                 // A bad address never becomes deliverable by retrying.
@@ -128,7 +156,10 @@ pub fn spawn_mailer(
             .send(&msg, &format!("{:012}-{}", rec.position, mail.kind))
             .map_err(|e| LedgerError::Store(accrue_store::StoreError::Backend(e.to_string())))?;
         store.meta_put(&key, mail.kind)?;
-        ledger.metrics().mails_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ledger
+            .metrics()
+            .mails_sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     })
 }

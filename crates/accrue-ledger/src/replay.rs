@@ -50,9 +50,17 @@ pub fn for_each_decoded(
                 for rec in page {
                     after = rec.position;
                     match LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload) {
-                        Ok(event) => out.push(Decoded { position: rec.position, stream: rec.stream, recorded_at: rec.recorded_at, event }),
+                        Ok(event) => out.push(Decoded {
+                            position: rec.position,
+                            stream: rec.stream,
+                            recorded_at: rec.recorded_at,
+                            event,
+                        }),
                         Err(e) => {
-                            let _ = tx.send(Err(LedgerError::Corrupt(format!("event at position {}: {e}", rec.position))));
+                            let _ = tx.send(Err(LedgerError::Corrupt(format!(
+                                "event at position {}: {e}",
+                                rec.position
+                            ))));
                             return;
                         }
                     }
@@ -113,8 +121,10 @@ pub fn account_as_of(
                 break 'pages;
             }
             after = rec.version;
-            if let LedgerEvent::Account(e) = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload)
-                .map_err(|e| LedgerError::Corrupt(format!("event at position {}: {e}", rec.position)))?
+            if let LedgerEvent::Account(e) =
+                LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload).map_err(|e| {
+                    LedgerError::Corrupt(format!("event at position {}: {e}", rec.position))
+                })?
             {
                 state.apply(&e);
             }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use accrue_core::events::{ClockAdvanced, CreditsConsumed, InvoiceNumberAssigned, LedgerEvent};
 use accrue_core::invoice::format_number;
 use accrue_core::{
-    decide, AccountEvent, AccountState, Command, Context, DomainError, CLOCK_STREAM, INVOICE_SEQUENCE_STREAM,
-    SCHEMA_VERSION,
+    decide, AccountEvent, AccountState, Command, Context, DomainError, CLOCK_STREAM,
+    INVOICE_SEQUENCE_STREAM, SCHEMA_VERSION,
 };
 use accrue_projections::ReadModels;
 use accrue_store::{EventStore, ExpectedVersion, NewEvent, StoreError, StreamAppend};
@@ -47,7 +47,13 @@ fn account_of(stream: &str) -> Option<&str> {
 
 impl State {
     /// Indexes an account event the writer has applied (or replayed).
-    fn track(&mut self, account: &str, before: Option<DateTime<Utc>>, after: Option<DateTime<Utc>>, e: &AccountEvent) {
+    fn track(
+        &mut self,
+        account: &str,
+        before: Option<DateTime<Utc>>,
+        after: Option<DateTime<Utc>>,
+        e: &AccountEvent,
+    ) {
         if before != after {
             if let Some(b) = before {
                 self.due.remove(&(b, account.to_string()));
@@ -57,14 +63,16 @@ impl State {
             }
         }
         if let AccountEvent::InvoiceIssued(i) = e {
-            self.invoice_owner.insert(i.number.clone(), account.to_string());
+            self.invoice_owner
+                .insert(i.number.clone(), account.to_string());
         }
     }
 
     fn apply_account(&mut self, account: &str, e: &AccountEvent) {
         // get_mut first: the hot path must not allocate a key per event.
         if !self.accounts.contains_key(account) {
-            self.accounts.insert(account.to_string(), AccountState::default());
+            self.accounts
+                .insert(account.to_string(), AccountState::default());
         }
         let st = self.accounts.get_mut(account).expect("just ensured");
         let before = st.period_end();
@@ -77,11 +85,14 @@ impl State {
     fn apply_committed(&mut self, stream: &str, position: u64, e: &LedgerEvent) {
         match e {
             LedgerEvent::Account(ae) => {
-                let Some(account) = account_of(stream) else { return };
+                let Some(account) = account_of(stream) else {
+                    return;
+                };
                 if let AccountEvent::CreditsConsumed(c) = ae {
                     let h = idempotency::key(account, &c.usage_id);
                     let taken = self.idem.by_hash(h).is_some();
-                    self.idem.insert(account, &c.usage_id, h, Slot::Committed(position), taken);
+                    self.idem
+                        .insert(account, &c.usage_id, h, Slot::Committed(position), taken);
                 }
                 self.apply_account(account, ae);
             }
@@ -101,7 +112,9 @@ impl State {
 }
 
 /// Replays the whole log into fresh writer state and read models.
-pub(crate) fn load(store: &dyn EventStore) -> Result<(State, ReadModels, Option<DateTime<Utc>>), LedgerError> {
+pub(crate) fn load(
+    store: &dyn EventStore,
+) -> Result<(State, ReadModels, Option<DateTime<Utc>>), LedgerError> {
     let mut state = State::default();
     let mut read = ReadModels::default();
     let mut clock: Option<DateTime<Utc>> = None;
@@ -118,9 +131,18 @@ pub(crate) fn load(store: &dyn EventStore) -> Result<(State, ReadModels, Option<
 }
 
 enum Reply {
-    Usage(oneshot::Sender<Result<Vec<UsageOutcome>, LedgerError>>, Vec<UsageOutcome>),
-    Command(oneshot::Sender<Result<Vec<AccountEvent>, LedgerError>>, Vec<AccountEvent>),
-    Clock(oneshot::Sender<Result<DateTime<Utc>, LedgerError>>, DateTime<Utc>),
+    Usage(
+        oneshot::Sender<Result<Vec<UsageOutcome>, LedgerError>>,
+        Vec<UsageOutcome>,
+    ),
+    Command(
+        oneshot::Sender<Result<Vec<AccountEvent>, LedgerError>>,
+        Vec<AccountEvent>,
+    ),
+    Clock(
+        oneshot::Sender<Result<DateTime<Utc>, LedgerError>>,
+        DateTime<Utc>,
+    ),
 }
 
 impl Reply {
@@ -164,7 +186,13 @@ struct Group {
 impl Group {
     /// Adds an event to its stream's append; `version_before` is the stream's
     /// version before this event (the expectation if the stream is new here).
-    fn push(&mut self, stream: &str, version_before: Option<u64>, occurred_at: DateTime<Utc>, e: LedgerEvent) -> (u32, u32) {
+    fn push(
+        &mut self,
+        stream: &str,
+        version_before: Option<u64>,
+        occurred_at: DateTime<Utc>,
+        e: LedgerEvent,
+    ) -> (u32, u32) {
         let i = match self.index.get(stream) {
             Some(i) => *i,
             None => {
@@ -174,7 +202,8 @@ impl Group {
                     events: Vec::new(),
                 });
                 self.decoded.push(Vec::new());
-                self.index.insert(stream.to_string(), self.appends.len() - 1);
+                self.index
+                    .insert(stream.to_string(), self.appends.len() - 1);
                 self.appends.len() - 1
             }
         };
@@ -207,7 +236,11 @@ struct Writer {
     group: Group,
 }
 
-pub(crate) fn spawn(shared: Arc<Shared>, state: State, jobs: Receiver<Job>) -> Result<JoinHandle<()>, LedgerError> {
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    state: State,
+    jobs: Receiver<Job>,
+) -> Result<JoinHandle<()>, LedgerError> {
     let mut w = Writer {
         shared,
         state,
@@ -258,14 +291,22 @@ impl Writer {
                 let outcomes = items.into_iter().map(|i| self.consume(i, now)).collect();
                 self.group.replies.push(Reply::Usage(reply, outcomes));
             }
-            Job::Command { account_id, command, reply } => {
+            Job::Command {
+                account_id,
+                command,
+                reply,
+            } => {
                 let now = self.shared.clock.now();
                 match self.command(&account_id, command, now) {
                     Ok(events) => self.group.replies.push(Reply::Command(reply, events)),
                     Err(e) => drop(reply.send(Err(e))),
                 }
             }
-            Job::InvoiceCommand { number, command, reply } => {
+            Job::InvoiceCommand {
+                number,
+                command,
+                reply,
+            } => {
                 let now = self.shared.clock.now();
                 let result = match self.state.invoice_owner.get(&number).cloned() {
                     None => Err(LedgerError::Domain(DomainError::UnknownInvoice)),
@@ -282,7 +323,11 @@ impl Writer {
         false
     }
 
-    fn advance_clock(&mut self, now: DateTime<Utc>, reply: oneshot::Sender<Result<DateTime<Utc>, LedgerError>>) {
+    fn advance_clock(
+        &mut self,
+        now: DateTime<Utc>,
+        reply: oneshot::Sender<Result<DateTime<Utc>, LedgerError>>,
+    ) {
         if !self.shared.clock.is_manual() {
             let _ = reply.send(Err(LedgerError::NotManualClock));
             return;
@@ -290,7 +335,10 @@ impl Writer {
         let now = crate::clock::truncate(now);
         let current = self.shared.clock.now();
         if now < current {
-            let _ = reply.send(Err(LedgerError::ClockBackwards { current, requested: now }));
+            let _ = reply.send(Err(LedgerError::ClockBackwards {
+                current,
+                requested: now,
+            }));
             return;
         }
         // Earlier jobs were decided at the old time: commit them first. Then
@@ -298,7 +346,12 @@ impl Writer {
         // of the closes resumes at this time and finishes them at start.
         self.flush();
         self.shared.clock.set(now);
-        self.group.push(CLOCK_STREAM, None, now, LedgerEvent::ClockAdvanced(ClockAdvanced { now }));
+        self.group.push(
+            CLOCK_STREAM,
+            None,
+            now,
+            LedgerEvent::ClockAdvanced(ClockAdvanced { now }),
+        );
         self.flush();
         self.close_due(now);
         self.group.replies.push(Reply::Clock(reply, now));
@@ -312,7 +365,13 @@ impl Writer {
             }
             let ctx = Context { now: end };
             let (_, _, number) = self.state.next_invoice_number(end);
-            match self.decide_and_stage(&account, Command::ClosePeriod { invoice_number: number }, &ctx) {
+            match self.decide_and_stage(
+                &account,
+                Command::ClosePeriod {
+                    invoice_number: number,
+                },
+                &ctx,
+            ) {
                 Ok(_) => {}
                 Err(e) => {
                     // Cannot happen for a due period; never loop on it.
@@ -326,7 +385,12 @@ impl Writer {
         }
     }
 
-    fn command(&mut self, account: &str, command: Command, now: DateTime<Utc>) -> Result<Vec<AccountEvent>, LedgerError> {
+    fn command(
+        &mut self,
+        account: &str,
+        command: Command,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AccountEvent>, LedgerError> {
         let command = match command {
             Command::Open(mut open) => {
                 let (_, _, number) = self.state.next_invoice_number(now);
@@ -335,7 +399,9 @@ impl Writer {
                 Command::Open(open)
             }
             Command::ClosePeriod { .. } => {
-                return Err(LedgerError::Domain(DomainError::Invalid("periods close by the clock".into())))
+                return Err(LedgerError::Domain(DomainError::Invalid(
+                    "periods close by the clock".into(),
+                )))
             }
             other => other,
         };
@@ -344,7 +410,12 @@ impl Writer {
 
     /// Decides against the account's state, applies the events to it, and
     /// stages them (plus an invoice number if one was used) in the group.
-    fn decide_and_stage(&mut self, account: &str, command: Command, ctx: &Context) -> Result<Vec<AccountEvent>, LedgerError> {
+    fn decide_and_stage(
+        &mut self,
+        account: &str,
+        command: Command,
+        ctx: &Context,
+    ) -> Result<Vec<AccountEvent>, LedgerError> {
         static EMPTY: std::sync::OnceLock<AccountState> = std::sync::OnceLock::new();
         let state = self
             .state
@@ -357,7 +428,12 @@ impl Writer {
     }
 
     /// Applies and stages the events; returns where the first one went.
-    fn stage(&mut self, account: &str, events: Vec<AccountEvent>, now: DateTime<Utc>) -> (u32, u32) {
+    fn stage(
+        &mut self,
+        account: &str,
+        events: Vec<AccountEvent>,
+        now: DateTime<Utc>,
+    ) -> (u32, u32) {
         let stream = format!("account-{account}");
         let mut first = None;
         for e in events {
@@ -367,7 +443,12 @@ impl Writer {
                 AccountEvent::InvoiceIssued(i) => Some(i.issued_at),
                 _ => None,
             };
-            let at = self.group.push(&stream, Some(version_before), occurred_at(&e, now), LedgerEvent::Account(e));
+            let at = self.group.push(
+                &stream,
+                Some(version_before),
+                occurred_at(&e, now),
+                LedgerEvent::Account(e),
+            );
             first.get_or_insert(at);
             if let Some(issued_at) = issued {
                 let (year, sequence, number) = self.state.next_invoice_number(issued_at);
@@ -405,10 +486,24 @@ impl Writer {
 
     fn consume_inner(&mut self, item: UsageItem, now: DateTime<Utc>) -> UsageOutcome {
         let (account, mut input, given) = match item {
-            UsageItem::Invalid { detail } => return UsageOutcome::Rejected { reason: "invalid", detail },
-            UsageItem::Valid { account_id, input, occurred_at_given } => (account_id, input, occurred_at_given),
+            UsageItem::Invalid { detail } => {
+                return UsageOutcome::Rejected {
+                    reason: "invalid",
+                    detail,
+                }
+            }
+            UsageItem::Valid {
+                account_id,
+                input,
+                occurred_at_given,
+            } => (account_id, input, occurred_at_given),
         };
-        if !self.state.accounts.get(&account).is_some_and(|s| s.is_open()) {
+        if !self
+            .state
+            .accounts
+            .get(&account)
+            .is_some_and(|s| s.is_open())
+        {
             return UsageOutcome::Rejected {
                 reason: "unknown_account",
                 detail: format!("no account {account:?}"),
@@ -430,7 +525,10 @@ impl Writer {
             } else {
                 UsageOutcome::Rejected {
                     reason: "id_conflict",
-                    detail: format!("usage id {:?} was recorded with other content", input.usage_id),
+                    detail: format!(
+                        "usage id {:?} was recorded with other content",
+                        input.usage_id
+                    ),
                 }
             };
         }
@@ -443,8 +541,21 @@ impl Writer {
             },
             Ok(events) => {
                 let (stream, event) = self.stage(&account, events, now);
-                let in_exact = self.state.idem.insert(&account, &usage_id, hash, Slot::Pending { stream, event }, hash_taken);
-                self.group.pending_usage.push(PendingUsage { account, usage_id, hash, in_exact, stream, event });
+                let in_exact = self.state.idem.insert(
+                    &account,
+                    &usage_id,
+                    hash,
+                    Slot::Pending { stream, event },
+                    hash_taken,
+                );
+                self.group.pending_usage.push(PendingUsage {
+                    account,
+                    usage_id,
+                    hash,
+                    in_exact,
+                    stream,
+                    event,
+                });
                 UsageOutcome::Accepted
             }
         }
@@ -452,7 +563,12 @@ impl Writer {
 
     /// The usage event already recorded under (account, id), if any, and
     /// whether the key's hash is taken by another key.
-    fn find_usage(&self, account: &str, usage_id: &str, hash: u64) -> (Option<CreditsConsumed>, bool) {
+    fn find_usage(
+        &self,
+        account: &str,
+        usage_id: &str,
+        hash: u64,
+    ) -> (Option<CreditsConsumed>, bool) {
         let Some(slot) = self.state.idem.by_hash(hash) else {
             return (None, false);
         };
@@ -462,7 +578,11 @@ impl Writer {
             }
         }
         // Another key owns this hash: look in the exact table.
-        let found = self.state.idem.exact(account, usage_id).and_then(|s| self.load_usage(account, s));
+        let found = self
+            .state
+            .idem
+            .exact(account, usage_id)
+            .and_then(|s| self.load_usage(account, s));
         (found, true)
     }
 
@@ -470,7 +590,10 @@ impl Writer {
         let (stream, event) = match slot {
             Slot::Pending { stream, event } => {
                 let s = stream as usize;
-                (self.group.appends.get(s)?.stream.clone(), self.group.decoded.get(s)?.get(event as usize)?.clone())
+                (
+                    self.group.appends.get(s)?.stream.clone(),
+                    self.group.decoded.get(s)?.get(event as usize)?.clone(),
+                )
             }
             Slot::Committed(pos) => {
                 let rec = self.shared.store.read_at(pos).ok()??;
@@ -479,7 +602,11 @@ impl Writer {
             }
         };
         match event {
-            LedgerEvent::Account(AccountEvent::CreditsConsumed(c)) if account_of(&stream) == Some(account) => Some(c),
+            LedgerEvent::Account(AccountEvent::CreditsConsumed(c))
+                if account_of(&stream) == Some(account) =>
+            {
+                Some(c)
+            }
             _ => None,
         }
     }
@@ -511,7 +638,7 @@ impl Writer {
                     for (j, e) in group.decoded[i].iter().enumerate() {
                         read.apply(first[i] + j as u64, &a.stream, recorded_at, e);
                         applied += 1;
-                        if applied % READ_CHUNK == 0 {
+                        if applied.is_multiple_of(READ_CHUNK) {
                             parking_lot::RwLockWriteGuard::bump(&mut read);
                         }
                     }
@@ -519,9 +646,14 @@ impl Writer {
                 drop(read);
                 for p in &group.pending_usage {
                     let position = first[p.stream as usize] + u64::from(p.event);
-                    self.state.idem.commit(&p.account, &p.usage_id, p.hash, position, p.in_exact);
+                    self.state
+                        .idem
+                        .commit(&p.account, &p.usage_id, p.hash, position, p.in_exact);
                 }
-                self.shared.metrics.events_appended.fetch_add(group.events as u64, Relaxed);
+                self.shared
+                    .metrics
+                    .events_appended
+                    .fetch_add(group.events as u64, Relaxed);
                 self.shared.metrics.commits.fetch_add(1, Relaxed);
                 for r in group.replies {
                     r.send_ok();

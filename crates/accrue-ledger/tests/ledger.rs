@@ -66,7 +66,9 @@ fn usage(account: &str, id: &str, amount: Decimal) -> UsageItem {
 fn concurrent_clients_never_overdraw_and_the_total_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
-    ledger.execute_blocking("acme", open_cmd("acme", dec!(1), Some(dec!(9.99)))).unwrap();
+    ledger
+        .execute_blocking("acme", open_cmd("acme", dec!(1), Some(dec!(9.99))))
+        .unwrap();
     // 8 clients × 200 events × 0.0137 = 21.92 asked for; 10.99 available.
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -74,7 +76,9 @@ fn concurrent_clients_never_overdraw_and_the_total_is_exact() {
             std::thread::spawn(move || {
                 let mut accepted = Decimal::ZERO;
                 for chunk in 0..20 {
-                    let items = (0..10).map(|i| usage("acme", &format!("t{t}-{chunk}-{i}"), dec!(0.0137))).collect();
+                    let items = (0..10)
+                        .map(|i| usage("acme", &format!("t{t}-{chunk}-{i}"), dec!(0.0137)))
+                        .collect();
                     for o in l.ingest_blocking(items).unwrap() {
                         if o == UsageOutcome::Accepted {
                             accepted += dec!(0.0137);
@@ -87,7 +91,10 @@ fn concurrent_clients_never_overdraw_and_the_total_is_exact() {
         .collect();
     let accepted: Decimal = threads.into_iter().map(|t| t.join().unwrap()).sum();
     let used = ledger.read().accounts["acme"].used;
-    assert_eq!(used, accepted, "the read model matches the acknowledgements");
+    assert_eq!(
+        used, accepted,
+        "the read model matches the acknowledgements"
+    );
     assert!(used <= dec!(10.99));
     // 10.99 / 0.0137 = 802.19…: exactly 802 fit.
     assert_eq!(used, dec!(0.0137) * Decimal::from(802));
@@ -97,22 +104,57 @@ fn concurrent_clients_never_overdraw_and_the_total_is_exact() {
 fn retries_are_counted_once_and_conflicts_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
-    ledger.execute_blocking("acme", open_cmd("acme", dec!(100), None)).unwrap();
+    ledger
+        .execute_blocking("acme", open_cmd("acme", dec!(100), None))
+        .unwrap();
     let out = ledger
-        .ingest_blocking(vec![usage("acme", "a", dec!(1)), usage("acme", "a", dec!(1)), usage("acme", "a", dec!(2))])
+        .ingest_blocking(vec![
+            usage("acme", "a", dec!(1)),
+            usage("acme", "a", dec!(1)),
+            usage("acme", "a", dec!(2)),
+        ])
         .unwrap();
     assert_eq!(out[0], UsageOutcome::Accepted);
     assert_eq!(out[1], UsageOutcome::Duplicate);
-    assert!(matches!(out[2], UsageOutcome::Rejected { reason: "id_conflict", .. }));
+    assert!(matches!(
+        out[2],
+        UsageOutcome::Rejected {
+            reason: "id_conflict",
+            ..
+        }
+    ));
     // Against the committed event, and after a restart.
-    assert_eq!(ledger.ingest_blocking(vec![usage("acme", "a", dec!(1))]).unwrap()[0], UsageOutcome::Duplicate);
+    assert_eq!(
+        ledger
+            .ingest_blocking(vec![usage("acme", "a", dec!(1))])
+            .unwrap()[0],
+        UsageOutcome::Duplicate
+    );
     ledger.shutdown();
     drop(ledger);
     let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
-    let out = ledger.ingest_blocking(vec![usage("acme", "a", dec!(1)), usage("acme", "a", dec!(3)), usage("other", "a", dec!(1))]).unwrap();
+    let out = ledger
+        .ingest_blocking(vec![
+            usage("acme", "a", dec!(1)),
+            usage("acme", "a", dec!(3)),
+            usage("other", "a", dec!(1)),
+        ])
+        .unwrap();
     assert_eq!(out[0], UsageOutcome::Duplicate);
-    assert!(matches!(out[1], UsageOutcome::Rejected { reason: "id_conflict", .. }));
-    assert!(matches!(out[2], UsageOutcome::Rejected { reason: "unknown_account", .. }));
+    assert!(matches!(
+        out[1],
+        UsageOutcome::Rejected {
+            reason: "id_conflict",
+            ..
+        }
+    ));
+    assert!(matches!(
+        out[2],
+        UsageOutcome::Rejected {
+            reason: "unknown_account",
+            ..
+        }
+    ));
     assert_eq!(ledger.read().accounts["acme"].used, dec!(1));
 }
 
@@ -121,14 +163,22 @@ fn a_rebuild_from_position_zero_equals_the_live_read_models() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
     for a in ["a", "b", "c"] {
-        ledger.execute_blocking(a, open_cmd(a, dec!(1), Some(dec!(20)))).unwrap();
+        ledger
+            .execute_blocking(a, open_cmd(a, dec!(1), Some(dec!(20))))
+            .unwrap();
     }
     for i in 0..300 {
         let a = ["a", "b", "c"][i % 3];
-        ledger.ingest_blocking(vec![usage(a, &format!("u{i}"), dec!(0.1))]).unwrap();
+        ledger
+            .ingest_blocking(vec![usage(a, &format!("u{i}"), dec!(0.1))])
+            .unwrap();
     }
-    ledger.advance_clock_blocking(at("2026-03-20T00:00:00Z")).unwrap();
-    ledger.ingest_blocking(vec![usage("a", "late", dec!(0.5))]).unwrap();
+    ledger
+        .advance_clock_blocking(at("2026-03-20T00:00:00Z"))
+        .unwrap();
+    ledger
+        .ingest_blocking(vec![usage("a", "late", dec!(0.5))])
+        .unwrap();
     let live = ledger.read().clone();
     let mut rebuilt = ReadModels::default();
     accrue_ledger::replay_into(ledger.store().as_ref(), &mut rebuilt, |_, _| {}).unwrap();
@@ -140,8 +190,12 @@ fn a_rebuild_from_position_zero_equals_the_live_read_models() {
 fn the_manual_clock_never_runs_backwards_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
-    ledger.advance_clock_blocking(at("2026-02-01T00:00:00Z")).unwrap();
-    assert!(ledger.advance_clock_blocking(at("2026-01-20T00:00:00Z")).is_err());
+    ledger
+        .advance_clock_blocking(at("2026-02-01T00:00:00Z"))
+        .unwrap();
+    assert!(ledger
+        .advance_clock_blocking(at("2026-01-20T00:00:00Z"))
+        .is_err());
     ledger.shutdown();
     drop(ledger);
     let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
@@ -153,16 +207,23 @@ fn invoice_numbers_are_gapless_across_closes_and_years() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open_ledger(dir.path(), "2026-11-15T00:00:00Z");
     for a in ["a", "b", "c", "d"] {
-        ledger.execute_blocking(a, open_cmd(a, dec!(0), None)).unwrap();
+        ledger
+            .execute_blocking(a, open_cmd(a, dec!(0), None))
+            .unwrap();
     }
-    ledger.advance_clock_blocking(at("2027-02-16T00:00:00Z")).unwrap();
+    ledger
+        .advance_clock_blocking(at("2027-02-16T00:00:00Z"))
+        .unwrap();
     let read = ledger.read();
     let mut by_year: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     let mut numbers: Vec<_> = read.invoices.keys().cloned().collect();
     numbers.sort();
     for n in &numbers {
         let (y, s) = n.trim_start_matches("INV-").split_once('-').unwrap();
-        by_year.entry(y.to_string()).or_default().push(s.parse().unwrap());
+        by_year
+            .entry(y.to_string())
+            .or_default()
+            .push(s.parse().unwrap());
     }
     // 4 opening + 4 × (Dec 15) = 8 in 2026; 4 × (Jan 15, Feb 15) = 8 in 2027.
     assert_eq!(by_year["2026"], (1..=8).collect::<Vec<_>>());
@@ -177,7 +238,9 @@ fn a_crash_in_the_middle_of_a_close_is_finished_exactly_once_at_start() {
     {
         let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
         for a in ["a", "b", "c"] {
-            ledger.execute_blocking(a, open_cmd(a, dec!(0), None)).unwrap();
+            ledger
+                .execute_blocking(a, open_cmd(a, dec!(0), None))
+                .unwrap();
         }
         ledger.shutdown();
     }
@@ -191,7 +254,12 @@ fn a_crash_in_the_middle_of_a_close_is_finished_exactly_once_at_start() {
                 &[StreamAppend {
                     stream: "clock".into(),
                     expected: ExpectedVersion::Any,
-                    events: vec![NewEvent { type_name: e.type_name(), schema: 1, occurred_at: now, payload: e.encode_payload() }],
+                    events: vec![NewEvent {
+                        type_name: e.type_name(),
+                        schema: 1,
+                        occurred_at: now,
+                        payload: e.encode_payload(),
+                    }],
                 }],
                 now,
             )
@@ -211,7 +279,10 @@ fn a_crash_in_the_middle_of_a_close_is_finished_exactly_once_at_start() {
     // Starting again closes nothing twice.
     let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
     assert_eq!(numbers(&ledger), expected);
-    assert_eq!(ledger.read().accounts["a"].credit_period.unwrap().start, at("2026-02-15T00:00:00Z"));
+    assert_eq!(
+        ledger.read().accounts["a"].credit_period.unwrap().start,
+        at("2026-02-15T00:00:00Z")
+    );
 }
 
 #[test]
@@ -224,7 +295,8 @@ fn concurrent_opens_and_clock_moves_keep_numbers_gapless() {
             std::thread::spawn(move || {
                 for i in 0..25 {
                     let id = format!("t{t}-{i}");
-                    l.execute_blocking(&id, open_cmd(&id, dec!(0), None)).unwrap();
+                    l.execute_blocking(&id, open_cmd(&id, dec!(0), None))
+                        .unwrap();
                 }
             })
         })
@@ -233,10 +305,12 @@ fn concurrent_opens_and_clock_moves_keep_numbers_gapless() {
         let l = ledger.clone();
         std::thread::spawn(move || {
             for day in 2..=28 {
-                l.advance_clock_blocking(at(&format!("2026-01-{day:02}T00:00:00Z"))).unwrap();
+                l.advance_clock_blocking(at(&format!("2026-01-{day:02}T00:00:00Z")))
+                    .unwrap();
             }
             for m in 2..=4 {
-                l.advance_clock_blocking(at(&format!("2026-{m:02}-28T00:00:00Z"))).unwrap();
+                l.advance_clock_blocking(at(&format!("2026-{m:02}-28T00:00:00Z")))
+                    .unwrap();
             }
         })
     };
@@ -245,13 +319,25 @@ fn concurrent_opens_and_clock_moves_keep_numbers_gapless() {
     }
     clock.join().unwrap();
     let read = ledger.read();
-    let mut seqs: Vec<u64> = read.invoices.keys().map(|n| n[9..].parse().unwrap()).collect();
+    let mut seqs: Vec<u64> = read
+        .invoices
+        .keys()
+        .map(|n| n[9..].parse().unwrap())
+        .collect();
     seqs.sort();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "gapless and never reused");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gapless and never reused"
+    );
     // Each account: one opening invoice + one per closed month.
     assert!(seqs.len() >= 200 * 3);
     // Numbers increase with issue time.
-    let mut by_number: Vec<_> = read.invoices.values().map(|r| (r.issued.number.clone(), r.issued.issued_at)).collect();
+    let mut by_number: Vec<_> = read
+        .invoices
+        .values()
+        .map(|r| (r.issued.number.clone(), r.issued.issued_at))
+        .collect();
     by_number.sort();
     assert!(by_number.windows(2).all(|w| w[0].1 <= w[1].1));
 }
@@ -265,10 +351,18 @@ fn a_yearly_account_pays_its_fee_every_twelve_months_and_credits_monthly() {
         o.billing_frequency = BillingFrequency::Yearly;
     }
     ledger.execute_blocking("y", cmd).unwrap();
-    ledger.ingest_blocking(vec![usage("y", "u1", dec!(2.5))]).unwrap();
-    ledger.advance_clock_blocking(at("2027-02-01T00:00:00Z")).unwrap();
+    ledger
+        .ingest_blocking(vec![usage("y", "u1", dec!(2.5))])
+        .unwrap();
+    ledger
+        .advance_clock_blocking(at("2027-02-01T00:00:00Z"))
+        .unwrap();
     let read = ledger.read();
-    let mut invs: Vec<_> = read.invoices.values().map(|r| (r.issued.issued_at, r.issued.total)).collect();
+    let mut invs: Vec<_> = read
+        .invoices
+        .values()
+        .map(|r| (r.issued.issued_at, r.issued.total))
+        .collect();
     invs.sort();
     // Opening fee, then the Feb 28 close with the 2.50 credit charge only, then the next fee a year on.
     assert_eq!(invs[0], (at("2026-01-31T00:00:00Z"), dec!(10.00)));
@@ -285,21 +379,51 @@ fn the_pdf_projector_writes_each_invoice_and_records_its_hash_once() {
     use std::sync::atomic::AtomicBool;
     let dir = tempfile::tempdir().unwrap();
     let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
-    ledger.execute_blocking("a", open_cmd("a", dec!(0), None)).unwrap();
+    ledger
+        .execute_blocking("a", open_cmd("a", dec!(0), None))
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let h = accrue_ledger::projectors::spawn_pdf_writer(ledger.clone(), dir.path().join("pdf"), stop.clone()).unwrap();
+    let h = accrue_ledger::projectors::spawn_pdf_writer(
+        ledger.clone(),
+        dir.path().join("pdf"),
+        stop.clone(),
+    )
+    .unwrap();
     // Wait (bounded) for the projector to catch up with the log.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while ledger.read().invoices["INV-2026-000001"].pdf_sha256.is_none() {
-        assert!(std::time::Instant::now() < deadline, "the projector never recorded the hash");
-        ledger.store().wait_for(ledger.store().head_position().unwrap(), std::time::Duration::from_millis(50)).unwrap();
+    while ledger.read().invoices["INV-2026-000001"]
+        .pdf_sha256
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the projector never recorded the hash"
+        );
+        ledger
+            .store()
+            .wait_for(
+                ledger.store().head_position().unwrap(),
+                std::time::Duration::from_millis(50),
+            )
+            .unwrap();
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     h.join().unwrap();
     let file = std::fs::read(dir.path().join("pdf/INV-2026-000001.pdf")).unwrap();
-    let recorded = ledger.read().invoices["INV-2026-000001"].pdf_sha256.clone().unwrap();
+    let recorded = ledger.read().invoices["INV-2026-000001"]
+        .pdf_sha256
+        .clone()
+        .unwrap();
     assert_eq!(accrue_projections::pdf::sha256_hex(&file), recorded);
     // Recording again changes nothing.
-    let evs = ledger.execute_blocking("a", Command::RecordPdf { number: "INV-2026-000001".into(), sha256: "x".into() }).unwrap();
+    let evs = ledger
+        .execute_blocking(
+            "a",
+            Command::RecordPdf {
+                number: "INV-2026-000001".into(),
+                sha256: "x".into(),
+            },
+        )
+        .unwrap();
     assert!(evs.is_empty());
 }

@@ -27,7 +27,11 @@ pub fn append_n(store: &dyn EventStore, stream: &str, version: u64, n: u64) {
     let events = (0..n).map(|i| event(version + i)).collect();
     store
         .append(
-            &[StreamAppend { stream: stream.into(), expected: ExpectedVersion::Exact(version), events }],
+            &[StreamAppend {
+                stream: stream.into(),
+                expected: ExpectedVersion::Exact(version),
+                events,
+            }],
             t(1000),
         )
         .unwrap();
@@ -40,7 +44,12 @@ pub fn appends_get_gapless_positions_and_versions(store: &dyn EventStore) {
     let all = store.read_all(0, 100).unwrap();
     let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
     assert_eq!(positions, vec![1, 2, 3, 4, 5, 6]);
-    let a: Vec<u64> = store.read_stream("account-a", 0, 100).unwrap().iter().map(|e| e.version).collect();
+    let a: Vec<u64> = store
+        .read_stream("account-a", 0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
     assert_eq!(a, vec![1, 2, 3, 4]);
     assert_eq!(store.head_position().unwrap(), 6);
     assert_eq!(store.stream_head("account-b").unwrap().version, 2);
@@ -51,13 +60,35 @@ pub fn wrong_expected_version_appends_nothing(store: &dyn EventStore) {
     append_n(store, "account-a", 0, 2);
     let r = store.append(
         &[
-            StreamAppend { stream: "account-b".into(), expected: ExpectedVersion::Exact(0), events: vec![event(9)] },
-            StreamAppend { stream: "account-a".into(), expected: ExpectedVersion::Exact(1), events: vec![event(9)] },
+            StreamAppend {
+                stream: "account-b".into(),
+                expected: ExpectedVersion::Exact(0),
+                events: vec![event(9)],
+            },
+            StreamAppend {
+                stream: "account-a".into(),
+                expected: ExpectedVersion::Exact(1),
+                events: vec![event(9)],
+            },
         ],
         t(0),
     );
-    assert!(matches!(r, Err(StoreError::WrongExpectedVersion { expected: 1, actual: 2, .. })), "{r:?}");
-    assert_eq!(store.head_position().unwrap(), 2, "the whole batch is refused");
+    assert!(
+        matches!(
+            r,
+            Err(StoreError::WrongExpectedVersion {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(
+        store.head_position().unwrap(),
+        2,
+        "the whole batch is refused"
+    );
     assert_eq!(store.stream_head("account-b").unwrap().version, 0);
 }
 
@@ -65,8 +96,16 @@ pub fn a_batch_across_streams_is_atomic_and_ordered(store: &dyn EventStore) {
     let r = store
         .append(
             &[
-                StreamAppend { stream: "invoice-sequence".into(), expected: ExpectedVersion::Any, events: vec![event(1)] },
-                StreamAppend { stream: "account-a".into(), expected: ExpectedVersion::Exact(0), events: vec![event(2), event(3)] },
+                StreamAppend {
+                    stream: "invoice-sequence".into(),
+                    expected: ExpectedVersion::Any,
+                    events: vec![event(1)],
+                },
+                StreamAppend {
+                    stream: "account-a".into(),
+                    expected: ExpectedVersion::Exact(0),
+                    events: vec![event(2), event(3)],
+                },
             ],
             t(5),
         )
@@ -86,7 +125,14 @@ pub fn events_round_trip_exactly(store: &dyn EventStore) {
         payload: "{\"name\":\"株式会社テスト Müller\"}".as_bytes().to_vec(),
     };
     store
-        .append(&[StreamAppend { stream: "account-jp".into(), expected: ExpectedVersion::Exact(0), events: vec![e.clone()] }], t(7))
+        .append(
+            &[StreamAppend {
+                stream: "account-jp".into(),
+                expected: ExpectedVersion::Exact(0),
+                events: vec![e.clone()],
+            }],
+            t(7),
+        )
         .unwrap();
     let got = &store.read_stream("account-jp", 0, 10).unwrap()[0];
     assert_eq!(got.type_name, e.type_name);
@@ -105,7 +151,12 @@ pub fn hashes_chain_per_stream(store: &dyn EventStore) {
     let events = store.read_stream("account-a", 0, 100).unwrap();
     let mut prev = GENESIS;
     for e in &events {
-        assert_eq!(recorded_hash(&prev, e), e.hash, "event {} breaks the chain", e.position);
+        assert_eq!(
+            recorded_hash(&prev, e),
+            e.hash,
+            "event {} breaks the chain",
+            e.position
+        );
         prev = e.hash;
     }
     assert_eq!(store.stream_head("account-a").unwrap().hash, prev);
@@ -121,7 +172,10 @@ pub fn reads_page_and_filter(store: &dyn EventStore) {
     assert_eq!(store.read_all(55, 100).unwrap().len(), 5);
     assert_eq!(store.read_all(0, 7).unwrap().len(), 7);
     let page = store.read_stream("account-a", 20, 10).unwrap();
-    assert_eq!(page.iter().map(|e| e.version).collect::<Vec<_>>(), (21..=30).collect::<Vec<_>>());
+    assert_eq!(
+        page.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (21..=30).collect::<Vec<_>>()
+    );
     assert!(store.read_stream("account-a", 50, 10).unwrap().is_empty());
     assert!(store.read_stream("account-none", 0, 10).unwrap().is_empty());
 }
@@ -140,7 +194,10 @@ pub fn checkpoints_and_meta_persist_and_never_go_back(store: &dyn EventStore) {
     store.meta_put("token:abc", "admin").unwrap();
     store.meta_put("token:abd", "ingest").unwrap();
     store.meta_put("clock", "x").unwrap();
-    assert_eq!(store.meta_get("token:abc").unwrap().as_deref(), Some("admin"));
+    assert_eq!(
+        store.meta_get("token:abc").unwrap().as_deref(),
+        Some("admin")
+    );
     assert_eq!(store.meta_list("token:").unwrap().len(), 2);
     assert_eq!(store.meta_get("nope").unwrap(), None);
 }
@@ -233,7 +290,9 @@ macro_rules! conformance_suite {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().to_path_buf();
                 let open = $open;
-                c::reopening_keeps_everything(&move || Box::new(open(&path)) as Box<dyn $crate::EventStore>);
+                c::reopening_keeps_everything(&move || {
+                    Box::new(open(&path)) as Box<dyn $crate::EventStore>
+                });
             }
         }
     };

@@ -98,13 +98,23 @@ pub struct StreamHead {
 pub trait EventStore: Send + Sync {
     /// Appends all streams' events atomically (all or none), durably, after
     /// checking each stream's expected version.
-    fn append(&self, batch: &[StreamAppend], recorded_at: DateTime<Utc>) -> Result<Appended, StoreError>;
+    fn append(
+        &self,
+        batch: &[StreamAppend],
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Appended, StoreError>;
 
     /// Events of one stream with version > `after_version`, oldest first.
-    fn read_stream(&self, stream: &str, after_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+    fn read_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Events in global order with position > `after_position`.
-    fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+    fn read_all(&self, after_position: u64, limit: usize)
+        -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// One event by global position.
     fn read_at(&self, position: u64) -> Result<Option<RecordedEvent>, StoreError>;
@@ -117,7 +127,11 @@ pub trait EventStore: Send + Sync {
 
     /// Blocks until the head passes `after_position` or the timeout passes;
     /// returns the head. This is how projections follow new events.
-    fn wait_for(&self, after_position: u64, timeout: std::time::Duration) -> Result<u64, StoreError>;
+    fn wait_for(
+        &self,
+        after_position: u64,
+        timeout: std::time::Duration,
+    ) -> Result<u64, StoreError>;
 
     /// A projector's durable checkpoint (0 if never set).
     fn checkpoint(&self, name: &str) -> Result<u64, StoreError>;

@@ -20,7 +20,9 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::hash::{event_hash, HashInput, GENESIS};
-use crate::{Appended, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamAppend, StreamHead};
+use crate::{
+    Appended, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamAppend, StreamHead,
+};
 
 /// Unindexed events kept in memory before the stream index is flushed.
 pub const INDEX_FLUSH_EVENTS: usize = 100_000;
@@ -93,7 +95,9 @@ impl SqliteStore {
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
                 &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
             )?;
             r.pragma_update(None, "busy_timeout", 5000)?;
             r.pragma_update(None, "cache_size", -16_000)?;
@@ -125,6 +129,9 @@ impl SqliteStore {
     /// Writes the in-memory tail of the stream index now (e.g. when idle).
     pub fn flush_index(&self) -> Result<(), StoreError> {
         let mut w = self.writer.lock();
+        if w.unindexed.is_empty() {
+            return Ok(());
+        }
         let tx = w.conn.unchecked_transaction()?;
         flush_index(&tx, &w.unindexed, w.head_position)?;
         tx.commit()?;
@@ -161,18 +168,33 @@ fn load_heads(w: &mut Writer) -> Result<(), StoreError> {
              JOIN events e ON e.pos = i.pos",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
         })?;
         for row in rows {
             let (stream, version, hash) = row?;
-            w.heads.insert(stream, StreamHead { version: version as u64, hash: to_hash(&hash)? });
+            w.heads.insert(
+                stream,
+                StreamHead {
+                    version: version as u64,
+                    hash: to_hash(&hash)?,
+                },
+            );
         }
     }
     let mut stmt = w
         .conn
         .prepare("SELECT pos, stream, version, hash FROM events WHERE pos > ?1 ORDER BY pos")?;
     let rows = stmt.query_map([indexed as i64], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+        ))
     })?;
     let mut tail = Vec::new();
     for row in rows {
@@ -183,14 +205,22 @@ fn load_heads(w: &mut Writer) -> Result<(), StoreError> {
                 "stream {stream} jumps to version {version} at position {pos}, expected {expected}"
             )));
         }
-        w.heads.insert(stream.clone(), StreamHead { version: version as u64, hash: to_hash(&hash)? });
+        w.heads.insert(
+            stream.clone(),
+            StreamHead {
+                version: version as u64,
+                hash: to_hash(&hash)?,
+            },
+        );
         tail.push((stream, version as u64, pos as u64));
     }
     drop(stmt);
     w.unindexed = tail;
     w.head_position = w
         .conn
-        .query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| r.get::<_, i64>(0))? as u64;
+        .query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64;
     Ok(())
 }
 
@@ -200,11 +230,13 @@ fn to_hash(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("hash of {} bytes", bytes.len())))
 }
 
-fn flush_index(conn: &Connection, rows: &[(String, u64, u64)], upto: u64) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = conn.prepare_cached("INSERT INTO stream_index (stream, version, pos) VALUES (?1, ?2, ?3)")?;
+fn flush_index<'a>(
+    conn: &Connection,
+    rows: impl IntoIterator<Item = &'a (String, u64, u64)>,
+    upto: u64,
+) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare_cached("INSERT INTO stream_index (stream, version, pos) VALUES (?1, ?2, ?3)")?;
     for (s, v, p) in rows {
         stmt.execute(params![s, *v as i64, *p as i64])?;
     }
@@ -238,7 +270,11 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
 const COLUMNS: &str = "pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash";
 
 impl EventStore for SqliteStore {
-    fn append(&self, batch: &[StreamAppend], recorded_at: DateTime<Utc>) -> Result<Appended, StoreError> {
+    fn append(
+        &self,
+        batch: &[StreamAppend],
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Appended, StoreError> {
         let mut guard = self.writer.lock();
         let w = &mut *guard;
         // Check every expectation before writing anything.
@@ -246,7 +282,11 @@ impl EventStore for SqliteStore {
             if let ExpectedVersion::Exact(expected) = s.expected {
                 let actual = w.heads.get(&s.stream).map_or(0, |h| h.version);
                 if actual != expected {
-                    return Err(StoreError::WrongExpectedVersion { stream: s.stream.clone(), expected, actual });
+                    return Err(StoreError::WrongExpectedVersion {
+                        stream: s.stream.clone(),
+                        expected,
+                        actual,
+                    });
                 }
             }
         }
@@ -266,7 +306,10 @@ impl EventStore for SqliteStore {
                     .get(s.stream.as_str())
                     .copied()
                     .or_else(|| w.heads.get(&s.stream).copied())
-                    .unwrap_or(StreamHead { version: 0, hash: GENESIS });
+                    .unwrap_or(StreamHead {
+                        version: 0,
+                        hash: GENESIS,
+                    });
                 for e in &s.events {
                     pos += 1;
                     head.version += 1;
@@ -301,27 +344,35 @@ impl EventStore for SqliteStore {
         }
         let flush = w.unindexed.len() + new_index.len() >= INDEX_FLUSH_EVENTS;
         if flush {
-            let mut all = std::mem::take(&mut w.unindexed);
-            all.extend(new_index.drain(..));
-            if let Err(e) = flush_index(&tx, &all, pos) {
-                w.unindexed = all;
-                return Err(e);
-            }
+            // Index the whole tail and this batch in this same transaction.
+            flush_index(&tx, w.unindexed.iter().chain(new_index.iter()), pos)?;
         }
         // On any error above, `tx` rolls back on drop and nothing in memory changed.
         tx.commit()?;
         for (s, h) in new_heads {
             w.heads.insert(s.to_string(), h);
         }
-        w.unindexed.extend(new_index);
+        if flush {
+            w.unindexed.clear();
+        } else {
+            w.unindexed.extend(new_index);
+        }
         w.head_position = pos;
         drop(guard);
         *self.head.lock() = pos;
         self.appended.notify_all();
-        Ok(Appended { first_position: if pos > start { start + 1 } else { 0 }, last_position: pos })
+        Ok(Appended {
+            first_position: if pos > start { start + 1 } else { 0 },
+            last_position: pos,
+        })
     }
 
-    fn read_stream(&self, stream: &str, after_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    fn read_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         // Positions from the in-memory tail first (a snapshot under the writer lock).
         let tail: Vec<(u64, u64)> = {
             let w = self.writer.lock();
@@ -339,12 +390,16 @@ impl EventStore for SqliteStore {
                    (SELECT pos FROM stream_index WHERE stream = ?1 AND version > ?2 ORDER BY version LIMIT ?3)
                  ORDER BY pos"
             ))?;
-            let rows = stmt.query_map(params![stream, after_version as i64, limit as i64], row_to_event)?;
+            let rows = stmt.query_map(
+                params![stream, after_version as i64, limit as i64],
+                row_to_event,
+            )?;
             for r in rows {
                 out.push(r?);
             }
         }
-        let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE pos = ?1"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE pos = ?1"))?;
         for (v, p) in tail {
             if out.len() >= limit {
                 break;
@@ -359,7 +414,11 @@ impl EventStore for SqliteStore {
         Ok(out)
     }
 
-    fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2"
@@ -374,7 +433,8 @@ impl EventStore for SqliteStore {
 
     fn read_at(&self, position: u64) -> Result<Option<RecordedEvent>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE pos = ?1"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE pos = ?1"))?;
         Ok(stmt.query_row([position as i64], row_to_event).optional()?)
     }
 
@@ -389,7 +449,10 @@ impl EventStore for SqliteStore {
             .heads
             .get(stream)
             .copied()
-            .unwrap_or(StreamHead { version: 0, hash: GENESIS }))
+            .unwrap_or(StreamHead {
+                version: 0,
+                hash: GENESIS,
+            }))
     }
 
     fn wait_for(&self, after_position: u64, timeout: Duration) -> Result<u64, StoreError> {
@@ -403,7 +466,9 @@ impl EventStore for SqliteStore {
     fn checkpoint(&self, name: &str) -> Result<u64, StoreError> {
         let conn = self.reader();
         let v: Option<i64> = conn
-            .query_row("SELECT pos FROM checkpoints WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT pos FROM checkpoints WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?;
         Ok(v.unwrap_or(0) as u64)
     }
@@ -433,7 +498,9 @@ impl EventStore for SqliteStore {
 
     fn meta_list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+        )?;
         let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let mut out = Vec::new();
         for r in rows {
@@ -451,13 +518,18 @@ impl EventStore for SqliteStore {
 mod tests {
     use super::*;
 
-    crate::conformance_suite!(|dir: &std::path::Path| SqliteStore::open(dir.join("ledger.db")).unwrap());
+    crate::conformance_suite!(
+        |dir: &std::path::Path| SqliteStore::open(dir.join("ledger.db")).unwrap()
+    );
 
     #[test]
     fn a_second_process_cannot_open_the_same_store() {
         let dir = tempfile::tempdir().unwrap();
         let _a = SqliteStore::open(dir.path().join("l.db")).unwrap();
-        assert!(matches!(SqliteStore::open(dir.path().join("l.db")), Err(StoreError::Locked(_))));
+        assert!(matches!(
+            SqliteStore::open(dir.path().join("l.db")),
+            Err(StoreError::Locked(_))
+        ));
     }
 
     #[test]
@@ -466,7 +538,10 @@ mod tests {
         let s = SqliteStore::open(dir.path().join("l.db")).unwrap();
         crate::conformance::append_n(&s, "account-a", 0, 1);
         let w = s.writer.lock();
-        assert!(w.conn.execute("UPDATE events SET payload = x'00'", []).is_err());
+        assert!(w
+            .conn
+            .execute("UPDATE events SET payload = x'00'", [])
+            .is_err());
         assert!(w.conn.execute("DELETE FROM events", []).is_err());
     }
 }
@@ -475,7 +550,11 @@ mod tests {
 /// a fresh `events` table at `path` with the same schema and durability, in
 /// transactions of `batch` rows, with no domain logic and no hashing.
 /// Returns rows per second.
-pub fn raw_insert_rate(path: &Path, rows: &[(String, Vec<u8>)], batch: usize) -> Result<f64, StoreError> {
+pub fn raw_insert_rate(
+    path: &Path,
+    rows: &[(String, Vec<u8>)],
+    batch: usize,
+) -> Result<f64, StoreError> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
     conn.execute_batch(SCHEMA)?;
@@ -491,7 +570,17 @@ pub fn raw_insert_rate(path: &Path, rows: &[(String, Vec<u8>)], batch: usize) ->
             )?;
             for (stream, payload) in chunk {
                 pos += 1;
-                stmt.execute(params![pos, stream, pos, "CreditsConsumed", 1, pos, pos, payload, &hash[..]])?;
+                stmt.execute(params![
+                    pos,
+                    stream,
+                    pos,
+                    "CreditsConsumed",
+                    1,
+                    pos,
+                    pos,
+                    payload,
+                    &hash[..]
+                ])?;
             }
         }
         tx.commit()?;

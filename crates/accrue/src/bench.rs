@@ -124,15 +124,22 @@ fn percentile_ms(mut v: Vec<f64>, p: f64) -> f64 {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(s) = &args.store {
         if !s.starts_with("sqlite") {
-            anyhow::bail!("only the embedded SQLite store is built; {s:?} cannot be benchmarked yet");
+            anyhow::bail!(
+                "only the embedded SQLite store is built; {s:?} cannot be benchmarked yet"
+            );
         }
     }
-    let events = args.events.unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
+    let events = args
+        .events
+        .unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
     let accounts = args.accounts.max(1);
     let batch = args.batch.clamp(1, accrue_ledger::MAX_BATCH_EVENTS);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let tmp = tempfile::tempdir().context("temp folder")?;
-    eprintln!("bench: {events} events, {accounts} accounts, batches of {batch}, {cores} cores, temp {}", tmp.path().display());
+    eprintln!(
+        "bench: {events} events, {accounts} accounts, batches of {batch}, {cores} cores, temp {}",
+        tmp.path().display()
+    );
 
     // 1. The physical bound: the same rows, no domain logic.
     let rows: Vec<(String, Vec<u8>)> = (0..events)
@@ -144,7 +151,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             (format!("account-a{}", i % accounts), payload.into_bytes())
         })
         .collect();
-    let store_limit = accrue_store::sqlite::raw_insert_rate(&tmp.path().join("raw.db"), &rows, batch)?;
+    let store_limit =
+        accrue_store::sqlite::raw_insert_rate(&tmp.path().join("raw.db"), &rows, batch)?;
     drop(rows);
     eprintln!("store limit: {store_limit:.0} rows/s");
 
@@ -185,7 +193,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             std::thread::spawn(move || -> anyhow::Result<usize> {
                 let mut accepted = 0;
                 for items in mine {
-                    accepted += l.ingest_blocking(items)?.iter().filter(|o| **o == UsageOutcome::Accepted).count();
+                    accepted += l
+                        .ingest_blocking(items)?
+                        .iter()
+                        .filter(|o| **o == UsageOutcome::Accepted)
+                        .count();
                 }
                 Ok(accepted)
             })
@@ -193,10 +205,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect();
     let mut accepted = 0;
     for h in handles {
-        accepted += h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        accepted += h
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
     }
     let inproc = events as f64 / started.elapsed().as_secs_f64();
-    anyhow::ensure!(accepted == events, "only {accepted} of {events} events were accepted");
+    anyhow::ensure!(
+        accepted == events,
+        "only {accepted} of {events} events were accepted"
+    );
     eprintln!("in-process ingest: {inproc:.0} events/s");
 
     // 3. Rebuild of all read models from position 0.
@@ -209,18 +226,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     drop(ledger);
 
     // 4. HTTP ingest with overview queries running alongside.
-    let (http, p99, p50) = http_ingest(&tmp.path().join("http"), events, accounts, batch, args.connections)?;
+    let (http, p99, p50) = http_ingest(
+        &tmp.path().join("http"),
+        events,
+        accounts,
+        batch,
+        args.connections,
+    )?;
     eprintln!("http ingest: {http:.0} events/s; overview p50 {p50:.3} ms, p99 {p99:.3} ms");
 
     // 5. Closing many accounts at once, then rendering their invoices.
     let dir = tmp.path().join("close");
     let ledger = open_ledger(&dir)?;
-    let n_close = if args.quick { args.close_accounts.min(10_000) } else { args.close_accounts };
+    let n_close = if args.quick {
+        args.close_accounts.min(10_000)
+    } else {
+        args.close_accounts
+    };
     open_accounts(&ledger, "c", n_close)?;
     let items: Vec<UsageItem> = (0..n_close)
         .map(|i| UsageItem::Valid {
             account_id: format!("c{i}"),
-            input: UsageInput { usage_id: format!("u{i}"), amount: Decimal::new(100_250, 2), occurred_at: start(), product: None, feature: None, metadata: None },
+            input: UsageInput {
+                usage_id: format!("u{i}"),
+                amount: Decimal::new(100_250, 2),
+                occurred_at: start(),
+                product: None,
+                feature: None,
+                metadata: None,
+            },
             occurred_at_given: false,
         })
         .collect();
@@ -233,17 +267,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let closed = ledger.read().invoices.len();
     eprintln!("close: {n_close} accounts in {close_s:.2} s ({closed} invoices in the ledger)");
 
-    let invoices: Vec<_> = ledger.read().invoices.values().map(|r| r.issued.clone()).take(if args.quick { 1000 } else { 4000 }).collect();
+    let invoices: Vec<_> = ledger
+        .read()
+        .invoices
+        .values()
+        .map(|r| r.issued.clone())
+        .take(if args.quick { 1000 } else { 4000 })
+        .collect();
     accrue_projections::pdf::render(&invoices[0])?; // parse the font once, outside the timing
     let started = Instant::now();
     let chunk = invoices.len().div_ceil(cores);
     std::thread::scope(|s| -> anyhow::Result<()> {
         let hs: Vec<_> = invoices
             .chunks(chunk.max(1))
-            .map(|c| s.spawn(move || c.iter().try_for_each(|i| accrue_projections::pdf::render(i).map(drop))))
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .try_for_each(|i| accrue_projections::pdf::render(i).map(drop))
+                })
+            })
             .collect();
         for h in hs {
-            h.join().map_err(|_| anyhow::anyhow!("renderer panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("renderer panicked"))??;
         }
         Ok(())
     })?;
@@ -276,11 +322,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Runs the real router on loopback and drives it with `connections`
 /// concurrent clients; a separate task queries overviews meanwhile.
-fn http_ingest(dir: &std::path::Path, events: usize, accounts: usize, batch: usize, connections: usize) -> anyhow::Result<(f64, f64, f64)> {
+fn http_ingest(
+    dir: &std::path::Path,
+    events: usize,
+    accounts: usize,
+    batch: usize,
+    connections: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
     let ledger = open_ledger(dir)?;
     open_accounts(&ledger, "h", accounts)?;
-    let (tokens, _) = Tokens::load(ledger.store().clone(), Some("bench-admin-token")).map_err(|e| anyhow::anyhow!(e.detail))?;
-    let state = AppState { ledger: ledger.clone(), tokens: Arc::new(tokens) };
+    let (tokens, _) = Tokens::load(ledger.store().clone(), Some("bench-admin-token"))
+        .map_err(|e| anyhow::anyhow!(e.detail))?;
+    let state = AppState {
+        ledger: ledger.clone(),
+        tokens: Arc::new(tokens),
+    };
     // Bodies are built before the clock starts: the client's JSON encoding is not accrue's work.
     let bodies: Vec<String> = (0..events.div_ceil(batch))
         .map(|b| {
@@ -290,12 +346,17 @@ fn http_ingest(dir: &std::path::Path, events: usize, accounts: usize, batch: usi
             format!(r#"{{"events":[{}]}}"#, evs.join(","))
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move { axum::serve(listener, accrue_api::router(state)).await });
-        let client = reqwest::Client::builder().pool_max_idle_per_host(connections + 2).build()?;
+        let server =
+            tokio::spawn(async move { axum::serve(listener, accrue_api::router(state)).await });
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections + 2)
+            .build()?;
         let url = format!("http://{addr}/v1/usage");
         let bodies = Arc::new(bodies);
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -356,7 +417,11 @@ fn http_ingest(dir: &std::path::Path, events: usize, accounts: usize, batch: usi
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let lat = q.await?;
         server.abort();
-        anyhow::Ok((events as f64 / elapsed, percentile_ms(lat.clone(), 0.99), percentile_ms(lat, 0.5)))
+        anyhow::Ok((
+            events as f64 / elapsed,
+            percentile_ms(lat.clone(), 0.99),
+            percentile_ms(lat, 0.5),
+        ))
     });
     ledger.shutdown();
     result

@@ -27,10 +27,50 @@ struct Customer {
 }
 
 const CUSTOMERS: [Customer; 4] = [
-    Customer { id: "acme", name: "Acme Corporation", lang: "en", address: "500 Market Street, San Francisco, CA 94105, USA", yearly: false, plan: (5, "49.00", 20, "9.00", true, "99.00"), base: "10.00", limit: Some("50.00"), daily: "1.3725" },
-    Customer { id: "mueller", name: "Müller & Söhne GmbH", lang: "de", address: "Königstraße 12, 70173 Stuttgart, Deutschland", yearly: false, plan: (3, "49.00", 5, "9.00", false, "99.00"), base: "5.00", limit: Some("20.00"), daily: "0.8125" },
-    Customer { id: "sakura", name: "株式会社さくらテック", lang: "ja", address: "東京都渋谷区道玄坂1-2-3", yearly: true, plan: (10, "490.00", 0, "90.00", true, "990.00"), base: "20.00", limit: Some("100.00"), daily: "2.05" },
-    Customer { id: "petit", name: "Petit Atelier SARL", lang: "fr", address: "12 rue de la Paix, 75002 Paris, France", yearly: false, plan: (1, "19.00", 0, "9.00", false, "99.00"), base: "2.00", limit: None, daily: "0.0625" },
+    Customer {
+        id: "acme",
+        name: "Acme Corporation",
+        lang: "en",
+        address: "500 Market Street, San Francisco, CA 94105, USA",
+        yearly: false,
+        plan: (5, "49.00", 20, "9.00", true, "99.00"),
+        base: "10.00",
+        limit: Some("50.00"),
+        daily: "1.3725",
+    },
+    Customer {
+        id: "mueller",
+        name: "Müller & Söhne GmbH",
+        lang: "de",
+        address: "Königstraße 12, 70173 Stuttgart, Deutschland",
+        yearly: false,
+        plan: (3, "49.00", 5, "9.00", false, "99.00"),
+        base: "5.00",
+        limit: Some("20.00"),
+        daily: "0.8125",
+    },
+    Customer {
+        id: "sakura",
+        name: "株式会社さくらテック",
+        lang: "ja",
+        address: "東京都渋谷区道玄坂1-2-3",
+        yearly: true,
+        plan: (10, "490.00", 0, "90.00", true, "990.00"),
+        base: "20.00",
+        limit: Some("100.00"),
+        daily: "2.05",
+    },
+    Customer {
+        id: "petit",
+        name: "Petit Atelier SARL",
+        lang: "fr",
+        address: "12 rue de la Paix, 75002 Paris, France",
+        yearly: false,
+        plan: (1, "19.00", 0, "9.00", false, "99.00"),
+        base: "2.00",
+        limit: None,
+        daily: "0.0625",
+    },
 ];
 
 fn d(s: &str) -> Decimal {
@@ -64,15 +104,32 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
             email_language: c.lang.into(),
             address: Some(c.address.into()),
             currency: "USD".into(),
-            billing_frequency: if c.yearly { BillingFrequency::Yearly } else { BillingFrequency::Monthly },
+            billing_frequency: if c.yearly {
+                BillingFrequency::Yearly
+            } else {
+                BillingFrequency::Monthly
+            },
             anchor_day: None,
-            plan: Plan { full_seats: fs, full_seat_price: d(fp), viewer_seats: vs, viewer_seat_price: d(vp), data_management: dm, data_management_price: d(dp) },
+            plan: Plan {
+                full_seats: fs,
+                full_seat_price: d(fp),
+                viewer_seats: vs,
+                viewer_seat_price: d(vp),
+                data_management: dm,
+                data_management_price: d(dp),
+            },
             base_credits: d(c.base),
             credit_limit: c.limit.map(d),
             invoice_number: String::new(),
         };
         ledger.execute_blocking(c.id, Command::Open(Box::new(open)))?;
-        ledger.execute_blocking(c.id, Command::ReportSeats(SeatsInUse { full: fs.min(3), viewer: vs / 2 }))?;
+        ledger.execute_blocking(
+            c.id,
+            Command::ReportSeats(SeatsInUse {
+                full: fs.min(3),
+                viewer: vs / 2,
+            }),
+        )?;
         ledger.execute_blocking(
             c.id,
             Command::ReplacePaymentMethod(Box::new(PaymentMethodReplaced {
@@ -96,12 +153,23 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         ledger.advance_clock_blocking(now)?;
         if step == 15 * 4 {
             // Mid-month, Müller upgrades by two full seats: a prorated line.
-            let plan = Plan { full_seats: 5, full_seat_price: d("49.00"), viewer_seats: 5, viewer_seat_price: d("9.00"), data_management: false, data_management_price: d("99.00") };
+            let plan = Plan {
+                full_seats: 5,
+                full_seat_price: d("49.00"),
+                viewer_seats: 5,
+                viewer_seat_price: d("9.00"),
+                data_management: false,
+                data_management_price: d("99.00"),
+            };
             ledger.execute_blocking("mueller", Command::ChangePlan(plan))?;
         }
         let items = CUSTOMERS
             .iter()
-            .filter(|_| now < "2026-02-15T00:00:00Z".parse::<DateTime<Utc>>().unwrap_or(now))
+            .filter(|_| {
+                now < "2026-02-15T00:00:00Z"
+                    .parse::<DateTime<Utc>>()
+                    .unwrap_or(now)
+            })
             .map(|c| UsageItem::Valid {
                 account_id: c.id.into(),
                 input: UsageInput {
@@ -126,12 +194,35 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     ledger.advance_clock_blocking(close)?;
 
     // The processor reports: Acme's opening invoice paid, Müller's failed.
-    let numbers = |id: &str| ledger.read().invoices_by_account.get(id).cloned().unwrap_or_default();
+    let numbers = |id: &str| {
+        ledger
+            .read()
+            .invoices_by_account
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    };
     if let Some(n) = numbers("acme").first() {
-        ledger.execute_for_invoice_blocking(n, Command::RecordPayment { invoice_number: n.clone(), reference: "ch_demo_1".into(), succeeded: true, failure_reason: None })?;
+        ledger.execute_for_invoice_blocking(
+            n,
+            Command::RecordPayment {
+                invoice_number: n.clone(),
+                reference: "ch_demo_1".into(),
+                succeeded: true,
+                failure_reason: None,
+            },
+        )?;
     }
     if let Some(n) = numbers("mueller").first() {
-        ledger.execute_for_invoice_blocking(n, Command::RecordPayment { invoice_number: n.clone(), reference: "ch_demo_2".into(), succeeded: false, failure_reason: Some("card declined (insufficient funds)".into()) })?;
+        ledger.execute_for_invoice_blocking(
+            n,
+            Command::RecordPayment {
+                invoice_number: n.clone(),
+                reference: "ch_demo_2".into(),
+                succeeded: false,
+                failure_reason: Some("card declined (insufficient funds)".into()),
+            },
+        )?;
     }
 
     // Render every invoice and record its hash.
@@ -143,25 +234,53 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         let pdf = accrue_projections::pdf::render(&rec.issued)?;
         std::fs::write(out.join("invoices").join(format!("{n}.pdf")), &pdf)?;
         let sha256 = accrue_projections::pdf::sha256_hex(&pdf);
-        ledger.execute_blocking(&rec.account_id, Command::RecordPdf { number: n.clone(), sha256 })?;
+        ledger.execute_blocking(
+            &rec.account_id,
+            Command::RecordPdf {
+                number: n.clone(),
+                sha256,
+            },
+        )?;
     }
     // The mails those events cause, as .eml files in the outbox.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let transport = accrue_projections::mail::MailTransport::Outbox(out.join("outbox"));
-    let mailer = accrue_ledger::projectors::spawn_mailer(ledger.clone(), transport, "accrue Billing <billing@accrue.example>".into(), stop.clone())?;
-    let caught_up = accrue_ledger::projectors::wait_caught_up(&ledger, "mailer", std::time::Duration::from_secs(60));
+    let mailer = accrue_ledger::projectors::spawn_mailer(
+        ledger.clone(),
+        transport,
+        "accrue Billing <billing@accrue.example>".into(),
+        stop.clone(),
+    )?;
+    let caught_up = accrue_ledger::projectors::wait_caught_up(
+        &ledger,
+        "mailer",
+        std::time::Duration::from_secs(60),
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = mailer.join();
     anyhow::ensure!(caught_up, "the mailer did not finish");
-    let mails = std::fs::read_dir(out.join("outbox")).map(|d| d.count()).unwrap_or(0);
+    let mails = std::fs::read_dir(out.join("outbox"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     let verify = accrue_ledger::audit::verify(ledger.store().as_ref(), |_, _| {})?;
 
-    println!("accrue demo — one month, {} customers, manual clock {} → {}", CUSTOMERS.len(), start.format("%Y-%m-%d"), "2026-02-15");
+    println!(
+        "accrue demo — one month, {} customers, manual clock {} → 2026-02-15",
+        CUSTOMERS.len(),
+        start.format("%Y-%m-%d")
+    );
     println!("usage events: {accepted} accepted, {rejected} rejected (limits enforced)\n");
-    println!("{:<9} {:<24} {:<8} {:>9} {:>9} {:>9}  payment", "account", "name", "billing", "base", "limit", "used");
+    println!(
+        "{:<9} {:<24} {:<8} {:>9} {:>9} {:>9}  payment",
+        "account", "name", "billing", "base", "limit", "used"
+    );
     for c in &CUSTOMERS {
         // The closed period's figures come from the PeriodClosed event.
-        let closed = accrue_ledger::account_as_of(ledger.store().as_ref(), c.id, "2026-02-14T23:59:59Z".parse()?)?;
+        let closed = accrue_ledger::account_as_of(
+            ledger.store().as_ref(),
+            c.id,
+            "2026-02-14T23:59:59Z".parse()?,
+        )?;
         let s = &read.accounts[c.id];
         println!(
             "{:<9} {:<24} {:<8} {:>9} {:>9} {:>9}  {}",
@@ -171,14 +290,28 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
             c.base,
             accrue_core::money::display(closed.limit),
             closed.used.round_dp(2),
-            if s.payment_status == accrue_core::PaymentStatus::Failed { "FAILED" } else { "ok" }
+            if s.payment_status == accrue_core::PaymentStatus::Failed {
+                "FAILED"
+            } else {
+                "ok"
+            }
         );
     }
-    println!("\n{:<16} {:<9} {:>10}  {:<7} lines", "invoice", "account", "total", "status");
+    println!(
+        "\n{:<16} {:<9} {:>10}  {:<7} lines",
+        "invoice", "account", "total", "status"
+    );
     for n in &numbers_all {
         let r = &read.invoices[n];
         let status = ledger_status(&read, n);
-        println!("{:<16} {:<9} {:>10}  {:<7} {}", n, r.account_id, format!("{} {}", r.issued.currency, r.issued.total), status, r.issued.lines.len());
+        println!(
+            "{:<16} {:<9} {:>10}  {:<7} {}",
+            n,
+            r.account_id,
+            format!("{} {}", r.issued.currency, r.issued.total),
+            status,
+            r.issued.lines.len()
+        );
     }
     println!(
         "\nPDFs: {}/invoices/   emails: {mails} in {}/outbox/   hash chain: {} events, ok={}, head {}",

@@ -26,7 +26,13 @@ fn csv_row(w: &mut impl Write, fields: &[String]) -> std::io::Result<()> {
 
 /// Writes `events.<fmt>` and `invoices.<fmt>` for `[from, to]` (inclusive
 /// dates: events by `occurred_at`, invoices by issue date).
-pub fn export(store: Arc<dyn EventStore>, from: NaiveDate, to: NaiveDate, format: &str, out: &Path) -> anyhow::Result<()> {
+pub fn export(
+    store: Arc<dyn EventStore>,
+    from: NaiveDate,
+    to: NaiveDate,
+    format: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
     if from > to {
         bail!("--from {from} is after --to {to}");
     }
@@ -39,7 +45,21 @@ pub fn export(store: Arc<dyn EventStore>, from: NaiveDate, to: NaiveDate, format
     let ext = if csv { "csv" } else { "jsonl" };
     let mut ev = BufWriter::new(std::fs::File::create(out.join(format!("events.{ext}")))?);
     if csv {
-        csv_row(&mut ev, &["position", "stream", "version", "type", "schema", "occurred_at", "recorded_at", "hash", "data"].map(String::from))?;
+        csv_row(
+            &mut ev,
+            &[
+                "position",
+                "stream",
+                "version",
+                "type",
+                "schema",
+                "occurred_at",
+                "recorded_at",
+                "hash",
+                "data",
+            ]
+            .map(String::from),
+        )?;
     }
     let head = store.head_position()?;
     let bar = Progress::new("export", head);
@@ -74,7 +94,8 @@ pub fn export(store: Arc<dyn EventStore>, from: NaiveDate, to: NaiveDate, format
                     ],
                 )?;
             } else {
-                let data: serde_json::Value = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                let data: serde_json::Value =
+                    serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
                 writeln!(
                     ev,
                     "{}",
@@ -101,11 +122,32 @@ pub fn export(store: Arc<dyn EventStore>, from: NaiveDate, to: NaiveDate, format
     invoices.sort_by(|a, b| a.issued.number.cmp(&b.issued.number));
     let mut iv = BufWriter::new(std::fs::File::create(out.join(format!("invoices.{ext}")))?);
     if csv {
-        csv_row(&mut iv, &["number", "account_id", "date", "due_date", "period_start", "period_end", "status", "total", "currency", "lines", "pdf_sha256"].map(String::from))?;
+        csv_row(
+            &mut iv,
+            &[
+                "number",
+                "account_id",
+                "date",
+                "due_date",
+                "period_start",
+                "period_end",
+                "status",
+                "total",
+                "currency",
+                "lines",
+                "pdf_sha256",
+            ]
+            .map(String::from),
+        )?;
     }
     for r in &invoices {
         let i = &r.issued;
-        let (ps, pe) = i.billing_period.or(i.credit_period).map_or((String::new(), String::new()), |p| (p.start.to_rfc3339(), p.end.to_rfc3339()));
+        let (ps, pe) = i
+            .billing_period
+            .or(i.credit_period)
+            .map_or((String::new(), String::new()), |p| {
+                (p.start.to_rfc3339(), p.end.to_rfc3339())
+            });
         if csv {
             csv_row(
                 &mut iv,
@@ -139,7 +181,11 @@ pub fn export(store: Arc<dyn EventStore>, from: NaiveDate, to: NaiveDate, format
         }
     }
     iv.flush()?;
-    println!("exported {n_events} events and {} invoices ({from} – {to}) to {}", invoices.len(), out.display());
+    println!(
+        "exported {n_events} events and {} invoices ({from} – {to}) to {}",
+        invoices.len(),
+        out.display()
+    );
     Ok(())
 }
 
@@ -158,11 +204,16 @@ pub fn import(store: Arc<dyn EventStore>, file: &Path, clock: ClockMode) -> anyh
     let mut read_bytes = 0u64;
     let (mut accepted, mut duplicates, mut bad) = (0u64, 0u64, 0u64);
     let mut batch: Vec<(usize, UsageItem)> = Vec::new();
-    let flush = |batch: &mut Vec<(usize, UsageItem)>, accepted: &mut u64, duplicates: &mut u64, bad: &mut u64| -> anyhow::Result<()> {
+    let flush = |batch: &mut Vec<(usize, UsageItem)>,
+                 accepted: &mut u64,
+                 duplicates: &mut u64,
+                 bad: &mut u64|
+     -> anyhow::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let (lines, items): (Vec<usize>, Vec<UsageItem>) = std::mem::take(batch).into_iter().unzip();
+        let (lines, items): (Vec<usize>, Vec<UsageItem>) =
+            std::mem::take(batch).into_iter().unzip();
         for (line, o) in lines.into_iter().zip(ledger.ingest_blocking(items)?) {
             match o {
                 UsageOutcome::Accepted => *accepted += 1,
@@ -197,7 +248,10 @@ pub fn import(store: Arc<dyn EventStore>, file: &Path, clock: ClockMode) -> anyh
     flush(&mut batch, &mut accepted, &mut duplicates, &mut bad)?;
     bar.finish();
     ledger.shutdown();
-    println!("imported {}: {accepted} accepted, {duplicates} duplicates, {bad} refused", file.display());
+    println!(
+        "imported {}: {accepted} accepted, {duplicates} duplicates, {bad} refused",
+        file.display()
+    );
     Ok(bad)
 }
 
@@ -225,7 +279,10 @@ pub fn audit_invoices(store: Arc<dyn EventStore>) -> anyhow::Result<u64> {
         bar.set(i as u64 + 1);
     }
     bar.finish();
-    println!("{}", serde_json::json!({"invoices": numbers.len(), "matching": ok, "not_yet_rendered": unrecorded, "mismatched": mismatched}));
+    println!(
+        "{}",
+        serde_json::json!({"invoices": numbers.len(), "matching": ok, "not_yet_rendered": unrecorded, "mismatched": mismatched})
+    );
     Ok(mismatched)
 }
 

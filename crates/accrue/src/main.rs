@@ -19,7 +19,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "accrue", version, about = "Event-sourced billing and AI-credits ledger")]
+#[command(
+    name = "accrue",
+    version,
+    about = "Event-sourced billing and AI-credits ledger"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -111,10 +115,14 @@ enum AuditCmd {
 }
 
 fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
-    let url = args.store.clone().unwrap_or_else(|| format!("sqlite:{}", args.data.join("ledger.db").display()));
+    let url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", args.data.join("ledger.db").display()));
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.trim_start_matches("//");
-        let store = SqliteStore::open(path).with_context(|| format!("opening the SQLite store at {path}"))?;
+        let store = SqliteStore::open(path)
+            .with_context(|| format!("opening the SQLite store at {path}"))?;
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -127,27 +135,47 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
 }
 
 fn parse_clock(s: &str) -> anyhow::Result<DateTime<Utc>> {
-    Ok(DateTime::parse_from_rfc3339(s).with_context(|| format!("--clock {s:?} is not an RFC 3339 instant"))?.with_timezone(&Utc))
+    Ok(DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("--clock {s:?} is not an RFC 3339 instant"))?
+        .with_timezone(&Utc))
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACCRUE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ACCRUE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve { store, listen, clock, smtp } => serve(store, listen, clock, smtp),
+        Cmd::Serve {
+            store,
+            listen,
+            clock,
+            smtp,
+        } => serve(store, listen, clock, smtp),
         Cmd::Demo { out } => demo::run(&out),
         Cmd::Rebuild { store } => rebuild(&store),
-        Cmd::Audit { command: AuditCmd::Verify { store } } => verify(&store),
-        Cmd::Audit { command: AuditCmd::Invoices { store } } => {
+        Cmd::Audit {
+            command: AuditCmd::Verify { store },
+        } => verify(&store),
+        Cmd::Audit {
+            command: AuditCmd::Invoices { store },
+        } => {
             if finance::audit_invoices(open_store(&store)?)? > 0 {
                 std::process::exit(1);
             }
             Ok(())
         }
-        Cmd::Export { store, from, to, format, out } => finance::export(open_store(&store)?, from, to, &format, &out),
+        Cmd::Export {
+            store,
+            from,
+            to,
+            format,
+            out,
+        } => finance::export(open_store(&store)?, from, to, &format, &out),
         Cmd::Import { store, file, clock } => {
             let mode = match clock {
                 Some(c) => ClockMode::Manual(parse_clock(&c)?),
@@ -162,8 +190,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: StoreArgs, listen: SocketAddr, clock: Option<String>, smtp: Option<String>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+fn serve(
+    args: StoreArgs,
+    listen: SocketAddr,
+    clock: Option<String>,
+    smtp: Option<String>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
     let store = open_store(&args)?;
     let mode = match clock {
         Some(c) => ClockMode::Manual(parse_clock(&c)?),
@@ -171,19 +205,37 @@ fn serve(args: StoreArgs, listen: SocketAddr, clock: Option<String>, smtp: Optio
     };
     let ledger = Ledger::open(store.clone(), mode)?;
     let admin = std::env::var("ACCRUE_ADMIN_TOKEN").ok();
-    let (tokens, generated) = Tokens::load(store, admin.as_deref()).map_err(|e| anyhow::anyhow!(e.detail))?;
+    let (tokens, generated) =
+        Tokens::load(store, admin.as_deref()).map_err(|e| anyhow::anyhow!(e.detail))?;
     if let Some(t) = generated {
         println!("admin token (shown once, store it now): {t}");
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let pdf = accrue_ledger::projectors::spawn_pdf_writer(ledger.clone(), args.data.join("invoices"), stop.clone())?;
-    let transport = accrue_projections::mail::MailTransport::from_url(smtp.as_deref(), args.data.join("outbox")).map_err(|e| anyhow::anyhow!("--smtp: {e}"))?;
-    let from = std::env::var("ACCRUE_MAIL_FROM").unwrap_or_else(|_| "accrue Billing <billing@accrue.example>".to_string());
-    let mailer = accrue_ledger::projectors::spawn_mailer(ledger.clone(), transport, from, stop.clone())?;
-    let state = AppState { ledger: ledger.clone(), tokens: Arc::new(tokens) };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let pdf = accrue_ledger::projectors::spawn_pdf_writer(
+        ledger.clone(),
+        args.data.join("invoices"),
+        stop.clone(),
+    )?;
+    let transport = accrue_projections::mail::MailTransport::from_url(
+        smtp.as_deref(),
+        args.data.join("outbox"),
+    )
+    .map_err(|e| anyhow::anyhow!("--smtp: {e}"))?;
+    let from = std::env::var("ACCRUE_MAIL_FROM")
+        .unwrap_or_else(|_| "accrue Billing <billing@accrue.example>".to_string());
+    let mailer =
+        accrue_ledger::projectors::spawn_mailer(ledger.clone(), transport, from, stop.clone())?;
+    let state = AppState {
+        ledger: ledger.clone(),
+        tokens: Arc::new(tokens),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
         println!("accrue listening on http://{addr}");
         use std::io::Write;
@@ -204,7 +256,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

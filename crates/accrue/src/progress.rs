@@ -25,7 +25,12 @@ impl Progress {
             b.set_message(label);
             b
         });
-        Progress { bar, label, total, last_line: Cell::new(Instant::now()) }
+        Progress {
+            bar,
+            label,
+            total,
+            last_line: Cell::new(Instant::now()),
+        }
     }
 
     pub fn set(&self, pos: u64) {

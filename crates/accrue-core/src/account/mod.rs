@@ -68,15 +68,22 @@ pub struct UsageInput {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Open(Box<OpenAccount>),
-    SetCreditLimit { limit: Decimal },
+    SetCreditLimit {
+        limit: Decimal,
+    },
     Unsubscribe,
     Consume(UsageInput),
     ReportSeats(SeatsInUse),
     ChangePlan(Plan),
     /// Close the current credit period (its end must have passed). The number
     /// is used only if an invoice is due.
-    ClosePeriod { invoice_number: String },
-    RecordPdf { number: String, sha256: String },
+    ClosePeriod {
+        invoice_number: String,
+    },
+    RecordPdf {
+        number: String,
+        sha256: String,
+    },
     ReplacePaymentMethod(Box<PaymentMethodReplaced>),
     RecordPayment {
         invoice_number: String,
@@ -84,7 +91,10 @@ pub enum Command {
         succeeded: bool,
         failure_reason: Option<String>,
     },
-    VoidInvoice { number: String, reason: String },
+    VoidInvoice {
+        number: String,
+        reason: String,
+    },
 }
 
 /// An invoice as the aggregate needs to know it to decide payments.
@@ -154,7 +164,10 @@ impl AccountState {
             AccountEvent::CreditUnsubscribed(_) => self.pending_unsubscribe = true,
             AccountEvent::CreditsConsumed(e) => {
                 self.used += e.amount;
-                debug_assert_eq!(self.used, e.period_used, "recorded period usage must replay");
+                debug_assert_eq!(
+                    self.used, e.period_used,
+                    "recorded period usage must replay"
+                );
             }
             AccountEvent::CreditThresholdReached(e) => {
                 self.thresholds_reached |= threshold_bit(e.percent);
@@ -303,7 +316,9 @@ fn open_account(
     }
     validate_plan(&open.plan)?;
     if open.base_credits.is_sign_negative() && !open.base_credits.is_zero() {
-        return Err(DomainError::Invalid("base_credits must not be negative".into()));
+        return Err(DomainError::Invalid(
+            "base_credits must not be negative".into(),
+        ));
     }
     if let Some(l) = open.credit_limit {
         validate_limit(l)?;
@@ -312,7 +327,9 @@ fn open_account(
         .anchor_day
         .unwrap_or_else(|| chrono::Datelike::day(&ctx.now));
     if !(1..=31).contains(&anchor_day) {
-        return Err(DomainError::Invalid("period anchor day must be 1..=31".into()));
+        return Err(DomainError::Invalid(
+            "period anchor day must be 1..=31".into(),
+        ));
     }
     let credit_period = period_containing(anchor_day, ctx.now);
     let billing_period = period_from(
@@ -348,7 +365,14 @@ fn open_account(
         after.apply(e);
     }
     let lines = invoice::subscription_lines(&after, billing_period);
-    if let Some(issued) = invoice::issue(&after, open.invoice_number, ctx.now, None, Some(billing_period), lines) {
+    if let Some(issued) = invoice::issue(
+        &after,
+        open.invoice_number,
+        ctx.now,
+        None,
+        Some(billing_period),
+        lines,
+    ) {
         events.push(AccountEvent::InvoiceIssued(issued));
     }
     Ok(events)
@@ -429,12 +453,14 @@ fn consume(
             && state.thresholds_reached & bit == 0
             && period_used >= threshold
         {
-            events.push(AccountEvent::CreditThresholdReached(CreditThresholdReached {
-                percent,
-                period_start: period.start,
-                used: period_used,
-                capacity,
-            }));
+            events.push(AccountEvent::CreditThresholdReached(
+                CreditThresholdReached {
+                    percent,
+                    period_start: period.start,
+                    used: period_used,
+                    capacity,
+                },
+            ));
         }
     }
     Ok(events)
@@ -478,7 +504,9 @@ fn change_plan(
     if previous == plan {
         return Ok(vec![]);
     }
-    let billing = state.billing_period.expect("an open account has a billing period");
+    let billing = state
+        .billing_period
+        .expect("an open account has a billing period");
     let proration = invoice::proration_lines(&previous, &plan, billing, ctx.now);
     Ok(vec![AccountEvent::PlanChanged(PlanChanged {
         previous,
@@ -504,7 +532,11 @@ fn close_period(
     let billing = state.billing_period.expect("open");
     let next_period = period_containing(info.anchor_day, period.end);
     let next_billing_period = (billing.end <= period.end).then(|| {
-        period_from(info.anchor_day, billing.end, info.billing_frequency.months())
+        period_from(
+            info.anchor_day,
+            billing.end,
+            info.billing_frequency.months(),
+        )
     });
     let charge = (state.used - state.base).max(Decimal::ZERO);
     let next_limit = if state.pending_unsubscribe {
@@ -604,14 +636,20 @@ fn void_invoice(
     number: String,
     reason: String,
 ) -> Result<Vec<AccountEvent>, DomainError> {
-    let invoice = state.invoices.get(&number).ok_or(DomainError::UnknownInvoice)?;
+    let invoice = state
+        .invoices
+        .get(&number)
+        .ok_or(DomainError::UnknownInvoice)?;
     if invoice.status != InvoiceStatus::Unpaid {
         return Err(DomainError::InvoiceNotPayable {
             number,
             status: invoice.status.as_str().to_string(),
         });
     }
-    Ok(vec![AccountEvent::InvoiceVoided(InvoiceVoided { number, reason })])
+    Ok(vec![AccountEvent::InvoiceVoided(InvoiceVoided {
+        number,
+        reason,
+    })])
 }
 
 /// Rounds every line and sums the rounded amounts (the invoice rule).

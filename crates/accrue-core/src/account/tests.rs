@@ -43,7 +43,11 @@ struct Given(AccountState);
 
 impl Given {
     fn events(events: Vec<AccountEvent>) -> Self {
-        Given(events.iter().fold(AccountState::default(), |s, e| evolve(s, e)))
+        Given(
+            events
+                .iter()
+                .fold(AccountState::default(), |s, e| evolve(s, e)),
+        )
     }
     fn opened(base: Decimal, limit: Option<Decimal>, now: &str) -> Self {
         let evs = decide(&AccountState::default(), open_cmd(base, limit), &ctx(now)).unwrap();
@@ -80,12 +84,21 @@ const T0: &str = "2026-01-15T00:00:00Z";
 
 #[test]
 fn opening_bills_the_first_fee_and_starts_the_period_on_the_day() {
-    let evs = decide(&AccountState::default(), open_cmd(dec!(0), Some(dec!(12))), &ctx("2026-01-15T10:04:07Z")).unwrap();
-    let AccountEvent::AccountOpened(o) = &evs[0] else { panic!("{evs:?}") };
+    let evs = decide(
+        &AccountState::default(),
+        open_cmd(dec!(0), Some(dec!(12))),
+        &ctx("2026-01-15T10:04:07Z"),
+    )
+    .unwrap();
+    let AccountEvent::AccountOpened(o) = &evs[0] else {
+        panic!("{evs:?}")
+    };
     assert_eq!(o.credit_period.start, at(T0));
     assert_eq!(o.credit_period.end, at("2026-02-15T00:00:00Z"));
     assert!(matches!(evs[1], AccountEvent::CreditLimitSet(_)));
-    let AccountEvent::InvoiceIssued(inv) = &evs[2] else { panic!("{evs:?}") };
+    let AccountEvent::InvoiceIssued(inv) = &evs[2] else {
+        panic!("{evs:?}")
+    };
     // 5 full × 10.00 + 20 viewer × 2.00
     assert_eq!(inv.total, dec!(90.00));
 }
@@ -93,7 +106,10 @@ fn opening_bills_the_first_fee_and_starts_the_period_on_the_day() {
 #[test]
 fn an_open_account_cannot_be_opened_again() {
     let g = Given::opened(dec!(0), None, T0);
-    assert_eq!(g.when(open_cmd(dec!(0), None), T0), Err(DomainError::AccountExists));
+    assert_eq!(
+        g.when(open_cmd(dec!(0), None), T0),
+        Err(DomainError::AccountExists)
+    );
 }
 
 #[test]
@@ -102,10 +118,18 @@ fn usage_within_the_limit_is_consumed_and_beyond_it_rejected_whole() {
     assert_eq!(g.0.used, dec!(5));
     assert_eq!(g.0.available(), dec!(7));
     let err = g.when(usage("u2", dec!(7.01), T0), T0).unwrap_err();
-    assert_eq!(err, DomainError::CreditLimitExceeded { available: dec!(7), requested: dec!(7.01) });
+    assert_eq!(
+        err,
+        DomainError::CreditLimitExceeded {
+            available: dec!(7),
+            requested: dec!(7.01)
+        }
+    );
     // Exactly the rest is fine, and reaching 100% emits the threshold event.
     let evs = g.when(usage("u3", dec!(7), T0), T0).unwrap();
-    assert!(evs.iter().any(|e| matches!(e, AccountEvent::CreditThresholdReached(t) if t.percent == 100)));
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, AccountEvent::CreditThresholdReached(t) if t.percent == 100)));
 }
 
 #[test]
@@ -119,28 +143,62 @@ fn the_80_percent_threshold_is_reached_once() {
 #[test]
 fn usage_before_the_period_or_far_in_the_future_is_refused() {
     let g = Given::opened(dec!(10), None, T0);
-    assert!(matches!(g.when(usage("u", dec!(1), "2026-01-14T23:59:59Z"), T0), Err(DomainError::PeriodClosed { .. })));
-    assert!(matches!(g.when(usage("u", dec!(1), "2026-01-15T00:05:01Z"), T0), Err(DomainError::Future { .. })));
-    assert!(g.when(usage("u", dec!(1), "2026-01-15T00:05:00Z"), T0).is_ok());
+    assert!(matches!(
+        g.when(usage("u", dec!(1), "2026-01-14T23:59:59Z"), T0),
+        Err(DomainError::PeriodClosed { .. })
+    ));
+    assert!(matches!(
+        g.when(usage("u", dec!(1), "2026-01-15T00:05:01Z"), T0),
+        Err(DomainError::Future { .. })
+    ));
+    assert!(g
+        .when(usage("u", dec!(1), "2026-01-15T00:05:00Z"), T0)
+        .is_ok());
 }
 
 #[test]
 fn usage_on_an_unknown_account_is_refused() {
-    assert_eq!(decide(&AccountState::default(), usage("u", dec!(1), T0), &ctx(T0)), Err(DomainError::UnknownAccount));
+    assert_eq!(
+        decide(&AccountState::default(), usage("u", dec!(1), T0), &ctx(T0)),
+        Err(DomainError::UnknownAccount)
+    );
 }
 
 #[test]
 fn limits_must_be_in_range_and_not_below_additional_usage() {
     let g = Given::opened(dec!(2), Some(dec!(12)), T0).and(usage("u", dec!(7), T0), T0);
-    assert!(matches!(g.when(Command::SetCreditLimit { limit: dec!(0) }, T0), Err(DomainError::Invalid(_))));
-    assert!(matches!(g.when(Command::SetCreditLimit { limit: dec!(500.01) }, T0), Err(DomainError::Invalid(_))));
-    assert!(g.when(Command::SetCreditLimit { limit: dec!(500.00) }, T0).is_ok());
+    assert!(matches!(
+        g.when(Command::SetCreditLimit { limit: dec!(0) }, T0),
+        Err(DomainError::Invalid(_))
+    ));
+    assert!(matches!(
+        g.when(
+            Command::SetCreditLimit {
+                limit: dec!(500.01)
+            },
+            T0
+        ),
+        Err(DomainError::Invalid(_))
+    ));
+    assert!(g
+        .when(
+            Command::SetCreditLimit {
+                limit: dec!(500.00)
+            },
+            T0
+        )
+        .is_ok());
     // 5 additional used (7 - base 2): a limit of 4.99 is refused, 5 is fine.
     assert_eq!(
         g.when(Command::SetCreditLimit { limit: dec!(4.99) }, T0),
-        Err(DomainError::LimitBelowUsage { limit: dec!(4.99), used_additional: dec!(5) })
+        Err(DomainError::LimitBelowUsage {
+            limit: dec!(4.99),
+            used_additional: dec!(5)
+        })
     );
-    assert!(g.when(Command::SetCreditLimit { limit: dec!(5) }, T0).is_ok());
+    assert!(g
+        .when(Command::SetCreditLimit { limit: dec!(5) }, T0)
+        .is_ok());
 }
 
 #[test]
@@ -148,35 +206,76 @@ fn unsubscribe_keeps_the_limit_until_the_period_closes() {
     let g = Given::opened(dec!(0), Some(dec!(12)), T0).and(Command::Unsubscribe, T0);
     assert!(g.0.pending_unsubscribe);
     assert_eq!(g.0.limit, dec!(12));
-    let g = g.and(Command::ClosePeriod { invoice_number: "INV-2026-000002".into() }, "2026-02-15T00:00:00Z");
+    let g = g.and(
+        Command::ClosePeriod {
+            invoice_number: "INV-2026-000002".into(),
+        },
+        "2026-02-15T00:00:00Z",
+    );
     assert_eq!(g.0.limit, dec!(0));
     assert!(!g.0.pending_unsubscribe);
-    assert_eq!(g.when(Command::Unsubscribe, "2026-02-15T00:00:00Z"), Err(DomainError::NotSubscribed));
+    assert_eq!(
+        g.when(Command::Unsubscribe, "2026-02-15T00:00:00Z"),
+        Err(DomainError::NotSubscribed)
+    );
 }
 
 #[test]
 fn a_close_bills_only_usage_beyond_base_plus_the_next_fee() {
     let g = Given::opened(dec!(0), Some(dec!(12)), T0).and(usage("u", dec!(5), T0), T0);
-    let evs = g.when(Command::ClosePeriod { invoice_number: "INV-2026-000002".into() }, "2026-02-15T00:00:00Z").unwrap();
-    let AccountEvent::PeriodClosed(c) = &evs[0] else { panic!() };
+    let evs = g
+        .when(
+            Command::ClosePeriod {
+                invoice_number: "INV-2026-000002".into(),
+            },
+            "2026-02-15T00:00:00Z",
+        )
+        .unwrap();
+    let AccountEvent::PeriodClosed(c) = &evs[0] else {
+        panic!()
+    };
     assert_eq!(c.charge, dec!(5));
-    let AccountEvent::InvoiceIssued(inv) = &evs[1] else { panic!() };
+    let AccountEvent::InvoiceIssued(inv) = &evs[1] else {
+        panic!()
+    };
     assert_eq!(inv.lines[0].amount, dec!(5.00));
     assert_eq!(inv.total, dec!(95.00));
     // Not before the period ends.
-    assert!(g.when(Command::ClosePeriod { invoice_number: "x".into() }, "2026-02-14T23:59:59Z").is_err());
+    assert!(g
+        .when(
+            Command::ClosePeriod {
+                invoice_number: "x".into()
+            },
+            "2026-02-14T23:59:59Z"
+        )
+        .is_err());
 }
 
 #[test]
 fn seats_in_use_above_the_licence_are_refused() {
     let g = Given::opened(dec!(0), None, T0);
-    assert!(g.when(Command::ReportSeats(SeatsInUse { full: 5, viewer: 20 }), T0).is_ok());
+    assert!(g
+        .when(
+            Command::ReportSeats(SeatsInUse {
+                full: 5,
+                viewer: 20
+            }),
+            T0
+        )
+        .is_ok());
     assert_eq!(
         g.when(Command::ReportSeats(SeatsInUse { full: 6, viewer: 0 }), T0),
-        Err(DomainError::SeatLimitExceeded { role: "full", in_use: 6, licensed: 5 })
+        Err(DomainError::SeatLimitExceeded {
+            role: "full",
+            in_use: 6,
+            licensed: 5
+        })
     );
     let g = g.and(Command::ReportSeats(SeatsInUse { full: 3, viewer: 0 }), T0);
-    assert!(matches!(g.when(Command::ChangePlan(plan(2, 20)), T0), Err(DomainError::SeatLimitExceeded { .. })));
+    assert!(matches!(
+        g.when(Command::ChangePlan(plan(2, 20)), T0),
+        Err(DomainError::SeatLimitExceeded { .. })
+    ));
 }
 
 #[test]
@@ -185,8 +284,12 @@ fn a_mid_period_upgrade_is_prorated_by_the_day() {
     // leaves 16 days (the 30th included). 3 more full seats at 10.00:
     // 3 × 10.00 × 16/31 = 15.4838… → 15.48.
     let g = Given::opened(dec!(0), None, T0);
-    let evs = g.when(Command::ChangePlan(plan(8, 20)), "2026-01-30T12:00:00Z").unwrap();
-    let AccountEvent::PlanChanged(pc) = &evs[0] else { panic!() };
+    let evs = g
+        .when(Command::ChangePlan(plan(8, 20)), "2026-01-30T12:00:00Z")
+        .unwrap();
+    let AccountEvent::PlanChanged(pc) = &evs[0] else {
+        panic!()
+    };
     assert_eq!(pc.proration.len(), 1);
     assert_eq!(pc.proration[0].amount, dec!(15.48));
     assert_eq!(pc.proration[0].quantity, dec!(3));
@@ -195,9 +298,19 @@ fn a_mid_period_upgrade_is_prorated_by_the_day() {
 #[test]
 fn a_downgrade_gives_a_credit_line_on_the_next_invoice() {
     // 20 → 10 viewer seats at 2.00 with 16/31 days left: -20 × 16/31 = -10.3225… → -10.32.
-    let g = Given::opened(dec!(0), None, T0).and(Command::ChangePlan(plan(5, 10)), "2026-01-30T00:00:00Z");
-    let evs = g.when(Command::ClosePeriod { invoice_number: "INV-2026-000002".into() }, "2026-02-15T00:00:00Z").unwrap();
-    let AccountEvent::InvoiceIssued(inv) = &evs[1] else { panic!() };
+    let g = Given::opened(dec!(0), None, T0)
+        .and(Command::ChangePlan(plan(5, 10)), "2026-01-30T00:00:00Z");
+    let evs = g
+        .when(
+            Command::ClosePeriod {
+                invoice_number: "INV-2026-000002".into(),
+            },
+            "2026-02-15T00:00:00Z",
+        )
+        .unwrap();
+    let AccountEvent::InvoiceIssued(inv) = &evs[1] else {
+        panic!()
+    };
     assert!(inv.lines.iter().any(|l| l.amount == dec!(-10.32)));
     // 5 × 10 + 10 × 2 = 70 for the next month, minus the credit.
     assert_eq!(inv.total, dec!(59.68));
@@ -226,7 +339,9 @@ fn run(ops: &[(u8, u32)]) -> (AccountState, Vec<AccountEvent>) {
     let mut log = Vec::new();
     let mut now = at(T0);
     let mut seq = 1;
-    let mut apply = |state: &mut AccountState, log: &mut Vec<AccountEvent>, r: Result<Vec<AccountEvent>, DomainError>| {
+    let mut apply = |state: &mut AccountState,
+                     log: &mut Vec<AccountEvent>,
+                     r: Result<Vec<AccountEvent>, DomainError>| {
         if let Ok(evs) = r {
             for e in evs {
                 state.apply(&e);
@@ -240,13 +355,23 @@ fn run(ops: &[(u8, u32)]) -> (AccountState, Vec<AccountEvent>) {
         let amount = Decimal::new(*n as i64, 2);
         let c = Context { now };
         let r = match op {
-            0..=2 => decide(&state, usage(&format!("u{i}"), amount, &now.to_rfc3339()), &c),
+            0..=2 => decide(
+                &state,
+                usage(&format!("u{i}"), amount, &now.to_rfc3339()),
+                &c,
+            ),
             3 => decide(&state, Command::SetCreditLimit { limit: amount }, &c),
             4 => decide(&state, Command::Unsubscribe, &c),
             _ => {
                 now = state.period_end().unwrap();
                 seq += 1;
-                decide(&state, Command::ClosePeriod { invoice_number: format!("INV-2026-{seq:06}") }, &Context { now })
+                decide(
+                    &state,
+                    Command::ClosePeriod {
+                        invoice_number: format!("INV-2026-{seq:06}"),
+                    },
+                    &Context { now },
+                )
             }
         };
         apply(&mut state, &mut log, r);
