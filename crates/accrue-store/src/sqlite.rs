@@ -552,7 +552,7 @@ mod tests {
 /// Returns rows per second.
 pub fn raw_insert_rate(
     path: &Path,
-    rows: &[(String, Vec<u8>)],
+    rows: impl Iterator<Item = (String, Vec<u8>)>,
     batch: usize,
 ) -> Result<f64, StoreError> {
     let conn = Connection::open(path)?;
@@ -561,29 +561,20 @@ pub fn raw_insert_rate(
     let started = std::time::Instant::now();
     let hash = [0u8; 32];
     let mut pos = 0i64;
-    for chunk in rows.chunks(batch.max(1)) {
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
         let tx = conn.unchecked_transaction()?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            for (stream, payload) in chunk {
+            for (stream, payload) in rows.by_ref().take(batch.max(1)) {
                 pos += 1;
-                stmt.execute(params![
-                    pos,
-                    stream,
-                    pos,
-                    "CreditsConsumed",
-                    1,
-                    pos,
-                    pos,
-                    payload,
-                    &hash[..]
-                ])?;
+                stmt.execute(params![pos, stream, pos, "CreditsConsumed", 1, pos, pos, payload, &hash[..]])?;
             }
         }
         tx.commit()?;
     }
-    Ok(rows.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
+    Ok(pos as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
