@@ -176,6 +176,7 @@ async fn usage_is_decided_per_event_in_order() {
             {"id": "i", "account_id": "acme", "amount": "1000000000000"},
             {"id": "j", "account_id": "acme", "amount": "1", "occurred_at": "yesterday"},
             {"id": "x".repeat(129), "account_id": "acme", "amount": "1"},
+            {"id": "pan", "account_id": "acme", "amount": "1", "metadata": {"note": {"card": "4111 1111 1111 1111"}}},
             {"id": "k", "account_id": "acme", "amount": "7.00"}
         ]))
         .await;
@@ -199,6 +200,7 @@ async fn usage_is_decided_per_event_in_order() {
         ("rejected", "unknown_account"),
         ("rejected", "period_closed"),
         ("rejected", "future"),
+        ("rejected", "invalid"),
         ("rejected", "invalid"),
         ("rejected", "invalid"),
         ("rejected", "invalid"),
@@ -509,5 +511,65 @@ async fn as_of_shows_the_past_and_refuses_the_future() {
         &app.admin("GET", "/v1/accounts/acme?as_of=garbage", None)
             .await,
         422,
+    );
+}
+
+#[tokio::test]
+async fn a_plan_change_keeps_what_it_does_not_mention_and_prorates() {
+    let app = spawn_app("2026-01-15T00:00:00Z").await;
+    app.create("acme", "0.00", None).await;
+    app.admin(
+        "POST",
+        "/v1/clock",
+        Some(json!({"now": "2026-01-30T12:00:00Z"})),
+    )
+    .await;
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/accounts/acme/plan",
+            Some(json!({"full_seats": 8})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["plan"]["full_seats"], 8);
+    assert_eq!(r.body["plan"]["full_seat_price"], "10.00", "unchanged");
+    assert_eq!(r.body["plan"]["viewer_seats"], 20, "unchanged");
+    app.admin(
+        "POST",
+        "/v1/clock",
+        Some(json!({"now": "2026-02-15T00:00:00Z"})),
+    )
+    .await;
+    let inv = app
+        .admin("GET", "/v1/invoices/INV-2026-000002", None)
+        .await
+        .body;
+    // 3 more seats × 10.00 × 16/31 days = 15.48, then 8 × 10 + 20 × 2 + 50 = 170.
+    let amounts: Vec<&str> = inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["amount"].as_str().unwrap())
+        .collect();
+    assert!(amounts.contains(&"15.48"), "{amounts:?}");
+    assert_eq!(inv["total"], "185.48");
+    assert_problem(
+        &app.admin(
+            "PUT",
+            "/v1/accounts/acme/plan",
+            Some(json!({"viewer_seat_price": "-1.00"})),
+        )
+        .await,
+        422,
+    );
+    assert_problem(
+        &app.admin(
+            "PUT",
+            "/v1/accounts/nobody/plan",
+            Some(json!({"full_seats": 1})),
+        )
+        .await,
+        404,
     );
 }

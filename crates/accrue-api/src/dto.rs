@@ -60,7 +60,6 @@ pub fn money(d: Decimal) -> Money {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PlanDto {
     #[serde(default)]
     pub full_seats: i64,
@@ -76,6 +75,37 @@ pub struct PlanDto {
     pub data_management_price: Money,
 }
 
+/// A plan change: fields left out keep their current value.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct PlanChangeDto {
+    pub full_seats: Option<i64>,
+    pub full_seat_price: Option<Money>,
+    pub viewer_seats: Option<i64>,
+    pub viewer_seat_price: Option<Money>,
+    pub data_management: Option<bool>,
+    pub data_management_price: Option<Money>,
+}
+
+impl PlanChangeDto {
+    /// The full plan: this change over the current plan.
+    pub fn over(&self, current: &accrue_core::Plan) -> PlanDto {
+        PlanDto {
+            full_seats: self.full_seats.unwrap_or(i64::from(current.full_seats)),
+            full_seat_price: self
+                .full_seat_price
+                .unwrap_or(Money(current.full_seat_price)),
+            viewer_seats: self.viewer_seats.unwrap_or(i64::from(current.viewer_seats)),
+            viewer_seat_price: self
+                .viewer_seat_price
+                .unwrap_or(Money(current.viewer_seat_price)),
+            data_management: self.data_management.unwrap_or(current.data_management),
+            data_management_price: self
+                .data_management_price
+                .unwrap_or(Money(current.data_management_price)),
+        }
+    }
+}
+
 fn zero() -> Money {
     Money(Decimal::ZERO)
 }
@@ -89,12 +119,12 @@ pub enum AnchorDto {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     pub id: String,
     pub name: String,
+    #[serde(alias = "email")]
     pub billing_email: String,
-    #[serde(default = "en")]
+    #[serde(default = "en", alias = "language")]
     pub email_language: String,
     #[serde(default)]
     pub address: Option<String>,
@@ -105,10 +135,10 @@ pub struct CreateAccount {
     #[serde(default, alias = "anchor_day")]
     pub period_anchor: Option<AnchorDto>,
     pub plan: PlanDto,
-    #[serde(default = "zero")]
+    #[serde(default = "zero", alias = "base_ai_credits")]
     pub base_credits: Money,
     /// Subscribe to additional credits at once with this limit.
-    #[serde(default, alias = "additional_credit_limit")]
+    #[serde(default, alias = "additional_credit_limit", alias = "limit")]
     pub credit_limit: Option<Money>,
 }
 
@@ -123,20 +153,17 @@ fn monthly() -> String {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct LimitDto {
     pub limit: Money,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct SeatsDto {
     pub full: i64,
     pub viewer: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ClockDto {
     pub now: String,
 }
@@ -147,7 +174,6 @@ pub struct ClockResponse {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub role: crate::auth::Role,
     #[serde(default)]
@@ -340,7 +366,6 @@ pub struct UsageEventDto {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct UsageBatch {
     pub events: Vec<UsageEventDto>,
 }

@@ -317,6 +317,7 @@ fn build() -> String {
         .schema_from::<CreateAccount>()
         .schema_from::<AnchorDto>()
         .schema_from::<PlanDto>()
+        .schema_from::<PlanChangeDto>()
         .schema_from::<Money>()
         .schema_from::<RawMoney>()
         .schema_from::<Overview>()

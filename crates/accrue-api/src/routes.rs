@@ -196,6 +196,19 @@ pub async fn create_account(
     Body(req): Body<CreateAccount>,
 ) -> ApiResult<Response> {
     p.require(ADMIN)?;
+    for (field, v) in [
+        ("name", Some(&req.name)),
+        ("address", req.address.as_ref()),
+        ("billing_email", Some(&req.billing_email)),
+    ] {
+        if v.is_some_and(|s| crate::pan::contains_pan(s)) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "card_data_refused",
+                format!("{field} contains a card number"),
+            ));
+        }
+    }
     let id = AccountId::parse(&req.id).map_err(|e| ApiError::unprocessable(e.to_string()))?;
     check_text("name", &req.name, 200)?;
     check_email(&req.billing_email)?;
@@ -292,10 +305,19 @@ pub async fn change_plan(
     State(st): State<AppState>,
     p: Principal,
     Path(id): Path<String>,
-    Body(req): Body<PlanDto>,
+    Body(req): Body<PlanChangeDto>,
 ) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
-    let plan = plan_from(&req)?;
+    let current = st
+        .ledger
+        .read()
+        .accounts
+        .get(&id)
+        .and_then(|a| a.plan.clone())
+        .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))?;
+    // Fields left out keep the value read here; the writer still decides
+    // concurrent changes one after the other.
+    let plan = plan_from(&req.over(&current))?;
     let id = parse_account_id(&id)?;
     st.ledger
         .execute(id.as_str(), Command::ChangePlan(plan))
@@ -354,7 +376,6 @@ pub async fn unsubscribe(
 // ---------------------------------------------------------------- payments
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PaymentMethodDto {
     billing_email: String,
     #[serde(default = "en")]
@@ -430,7 +451,6 @@ pub async fn replace_payment_method(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentDto {
     invoice_number: String,
     /// `succeeded` or `failed`.
@@ -523,9 +543,17 @@ pub fn usage_item(e: UsageEventDto) -> UsageItem {
         if v.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
             return invalid(format!("{name} is longer than {MAX_ID_LEN} characters"));
         }
+        if v.as_ref().is_some_and(|s| crate::pan::contains_pan(s)) {
+            return invalid(format!("{name} contains a card number; it is never stored"));
+        }
     }
     let metadata = match e.metadata {
         None | Some(serde_json::Value::Null) => None,
+        Some(v) if crate::pan::find_card_data(&v).is_some() => {
+            return invalid(
+                "metadata contains card data (a card number or CVC); it is never stored",
+            )
+        }
         Some(v @ serde_json::Value::Object(_)) => {
             let s = v.to_string();
             if s.len() > MAX_METADATA_BYTES {
@@ -1080,7 +1108,6 @@ pub async fn trial_balance(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct VoidDto {
     reason: String,
 }

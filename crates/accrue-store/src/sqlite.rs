@@ -571,7 +571,17 @@ pub fn raw_insert_rate(
             )?;
             for (stream, payload) in rows.by_ref().take(batch.max(1)) {
                 pos += 1;
-                stmt.execute(params![pos, stream, pos, "CreditsConsumed", 1, pos, pos, payload, &hash[..]])?;
+                stmt.execute(params![
+                    pos,
+                    stream,
+                    pos,
+                    "CreditsConsumed",
+                    1,
+                    pos,
+                    pos,
+                    payload,
+                    &hash[..]
+                ])?;
             }
         }
         tx.commit()?;

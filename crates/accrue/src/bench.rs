@@ -186,7 +186,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                             occurred_at_given: false,
                         })
                         .collect();
-                    accepted += l.ingest_blocking(items)?.iter().filter(|o| **o == UsageOutcome::Accepted).count();
+                    accepted += l
+                        .ingest_blocking(items)?
+                        .iter()
+                        .filter(|o| **o == UsageOutcome::Accepted)
+                        .count();
                     b += producers;
                 }
                 Ok(accepted)
@@ -339,7 +343,12 @@ fn http_ingest(
             return None;
         }
         let evs: Vec<String> = (b * batch..((b + 1) * batch).min(events))
-            .map(|n| format!(r#"{{"id":"ev-{n}","account_id":"h{}","amount":"0.0125","product":"chat"}}"#, n % accounts))
+            .map(|n| {
+                format!(
+                    r#"{{"id":"ev-{n}","account_id":"h{}","amount":"0.0125","product":"chat"}}"#,
+                    n % accounts
+                )
+            })
             .collect();
         Some(format!(r#"{{"events":[{}]}}"#, evs.join(",")))
     };
