@@ -143,8 +143,6 @@ enum Reply {
         oneshot::Sender<Result<DateTime<Utc>, LedgerError>>,
         DateTime<Utc>,
     ),
-    /// Someone outside async code waits for everything before it.
-    Barrier(std::sync::mpsc::Sender<()>),
 }
 
 impl Reply {
@@ -153,7 +151,6 @@ impl Reply {
             Reply::Usage(tx, v) => drop(tx.send(Ok(v))),
             Reply::Command(tx, v) => drop(tx.send(Ok(v))),
             Reply::Clock(tx, v) => drop(tx.send(Ok(v))),
-            Reply::Barrier(tx) => drop(tx.send(())),
         }
     }
     fn send_err(self, e: &str) {
@@ -162,7 +159,6 @@ impl Reply {
             Reply::Usage(tx, _) => drop(tx.send(Err(err()))),
             Reply::Command(tx, _) => drop(tx.send(Err(err()))),
             Reply::Clock(tx, _) => drop(tx.send(Err(err()))),
-            Reply::Barrier(tx) => drop(tx.send(())),
         }
     }
 }
@@ -238,40 +234,6 @@ struct Writer {
     shared: Arc<Shared>,
     state: State,
     group: Group,
-    /// Committed groups on their way into the read models.
-    applier: crossbeam_channel::Sender<Applied>,
-    applier_thread: Option<JoinHandle<()>>,
-}
-
-/// A committed group for the applier thread.
-struct Applied {
-    streams: Vec<String>,
-    decoded: Vec<Vec<LedgerEvent>>,
-    first: Vec<u64>,
-    recorded_at: DateTime<Utc>,
-    replies: Vec<Reply>,
-}
-
-/// Applies a committed group to the read models, then answers its waiters:
-/// a 200 means durable *and* visible to queries. Runs on its own thread so
-/// the writer decides the next group meanwhile. The lock is released every
-/// few hundred events so queries never wait long.
-fn apply(shared: &Shared, batch: Applied) {
-    let mut read = shared.read.write();
-    let mut applied = 0usize;
-    for (i, stream) in batch.streams.iter().enumerate() {
-        for (j, e) in batch.decoded[i].iter().enumerate() {
-            read.apply(batch.first[i] + j as u64, stream, batch.recorded_at, e);
-            applied += 1;
-            if applied.is_multiple_of(READ_CHUNK) {
-                parking_lot::RwLockWriteGuard::bump(&mut read);
-            }
-        }
-    }
-    drop(read);
-    for r in batch.replies {
-        r.send_ok();
-    }
 }
 
 pub(crate) fn spawn(
@@ -279,30 +241,14 @@ pub(crate) fn spawn(
     state: State,
     jobs: Receiver<Job>,
 ) -> Result<JoinHandle<()>, LedgerError> {
-    let (applier, applied) = crossbeam_channel::bounded::<Applied>(64);
-    let applier_shared = shared.clone();
-    let applier_thread = std::thread::Builder::new()
-        .name("accrue-applier".into())
-        .spawn(move || {
-            for batch in applied {
-                apply(&applier_shared, batch);
-            }
-        })
-        .map_err(|e| LedgerError::Corrupt(format!("cannot start the applier: {e}")))?;
     let mut w = Writer {
         shared,
         state,
         group: Group::default(),
-        applier,
-        applier_thread: Some(applier_thread),
     };
-    // Finish any close that came due while we were down, before serving,
-    // and wait until the read models show it.
+    // Finish any close that came due while we were down, before serving.
     w.close_due(w.shared.clock.now());
-    let (tx, rx) = std::sync::mpsc::channel();
-    w.group.replies.push(Reply::Barrier(tx));
     w.flush();
-    let _ = rx.recv();
     std::thread::Builder::new()
         .name("accrue-writer".into())
         .spawn(move || w.run(jobs))
@@ -334,16 +280,6 @@ impl Writer {
             if stop {
                 break;
             }
-        }
-        // Let the applier drain, so every waiter gets its answer.
-        let Writer {
-            applier,
-            applier_thread,
-            ..
-        } = self;
-        drop(applier);
-        if let Some(t) = applier_thread {
-            let _ = t.join();
         }
     }
 
@@ -694,6 +630,20 @@ impl Writer {
                     first.push(pos);
                     pos += a.events.len() as u64;
                 }
+                // Apply in short chunks so queries never wait long for the
+                // lock; each chunk holds only committed events.
+                let mut read = self.shared.read.write();
+                let mut applied = 0usize;
+                for (i, a) in group.appends.iter().enumerate() {
+                    for (j, e) in group.decoded[i].iter().enumerate() {
+                        read.apply(first[i] + j as u64, &a.stream, recorded_at, e);
+                        applied += 1;
+                        if applied.is_multiple_of(READ_CHUNK) {
+                            parking_lot::RwLockWriteGuard::bump(&mut read);
+                        }
+                    }
+                }
+                drop(read);
                 for p in &group.pending_usage {
                     let position = first[p.stream as usize] + u64::from(p.event);
                     self.state
@@ -705,16 +655,8 @@ impl Writer {
                     .events_appended
                     .fetch_add(group.events as u64, Relaxed);
                 self.shared.metrics.commits.fetch_add(1, Relaxed);
-                let batch = Applied {
-                    streams: group.appends.into_iter().map(|a| a.stream).collect(),
-                    decoded: group.decoded,
-                    first,
-                    recorded_at,
-                    replies: group.replies,
-                };
-                // The applier answers once the read models show the group.
-                if let Err(crossbeam_channel::SendError(batch)) = self.applier.send(batch) {
-                    apply(&self.shared, batch);
+                for r in group.replies {
+                    r.send_ok();
                 }
             }
             Err(e) => {
