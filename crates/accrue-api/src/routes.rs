@@ -5,8 +5,7 @@ use std::time::Instant;
 
 use accrue_core::events::{PaymentMethodReplaced, Plan};
 use accrue_core::{
-    parse_money, AccountId, AccountState, BillingFrequency, Command, OpenAccount, SeatsInUse,
-    UsageInput,
+    parse_money, AccountId, BillingFrequency, Command, OpenAccount, SeatsInUse, UsageInput,
 };
 use accrue_ledger::{UsageItem, UsageOutcome, MAX_BATCH_EVENTS};
 use accrue_projections::InvoiceRecord;
@@ -75,6 +74,26 @@ fn live_overview(st: &AppState, id: &str) -> ApiResult<Overview> {
         .get(id)
         .and_then(|s| overview(s, None))
         .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))
+}
+
+/// An optional `as_of`: well-formed and not after the ledger's clock.
+fn past_instant(st: &AppState, s: Option<&str>) -> ApiResult<Option<DateTime<Utc>>> {
+    let Some(s) = s else { return Ok(None) };
+    let t = parse_instant("as_of", s)?;
+    if t > st.ledger.now() {
+        return Err(ApiError::unprocessable("as_of must not be in the future"));
+    }
+    Ok(Some(t))
+}
+
+/// Runs blocking store or render work off the async workers.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn parse_instant(name: &str, s: &str) -> ApiResult<DateTime<Utc>> {
@@ -282,20 +301,13 @@ pub async fn get_account(
 ) -> ApiResult<Json<Overview>> {
     p.require(READERS)?;
     p.may_read_account(&id)?;
-    let Some(as_of) = q.as_of else {
+    let Some(as_of) = past_instant(&st, q.as_of.as_deref())? else {
         return Ok(Json(live_overview(&st, &id)?));
     };
-    let as_of = parse_instant("as_of", &as_of)?;
-    if as_of > st.ledger.now() {
-        return Err(ApiError::unprocessable("as_of must not be in the future"));
-    }
     let id = parse_account_id(&id)?;
     let store = st.ledger.store().clone();
-    let state = tokio::task::spawn_blocking(move || -> ApiResult<AccountState> {
-        accrue_ledger::account_as_of(store.as_ref(), id.as_str(), as_of).map_err(ApiError::from)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let state =
+        blocking(move || accrue_ledger::account_as_of(store.as_ref(), id.as_str(), as_of)).await?;
     overview(&state, Some(as_of))
         .map(Json)
         .ok_or_else(|| ApiError::not_found("the account did not exist at that instant"))
@@ -804,16 +816,7 @@ pub async fn list_invoices(
             "from ({from}) is after to ({to})"
         )));
     }
-    let as_of = match q.as_of.as_deref() {
-        None => None,
-        Some(s) => {
-            let t = parse_instant("as_of", s)?;
-            if t > st.ledger.now() {
-                return Err(ApiError::unprocessable("as_of must not be in the future"));
-            }
-            Some(t)
-        }
-    };
+    let as_of = past_instant(&st, q.as_of.as_deref())?;
     let read = st.ledger.read();
     if !read.accounts.get(&id).is_some_and(|a| a.is_open()) {
         return Err(ApiError::not_found(format!("no account {id:?}")));
@@ -880,10 +883,7 @@ pub async fn get_invoice_pdf(
     Path(number): Path<String>,
 ) -> ApiResult<Response> {
     let rec = invoice_for(&st, &p, &number)?;
-    let pdf = tokio::task::spawn_blocking(move || accrue_projections::pdf::render(&rec.issued))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let pdf = blocking(move || accrue_projections::pdf::render(&rec.issued)).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/pdf".to_string()),
@@ -950,11 +950,7 @@ pub async fn account_events(
     }
     let store = st.ledger.store().clone();
     let after = q.after.unwrap_or(0);
-    let events =
-        tokio::task::spawn_blocking(move || store.read_stream(&id.stream(), after, limit + 1))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+    let events = blocking(move || store.read_stream(&id.stream(), after, limit + 1)).await?;
     let more = events.len() > limit;
     let events: Vec<EventDto> = events
         .into_iter()
@@ -999,11 +995,7 @@ pub struct VerifyDto {
 pub async fn audit_verify(State(st): State<AppState>, p: Principal) -> ApiResult<Json<VerifyDto>> {
     p.require(AUDIT)?;
     let store = st.ledger.store().clone();
-    let r = tokio::task::spawn_blocking(move || {
-        accrue_ledger::audit::verify(store.as_ref(), |_, _| {})
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let r = blocking(move || accrue_ledger::audit::verify(store.as_ref(), |_, _| {})).await?;
     Ok(Json(VerifyDto {
         ok: r.ok,
         events: r.events,
@@ -1077,16 +1069,7 @@ pub async fn trial_balance(
     Q(q): Q<AsOfOnly>,
 ) -> ApiResult<Json<TrialBalanceDto>> {
     p.require(AUDIT)?;
-    let as_of = match q.as_of.as_deref() {
-        None => None,
-        Some(s) => {
-            let t = parse_instant("as_of", s)?;
-            if t > st.ledger.now() {
-                return Err(ApiError::unprocessable("as_of must not be in the future"));
-            }
-            Some(t)
-        }
-    };
+    let as_of = past_instant(&st, q.as_of.as_deref())?;
     let tb = accrue_projections::postings::trial_balance(&st.ledger.read().postings, as_of);
     Ok(Json(TrialBalanceDto {
         as_of,

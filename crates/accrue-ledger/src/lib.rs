@@ -79,6 +79,8 @@ pub enum UsageOutcome {
     },
 }
 
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
+
 pub(crate) enum Job {
     Usage {
         items: Vec<UsageItem>,
@@ -159,22 +161,36 @@ impl Ledger {
         &self.shared.metrics
     }
 
-    fn send(&self, job: Job) -> Result<(), LedgerError> {
-        self.jobs.send(job).map_err(|_| LedgerError::Stopped)
+    /// Queues a job whose reply comes back on the returned receiver.
+    fn submit<T>(
+        &self,
+        job: impl FnOnce(Reply<T>) -> Job,
+    ) -> Result<oneshot::Receiver<Result<T, LedgerError>>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(job(reply))
+            .map_err(|_| LedgerError::Stopped)?;
+        Ok(rx)
+    }
+
+    async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, LedgerError> {
+        self.submit(job)?.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// For callers outside an async runtime (threads, the CLI, benchmarks).
+    fn call_blocking<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, LedgerError> {
+        self.submit(job)?
+            .blocking_recv()
+            .map_err(|_| LedgerError::Stopped)?
     }
 
     /// Decides a batch of usage events in order; answers once they are durable.
     pub async fn ingest(&self, items: Vec<UsageItem>) -> Result<Vec<UsageOutcome>, LedgerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::Usage { items, reply })?;
-        rx.await.map_err(|_| LedgerError::Stopped)?
+        self.call(|reply| Job::Usage { items, reply }).await
     }
 
-    /// [`Ledger::ingest`] for callers outside an async runtime.
     pub fn ingest_blocking(&self, items: Vec<UsageItem>) -> Result<Vec<UsageOutcome>, LedgerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::Usage { items, reply })?;
-        rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
+        self.call_blocking(|reply| Job::Usage { items, reply })
     }
 
     /// Runs one command against an account; returns the events it recorded.
@@ -183,13 +199,12 @@ impl Ledger {
         account_id: &str,
         command: Command,
     ) -> Result<Vec<AccountEvent>, LedgerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::Command {
+        self.call(|reply| Job::Command {
             account_id: account_id.to_string(),
             command,
             reply,
-        })?;
-        rx.await.map_err(|_| LedgerError::Stopped)?
+        })
+        .await
     }
 
     pub fn execute_blocking(
@@ -197,13 +212,11 @@ impl Ledger {
         account_id: &str,
         command: Command,
     ) -> Result<Vec<AccountEvent>, LedgerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::Command {
+        self.call_blocking(|reply| Job::Command {
             account_id: account_id.to_string(),
             command,
             reply,
-        })?;
-        rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
+        })
     }
 
     /// Runs a command against the account that owns an invoice.
@@ -212,13 +225,12 @@ impl Ledger {
         number: &str,
         command: Command,
     ) -> Result<Vec<AccountEvent>, LedgerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::InvoiceCommand {
+        self.call(|reply| Job::InvoiceCommand {
             number: number.to_string(),
             command,
             reply,
-        })?;
-        rx.await.map_err(|_| LedgerError::Stopped)?
+        })
+        .await
     }
 
     pub fn execute_for_invoice_blocking(
@@ -226,26 +238,20 @@ impl Ledger {
         number: &str,
         command: Command,
     ) -> Result<Vec<AccountEvent>, LedgerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::InvoiceCommand {
+        self.call_blocking(|reply| Job::InvoiceCommand {
             number: number.to_string(),
             command,
             reply,
-        })?;
-        rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
+        })
     }
 
     /// Moves the manual clock forward, closing every period that ends on the way.
     pub async fn advance_clock(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, LedgerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::AdvanceClock { now, reply })?;
-        rx.await.map_err(|_| LedgerError::Stopped)?
+        self.call(|reply| Job::AdvanceClock { now, reply }).await
     }
 
     pub fn advance_clock_blocking(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, LedgerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::AdvanceClock { now, reply })?;
-        rx.blocking_recv().map_err(|_| LedgerError::Stopped)?
+        self.call_blocking(|reply| Job::AdvanceClock { now, reply })
     }
 
     /// Stops the writer after the jobs already queued; waits for it.
