@@ -61,7 +61,7 @@ enum Cmd {
         #[arg(long, default_value = "./accrue-demo")]
         out: PathBuf,
     },
-    /// Replay every read model from position 0 and check it against a live load.
+    /// Replay every read model from position 0 (side-effect projectors do not run).
     Rebuild {
         #[command(flatten)]
         store: StoreArgs,

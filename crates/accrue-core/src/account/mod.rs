@@ -447,11 +447,11 @@ fn consume(
     })];
     let capacity = state.capacity();
     for percent in [80u8, 100] {
-        let threshold = capacity * Decimal::from(percent) / Decimal::from(100);
         let bit = threshold_bit(percent);
+        // used ≥ capacity × percent / 100, without a division on the hot path.
         if capacity > Decimal::ZERO
             && state.thresholds_reached & bit == 0
-            && period_used >= threshold
+            && period_used * Decimal::ONE_HUNDRED >= capacity * Decimal::from(percent)
         {
             events.push(AccountEvent::CreditThresholdReached(
                 CreditThresholdReached {

@@ -339,9 +339,9 @@ fn run(ops: &[(u8, u32)]) -> (AccountState, Vec<AccountEvent>) {
     let mut log = Vec::new();
     let mut now = at(T0);
     let mut seq = 1;
-    let mut apply = |state: &mut AccountState,
-                     log: &mut Vec<AccountEvent>,
-                     r: Result<Vec<AccountEvent>, DomainError>| {
+    let apply = |state: &mut AccountState,
+                 log: &mut Vec<AccountEvent>,
+                 r: Result<Vec<AccountEvent>, DomainError>| {
         if let Ok(evs) = r {
             for e in evs {
                 state.apply(&e);
