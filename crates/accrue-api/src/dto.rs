@@ -106,6 +106,17 @@ impl PlanChangeDto {
     }
 }
 
+fn no_plan() -> PlanDto {
+    PlanDto {
+        full_seats: 0,
+        full_seat_price: zero(),
+        viewer_seats: 0,
+        viewer_seat_price: zero(),
+        data_management: false,
+        data_management_price: zero(),
+    }
+}
+
 fn zero() -> Money {
     Money(Decimal::ZERO)
 }
@@ -134,6 +145,7 @@ pub struct CreateAccount {
     pub billing_frequency: String,
     #[serde(default, alias = "anchor_day")]
     pub period_anchor: Option<AnchorDto>,
+    #[serde(default = "no_plan")]
     pub plan: PlanDto,
     #[serde(default = "zero", alias = "base_ai_credits")]
     pub base_credits: Money,
