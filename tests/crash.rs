@@ -105,7 +105,10 @@ async fn acknowledged_events_survive_sigkill() {
     // Let some batches be acknowledged, then kill -9 while writers are mid-flight.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while acked.len() < 2000 {
-        assert!(std::time::Instant::now() < deadline, "the server stopped acknowledging");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server stopped acknowledging"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     s.child.kill().unwrap(); // SIGKILL

@@ -427,3 +427,56 @@ fn the_pdf_projector_writes_each_invoice_and_records_its_hash_once() {
         .unwrap();
     assert!(evs.is_empty());
 }
+
+#[test]
+fn the_ledger_runs_the_same_on_postgresql() {
+    use accrue_store::postgres::{schema_for, test_url, PgStore};
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let store: Arc<dyn EventStore> =
+            Arc::new(PgStore::open_in_schema(&test_url(), &schema_for(dir.path())).unwrap());
+        Ledger::open(store, ClockMode::Manual(at("2026-01-15T00:00:00Z"))).unwrap()
+    };
+    let ledger = open();
+    ledger
+        .execute_blocking("acme", open_cmd("acme", dec!(1), Some(dec!(2))))
+        .unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let l = ledger.clone();
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|i| {
+                        l.ingest_blocking(vec![usage("acme", &format!("{t}-{i}"), dec!(0.07))])
+                            .unwrap()[0]
+                            .clone()
+                    })
+                    .filter(|o| *o == UsageOutcome::Accepted)
+                    .count()
+            })
+        })
+        .collect();
+    let accepted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    // 3.00 / 0.07 = 42.86: exactly 42 fit.
+    assert_eq!(accepted, 42);
+    ledger
+        .advance_clock_blocking(at("2026-02-15T00:00:00Z"))
+        .unwrap();
+    let live = ledger.read().clone();
+    ledger.shutdown();
+    drop(ledger);
+    let again = open();
+    assert_eq!(
+        *again.read(),
+        live,
+        "a restart replays to the same read models"
+    );
+    assert_eq!(
+        again
+            .ingest_blocking(vec![usage("acme", "0-0", dec!(0.07))])
+            .unwrap()[0],
+        UsageOutcome::Duplicate
+    );
+    let report = accrue_ledger::audit::verify(again.store().as_ref(), |_, _| {}).unwrap();
+    assert!(report.ok);
+}

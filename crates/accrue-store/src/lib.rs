@@ -8,6 +8,7 @@
 
 pub mod conformance;
 pub mod hash;
+pub mod postgres;
 pub mod sqlite;
 
 use chrono::{DateTime, Utc};

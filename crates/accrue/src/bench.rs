@@ -75,8 +75,31 @@ fn open_cmd(id: &str) -> Command {
     }))
 }
 
-fn open_ledger(dir: &std::path::Path) -> anyhow::Result<Ledger> {
-    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.join("ledger.db"))?);
+/// `accrue_t_<temp folder>_<workload>`.
+fn pg_schema(dir: &std::path::Path) -> String {
+    let parent = dir.parent().unwrap_or(dir);
+    let workload: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    format!(
+        "{}_{}",
+        accrue_store::postgres::schema_for(parent),
+        workload
+    )
+}
+
+/// A fresh store for one workload: SQLite in `dir`, or a fresh schema in
+/// the PostgreSQL database of `pg`.
+fn open_ledger(dir: &std::path::Path, pg: Option<&str>) -> anyhow::Result<Ledger> {
+    let store: Arc<dyn EventStore> = match pg {
+        None => Arc::new(SqliteStore::open(dir.join("ledger.db"))?),
+        // One fresh schema per run and workload: the temp folder's name is unique.
+        Some(url) => Arc::new(accrue_store::postgres::PgStore::open_in_schema(
+            url,
+            &pg_schema(dir),
+        )?),
+    };
     Ok(Ledger::open(store, ClockMode::Manual(start()))?)
 }
 
@@ -122,13 +145,15 @@ fn percentile_ms(mut v: Vec<f64>, p: f64) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(s) = &args.store {
-        if !s.starts_with("sqlite") {
-            anyhow::bail!(
-                "only the embedded SQLite store is built; {s:?} cannot be benchmarked yet"
-            );
+    let pg: Option<String> = match args.store.as_deref() {
+        None => None,
+        Some(s) if s.starts_with("sqlite") => None,
+        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+            Some(s.to_string())
         }
-    }
+        Some(s) => anyhow::bail!("the bench runs on sqlite or postgres://…, not {s:?}"),
+    };
+    let pg = pg.as_deref();
     let events = args
         .events
         .unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
@@ -152,13 +177,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
             (format!("account-a{}", i % accounts), payload.into_bytes())
         });
-    let store_limit =
-        accrue_store::sqlite::raw_insert_rate(&tmp.path().join("raw.db"), rows, batch)?;
+    let raw = tmp.path().join("raw");
+    std::fs::create_dir_all(&raw)?;
+    let store_limit = match pg {
+        None => accrue_store::sqlite::raw_insert_rate(&raw.join("raw.db"), rows, batch)?,
+        Some(url) => accrue_store::postgres::raw_insert_rate(url, &pg_schema(&raw), rows, batch)?,
+    };
     eprintln!("store limit: {store_limit:.0} rows/s");
 
     // 2. In-process ingest: two producers, so commits group as they would under load.
     let dir = tmp.path().join("inproc");
-    let ledger = open_ledger(&dir)?;
+    let ledger = open_ledger(&dir, pg)?;
     open_accounts(&ledger, "a", accounts)?;
     // Two producers, so commits group as they would under load. Each builds
     // its batch right before sending it: building all 10M up front would
@@ -226,6 +255,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // 4. HTTP ingest with overview queries running alongside.
     let (http, p99, p50) = http_ingest(
         &tmp.path().join("http"),
+        pg,
         events,
         accounts,
         batch,
@@ -235,7 +265,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // 5. Closing many accounts at once, then rendering their invoices.
     let dir = tmp.path().join("close");
-    let ledger = open_ledger(&dir)?;
+    let ledger = open_ledger(&dir, pg)?;
     let n_close = if args.quick {
         args.close_accounts.min(10_000)
     } else {
@@ -307,8 +337,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "rss_mb": (rss_ledger * 10.0).round() / 10.0,
         "rss_peak_mb": (vm_kb("VmHWM:") / 1024.0 * 10.0).round() / 10.0,
         "store_limit_events_per_s": store_limit.round(),
-        "store": "sqlite",
-        "durable": "synchronous=FULL",
+        "store": if pg.is_some() { "postgres" } else { "sqlite" },
+        "durable": if pg.is_some() { "synchronous_commit=on" } else { "synchronous=FULL" },
         "events": events,
         "accounts": accounts,
         "batch": batch,
@@ -323,12 +353,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// concurrent clients; a separate task queries overviews meanwhile.
 fn http_ingest(
     dir: &std::path::Path,
+    pg: Option<&str>,
     events: usize,
     accounts: usize,
     batch: usize,
     connections: usize,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let ledger = open_ledger(dir)?;
+    let ledger = open_ledger(dir, pg)?;
     open_accounts(&ledger, "h", accounts)?;
     let (tokens, _) = Tokens::load(ledger.store().clone(), Some("bench-admin-token"))
         .map_err(|e| anyhow::anyhow!(e.detail))?;

@@ -126,7 +126,9 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!("the PostgreSQL backend is not built yet (see ARCHITECTURE.md); use sqlite:PATH");
+        let store = accrue_store::postgres::PgStore::open(&url)
+            .with_context(|| format!("opening the PostgreSQL store at {url}"))?;
+        return Ok(Arc::new(store));
     }
     if url.starts_with("esdb://") || url.starts_with("kurrentdb://") {
         bail!("the EventStoreDB/KurrentDB backend is not built yet (see ARCHITECTURE.md); use sqlite:PATH");
@@ -144,7 +146,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ACCRUE_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,postgres=warn,tokio_postgres=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
