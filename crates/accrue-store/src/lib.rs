@@ -93,6 +93,88 @@ pub struct StreamHead {
     pub hash: [u8; 32],
 }
 
+/// One event of a batch, placed by [`place`]: where it goes and its hash.
+pub struct Placed<'a> {
+    pub position: u64,
+    pub stream: &'a str,
+    pub version: u64,
+    pub event: &'a NewEvent,
+    pub occurred_us: i64,
+    pub hash: [u8; 32],
+}
+
+/// What every backend does before writing a batch, in one place: check each
+/// stream's expectation against `head_of`, then assign positions after
+/// `start`, versions and chained hashes in batch order. Returns the placed
+/// events and each touched stream's new head.
+pub fn place<'a>(
+    batch: &'a [StreamAppend],
+    start: u64,
+    recorded_us: i64,
+    head_of: impl Fn(&str) -> StreamHead,
+) -> Result<
+    (
+        Vec<Placed<'a>>,
+        std::collections::HashMap<&'a str, StreamHead>,
+    ),
+    StoreError,
+> {
+    for s in batch {
+        if let ExpectedVersion::Exact(expected) = s.expected {
+            let actual = head_of(&s.stream).version;
+            if actual != expected {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: s.stream.clone(),
+                    expected,
+                    actual,
+                });
+            }
+        }
+    }
+    let mut heads: std::collections::HashMap<&str, StreamHead> = std::collections::HashMap::new();
+    let mut placed = Vec::with_capacity(batch.iter().map(|s| s.events.len()).sum());
+    let mut position = start;
+    for s in batch {
+        let mut head = heads
+            .get(s.stream.as_str())
+            .copied()
+            .unwrap_or_else(|| head_of(&s.stream));
+        for e in &s.events {
+            position += 1;
+            head.version += 1;
+            let occurred_us = e.occurred_at.timestamp_micros();
+            head.hash = hash::event_hash(
+                &head.hash,
+                &hash::HashInput {
+                    stream: &s.stream,
+                    version: head.version,
+                    type_name: e.type_name,
+                    schema: e.schema,
+                    occurred_at_us: occurred_us,
+                    recorded_at_us: recorded_us,
+                    payload: &e.payload,
+                },
+            );
+            placed.push(Placed {
+                position,
+                stream: &s.stream,
+                version: head.version,
+                event: e,
+                occurred_us,
+                hash: head.hash,
+            });
+        }
+        heads.insert(s.stream.as_str(), head);
+    }
+    Ok((placed, heads))
+}
+
+/// The head of a stream that does not exist yet.
+pub const EMPTY_HEAD: StreamHead = StreamHead {
+    version: 0,
+    hash: hash::GENESIS,
+};
+
 /// One event store. Blocking by design: the ledger calls it from its single
 /// writer thread and projections from their own threads; async backends
 /// block on their runtime inside.

@@ -11,10 +11,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use parking_lot::{Condvar, Mutex};
 use postgres::{Client, NoTls, Row};
 
-use crate::hash::{event_hash, HashInput, GENESIS};
-use crate::{
-    Appended, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamAppend, StreamHead,
-};
+use crate::hash::GENESIS;
+use crate::{Appended, EventStore, RecordedEvent, StoreError, StreamAppend, StreamHead};
 
 const SCHEMA: &str = include_str!("../../../migrations/postgres/0001_events.sql");
 /// Advisory lock keys: one for migrations, one that serialises appends.
@@ -165,75 +163,21 @@ impl EventStore for PgStore {
                 heads.insert(s.stream.clone(), h);
             }
         }
-        for s in batch {
-            if let ExpectedVersion::Exact(expected) = s.expected {
-                let actual = heads.get(&s.stream).map_or(0, |h| h.version);
-                if actual != expected {
-                    return Err(StoreError::WrongExpectedVersion {
-                        stream: s.stream.clone(),
-                        expected,
-                        actual,
-                    });
-                }
-            }
-        }
         let recorded_us = recorded_at.timestamp_micros();
-        let n: usize = batch.iter().map(|s| s.events.len()).sum();
-        let (
-            mut pos,
-            mut stream,
-            mut version,
-            mut type_,
-            mut schema,
-            mut occ,
-            mut rec,
-            mut payload,
-            mut hash,
-        ) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut p = start;
-        for s in batch {
-            let mut head = heads.get(&s.stream).copied().unwrap_or(StreamHead {
-                version: 0,
-                hash: GENESIS,
-            });
-            for e in &s.events {
-                p += 1;
-                head.version += 1;
-                let occurred_us = e.occurred_at.timestamp_micros();
-                head.hash = event_hash(
-                    &head.hash,
-                    &HashInput {
-                        stream: &s.stream,
-                        version: head.version,
-                        type_name: e.type_name,
-                        schema: e.schema,
-                        occurred_at_us: occurred_us,
-                        recorded_at_us: recorded_us,
-                        payload: &e.payload,
-                    },
-                );
-                pos.push(p);
-                stream.push(s.stream.as_str());
-                version.push(head.version as i64);
-                type_.push(e.type_name);
-                schema.push(e.schema as i32);
-                occ.push(occurred_us);
-                rec.push(recorded_us);
-                payload.push(e.payload.as_slice());
-                hash.push(head.hash.to_vec());
-            }
-            heads.insert(s.stream.clone(), head);
-        }
+        let (placed, new_heads) = crate::place(batch, start as u64, recorded_us, |s| {
+            heads.get(s).copied().unwrap_or(crate::EMPTY_HEAD)
+        })?;
+        let n = placed.len();
+        let pos: Vec<i64> = placed.iter().map(|p| p.position as i64).collect();
+        let stream: Vec<&str> = placed.iter().map(|p| p.stream).collect();
+        let version: Vec<i64> = placed.iter().map(|p| p.version as i64).collect();
+        let type_: Vec<&str> = placed.iter().map(|p| p.event.type_name).collect();
+        let schema: Vec<i32> = placed.iter().map(|p| p.event.schema as i32).collect();
+        let occ: Vec<i64> = placed.iter().map(|p| p.occurred_us).collect();
+        let rec: Vec<i64> = vec![recorded_us; n];
+        let payload: Vec<&[u8]> = placed.iter().map(|p| p.event.payload.as_slice()).collect();
+        let hash: Vec<&[u8]> = placed.iter().map(|p| &p.hash[..]).collect();
+        let p = placed.last().map_or(start, |p| p.position as i64);
         if n > 0 {
             tx.execute(
                 "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash)
@@ -244,10 +188,8 @@ impl EventStore for PgStore {
         tx.commit()?;
         let last = p as u64;
         cache.at = last;
-        for s in batch {
-            if let Some(h) = heads.get(&s.stream) {
-                cache.heads.insert(s.stream.clone(), *h);
-            }
+        for (s, h) in new_heads {
+            cache.heads.insert(s.to_string(), h);
         }
         drop(cache);
         drop(c);
@@ -450,6 +392,7 @@ pub fn schema_for(dir: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ExpectedVersion;
 
     crate::conformance_suite!(|dir: &std::path::Path| PgStore::open_in_schema(
         &test_url(),

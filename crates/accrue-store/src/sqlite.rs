@@ -19,10 +19,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::hash::{event_hash, HashInput, GENESIS};
-use crate::{
-    Appended, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamAppend, StreamHead,
-};
+use crate::hash::GENESIS;
+use crate::{Appended, EventStore, RecordedEvent, StoreError, StreamAppend, StreamHead};
 
 /// Unindexed events kept in memory before the stream index is flushed.
 pub const INDEX_FLUSH_EVENTS: usize = 100_000;
@@ -277,69 +275,33 @@ impl EventStore for SqliteStore {
     ) -> Result<Appended, StoreError> {
         let mut guard = self.writer.lock();
         let w = &mut *guard;
-        // Check every expectation before writing anything.
-        for s in batch {
-            if let ExpectedVersion::Exact(expected) = s.expected {
-                let actual = w.heads.get(&s.stream).map_or(0, |h| h.version);
-                if actual != expected {
-                    return Err(StoreError::WrongExpectedVersion {
-                        stream: s.stream.clone(),
-                        expected,
-                        actual,
-                    });
-                }
-            }
-        }
-        let recorded_us = micros(recorded_at);
         let start = w.head_position;
-        let mut pos = start;
-        let mut new_heads: HashMap<&str, StreamHead> = HashMap::new();
-        let mut new_index = Vec::new();
+        let heads = &w.heads;
+        let (placed, new_heads) = crate::place(batch, start, micros(recorded_at), |s| {
+            heads.get(s).copied().unwrap_or(crate::EMPTY_HEAD)
+        })?;
+        let recorded_us = micros(recorded_at);
+        let pos = placed.last().map_or(start, |p| p.position);
+        let mut new_index = Vec::with_capacity(placed.len());
         let tx = w.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            for s in batch {
-                let mut head = new_heads
-                    .get(s.stream.as_str())
-                    .copied()
-                    .or_else(|| w.heads.get(&s.stream).copied())
-                    .unwrap_or(StreamHead {
-                        version: 0,
-                        hash: GENESIS,
-                    });
-                for e in &s.events {
-                    pos += 1;
-                    head.version += 1;
-                    let occurred_us = micros(e.occurred_at);
-                    head.hash = event_hash(
-                        &head.hash,
-                        &HashInput {
-                            stream: &s.stream,
-                            version: head.version,
-                            type_name: e.type_name,
-                            schema: e.schema,
-                            occurred_at_us: occurred_us,
-                            recorded_at_us: recorded_us,
-                            payload: &e.payload,
-                        },
-                    );
-                    stmt.execute(params![
-                        pos as i64,
-                        s.stream,
-                        head.version as i64,
-                        e.type_name,
-                        e.schema,
-                        occurred_us,
-                        recorded_us,
-                        e.payload,
-                        &head.hash[..],
-                    ])?;
-                    new_index.push((s.stream.clone(), head.version, pos));
-                }
-                new_heads.insert(s.stream.as_str(), head);
+            for p in &placed {
+                stmt.execute(params![
+                    p.position as i64,
+                    p.stream,
+                    p.version as i64,
+                    p.event.type_name,
+                    p.event.schema,
+                    p.occurred_us,
+                    recorded_us,
+                    p.event.payload,
+                    &p.hash[..],
+                ])?;
+                new_index.push((p.stream.to_string(), p.version, p.position));
             }
         }
         let flush = w.unindexed.len() + new_index.len() >= INDEX_FLUSH_EVENTS;
