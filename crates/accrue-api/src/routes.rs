@@ -29,6 +29,8 @@ const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
 
 /// Longest usage id, product or feature name accepted.
 const MAX_ID_LEN: usize = 128;
+/// Longest single move of the manual clock (about ten years).
+const MAX_CLOCK_MOVE_DAYS: i64 = 3660;
 /// Largest metadata object accepted per usage event, serialised.
 const MAX_METADATA_BYTES: usize = 4096;
 
@@ -1022,6 +1024,12 @@ pub async fn move_clock(
         return Err(accrue_ledger::LedgerError::NotManualClock.into());
     }
     let now = parse_instant("now", &req.now)?;
+    // A limit on one move: every period on the way is closed in this call.
+    if now - st.ledger.now() > Duration::days(MAX_CLOCK_MOVE_DAYS) {
+        return Err(ApiError::unprocessable(format!(
+            "the clock moves at most {MAX_CLOCK_MOVE_DAYS} days per call"
+        )));
+    }
     let now = st.ledger.advance_clock(now).await?;
     Ok(Json(ClockResponse { now }))
 }
