@@ -1,9 +1,10 @@
 //! The real binary, killed with SIGKILL right after acknowledging writes:
 //! every acknowledged event survives, none twice, the chain still verifies.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -16,32 +17,7 @@ struct Server {
 }
 
 fn start(data: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--clock",
-            "2026-01-15T00:00:00Z",
-            "--data",
-        ])
-        .arg(data)
-        .env("ACCRUE_ADMIN_TOKEN", TOKEN)
-        .env("ACCRUE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start accrue");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines.next().expect("accrue printed its address").unwrap();
-        if let Some(addr) = line.strip_prefix("accrue listening on ") {
-            break addr.trim().to_string();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (child, base) = common::serve_binary(data, TOKEN, &[]);
     Server { child, base }
 }
 

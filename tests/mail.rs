@@ -1,7 +1,8 @@
 //! Mail through a real SMTP server (Python aiosmtpd, started by the test on
 //! loopback) and the real binary: language, content, exactly-once effect.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,32 +99,8 @@ impl Drop for Accrue {
 }
 
 fn start_accrue(data: &Path, smtp_port: u16) -> Accrue {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--clock",
-            "2026-01-15T00:00:00Z",
-            "--smtp",
-            &format!("smtp://127.0.0.1:{smtp_port}"),
-            "--data",
-        ])
-        .arg(data)
-        .env("ACCRUE_ADMIN_TOKEN", TOKEN)
-        .env("ACCRUE_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(a) = line.strip_prefix("accrue listening on ") {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let smtp = format!("smtp://127.0.0.1:{smtp_port}");
+    let (child, base) = common::serve_binary(data, TOKEN, &["--smtp", &smtp]);
     Accrue {
         child,
         base,

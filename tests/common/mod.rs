@@ -160,3 +160,44 @@ pub fn assert_problem(r: &Resp, status: u16) {
     }
     assert_eq!(r.body["status"], status);
 }
+
+/// Starts the real `accrue serve` binary on a free port with a manual clock
+/// at 2026-01-15 and `extra` arguments; returns it and its base URL.
+pub fn serve_binary(
+    data: &std::path::Path,
+    token: &str,
+    extra: &[&str],
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--clock",
+            "2026-01-15T00:00:00Z",
+        ])
+        .args(extra)
+        .arg("--data")
+        .arg(data)
+        .env("ACCRUE_ADMIN_TOKEN", token)
+        .env("ACCRUE_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start accrue");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("accrue printed its address")
+            .expect("stdout is UTF-8");
+        if let Some(addr) = line.strip_prefix("accrue listening on ") {
+            break addr.trim().to_string();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, base)
+}

@@ -56,11 +56,7 @@ fn from_micros(us: i64) -> DateTime<Utc> {
 }
 
 fn to_event(r: &Row) -> RecordedEvent {
-    let hash: Vec<u8> = r.get(8);
-    let mut h = [0u8; 32];
-    if hash.len() == 32 {
-        h.copy_from_slice(&hash);
-    }
+    let h = crate::hash::from_stored(&r.get::<_, Vec<u8>>(8));
     RecordedEvent {
         position: r.get::<_, i64>(0) as u64,
         stream: r.get(1),
@@ -146,11 +142,7 @@ impl EventStore for PgStore {
                 "SELECT DISTINCT ON (stream) stream, version, hash FROM events WHERE stream = ANY($1) ORDER BY stream, version DESC",
                 &[&names],
             )? {
-                let hash: Vec<u8> = r.get(2);
-                let mut h = [0u8; 32];
-                if hash.len() == 32 {
-                    h.copy_from_slice(&hash);
-                }
+                let h = crate::hash::from_stored(&r.get::<_, Vec<u8>>(2));
                 heads.insert(r.get(0), StreamHead { version: r.get::<_, i64>(1) as u64, hash: h });
             }
         }
@@ -254,11 +246,7 @@ impl EventStore for PgStore {
                 hash: GENESIS,
             },
             Some(r) => {
-                let hash: Vec<u8> = r.get(1);
-                let mut h = [0u8; 32];
-                if hash.len() == 32 {
-                    h.copy_from_slice(&hash);
-                }
+                let h = crate::hash::from_stored(&r.get::<_, Vec<u8>>(1));
                 StreamHead {
                     version: r.get::<_, i64>(0) as u64,
                     hash: h,
@@ -333,7 +321,7 @@ impl EventStore for PgStore {
 /// The physical bound for benchmarks: the same rows as multi-row inserts
 /// (one `UNNEST` insert per batch, one transaction each) into a fresh
 /// `events` table in `schema`, no domain logic, no hashing. Rows per second.
-pub fn raw_insert_rate(
+pub fn raw_insert_rows_per_s(
     url: &str,
     schema: &str,
     rows: impl Iterator<Item = (String, Vec<u8>)>,

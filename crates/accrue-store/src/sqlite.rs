@@ -247,11 +247,7 @@ fn flush_index<'a>(
 }
 
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
-    let hash: Vec<u8> = r.get(8)?;
-    let mut h = [0u8; 32];
-    if hash.len() == 32 {
-        h.copy_from_slice(&hash);
-    }
+    let h = crate::hash::from_stored(&r.get::<_, Vec<u8>>(8)?);
     Ok(RecordedEvent {
         position: r.get::<_, i64>(0)? as u64,
         stream: r.get(1)?,
@@ -512,7 +508,7 @@ mod tests {
 /// a fresh `events` table at `path` with the same schema and durability, in
 /// transactions of `batch` rows, with no domain logic and no hashing.
 /// Returns rows per second.
-pub fn raw_insert_rate(
+pub fn raw_insert_rows_per_s(
     path: &Path,
     rows: impl Iterator<Item = (String, Vec<u8>)>,
     batch: usize,

@@ -180,8 +180,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let raw = tmp.path().join("raw");
     std::fs::create_dir_all(&raw)?;
     let store_limit = match pg {
-        None => accrue_store::sqlite::raw_insert_rate(&raw.join("raw.db"), rows, batch)?,
-        Some(url) => accrue_store::postgres::raw_insert_rate(url, &pg_schema(&raw), rows, batch)?,
+        None => accrue_store::sqlite::raw_insert_rows_per_s(&raw.join("raw.db"), rows, batch)?,
+        Some(url) => {
+            accrue_store::postgres::raw_insert_rows_per_s(url, &pg_schema(&raw), rows, batch)?
+        }
     };
     eprintln!("store limit: {store_limit:.0} rows/s");
 
