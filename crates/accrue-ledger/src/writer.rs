@@ -16,7 +16,7 @@ use accrue_core::{
 use accrue_projections::ReadModels;
 use accrue_store::{EventStore, ExpectedVersion, NewEvent, StoreError, StreamAppend};
 use chrono::{DateTime, Datelike, Utc};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::oneshot;
 
 use crate::idempotency::{self, IdempotencyIndex, Slot};
@@ -184,6 +184,10 @@ struct Group {
 }
 
 impl Group {
+    fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.replies.is_empty()
+    }
+
     /// Adds an event to its stream's append; `version_before` is the stream's
     /// version before this event (the expectation if the stream is new here).
     fn push(
@@ -230,10 +234,47 @@ fn occurred_at(e: &AccountEvent, now: DateTime<Utc>) -> DateTime<Utc> {
     }
 }
 
+/// A decided group on its way to the store: what the committer appends
+/// and applies, and what the writer still looks up while it is in flight.
+struct Sealed {
+    appends: Vec<StreamAppend>,
+    decoded: Vec<Vec<LedgerEvent>>,
+    /// The position each append's first event gets.
+    first: Vec<u64>,
+    events: usize,
+    recorded_at: DateTime<Utc>,
+}
+
+impl Sealed {
+    /// The event at `position`, if this group holds it.
+    fn at(&self, position: u64) -> Option<(&str, &LedgerEvent)> {
+        let i = self
+            .first
+            .partition_point(|f| *f <= position)
+            .checked_sub(1)?;
+        let e = self.decoded[i].get((position - self.first[i]) as usize)?;
+        Some((self.appends[i].stream.as_str(), e))
+    }
+}
+
+/// A sealed group and everyone waiting for it.
+struct Commit {
+    sealed: Arc<Sealed>,
+    replies: Vec<Reply>,
+}
+
 struct Writer {
     shared: Arc<Shared>,
     state: State,
     group: Group,
+    /// The position the next sealed event gets, less one: the store's head
+    /// plus every event in flight (the writer is the store's only appender).
+    head: u64,
+    /// The group the committer is working on, if any (at most one).
+    inflight: Option<Arc<Sealed>>,
+    to_committer: Option<Sender<Commit>>,
+    results: Receiver<Result<(), String>>,
+    committer: Option<JoinHandle<()>>,
 }
 
 pub(crate) fn spawn(
@@ -241,45 +282,134 @@ pub(crate) fn spawn(
     state: State,
     jobs: Receiver<Job>,
 ) -> Result<JoinHandle<()>, LedgerError> {
+    let head = shared.store.head_position()?;
+    let (to_committer, commits) = crossbeam_channel::bounded::<Commit>(1);
+    let (done, results) = crossbeam_channel::bounded(1);
+    let committer = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("accrue-commit".into())
+            .spawn(move || commit_loop(&shared, &commits, &done))
+            .map_err(|e| LedgerError::Corrupt(format!("cannot start the committer: {e}")))?
+    };
     let mut w = Writer {
         shared,
         state,
         group: Group::default(),
+        head,
+        inflight: None,
+        to_committer: Some(to_committer),
+        results,
+        committer: Some(committer),
     };
     // Finish any close that came due while we were down, before serving.
     w.close_due(w.shared.clock.now());
-    w.flush();
+    w.flush_sync();
     std::thread::Builder::new()
         .name("accrue-writer".into())
         .spawn(move || w.run(jobs))
         .map_err(|e| LedgerError::Corrupt(format!("cannot start the writer: {e}")))
 }
 
+/// The committer: appends each sealed group in one durable transaction,
+/// applies it to the read models, answers its waiters, then reports to the
+/// writer. It runs beside the writer, so the next group is decided while
+/// this one is written.
+fn commit_loop(shared: &Shared, commits: &Receiver<Commit>, done: &Sender<Result<(), String>>) {
+    for Commit { sealed, replies } in commits {
+        let result = commit(shared, &sealed);
+        match &result {
+            Ok(()) => replies.into_iter().for_each(Reply::send_ok),
+            Err(msg) => replies.into_iter().for_each(|r| r.send_err(msg)),
+        }
+        if done.send(result).is_err() {
+            break;
+        }
+    }
+}
+
+fn commit(shared: &Shared, g: &Sealed) -> Result<(), String> {
+    if g.appends.is_empty() {
+        return Ok(());
+    }
+    let appended = shared
+        .store
+        .append(&g.appends, g.recorded_at)
+        .map_err(|e| e.to_string())?;
+    if appended.first_position != g.first[0] {
+        // Only possible if something else appended: never answer 200 for
+        // events whose positions the writer got wrong.
+        return Err(format!(
+            "the store placed the group at {}, the writer expected {}",
+            appended.first_position, g.first[0]
+        ));
+    }
+    // Apply in short chunks so queries never wait long for the lock; each
+    // chunk holds only committed events.
+    let mut read = shared.read.write();
+    let mut applied = 0usize;
+    for (i, a) in g.appends.iter().enumerate() {
+        for (j, e) in g.decoded[i].iter().enumerate() {
+            read.apply(g.first[i] + j as u64, &a.stream, g.recorded_at, e);
+            applied += 1;
+            if applied.is_multiple_of(READ_CHUNK) {
+                parking_lot::RwLockWriteGuard::bump(&mut read);
+            }
+        }
+    }
+    drop(read);
+    shared
+        .metrics
+        .events_appended
+        .fetch_add(g.events as u64, Relaxed);
+    shared.metrics.commits.fetch_add(1, Relaxed);
+    Ok(())
+}
+
 impl Writer {
+    /// Decides jobs one at a time. A decided group goes to the committer as
+    /// soon as the committer is free; while it is busy, the writer goes on
+    /// deciding what arrives, so the next group is ready when it finishes.
     fn run(mut self, jobs: Receiver<Job>) {
         loop {
-            let first = match jobs.recv_timeout(TICK) {
-                Ok(j) => Some(j),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+            let job = if self.group.is_empty() {
+                match jobs.recv_timeout(TICK) {
+                    Ok(j) => Some(j),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else if self.inflight.is_none() || self.group.events >= MAX_GROUP_EVENTS {
+                self.flush();
+                continue;
+            } else {
+                crossbeam_channel::select! {
+                    recv(jobs) -> j => match j {
+                        Ok(j) => Some(j),
+                        Err(_) => break,
+                    },
+                    recv(self.results) -> r => {
+                        self.inflight = None;
+                        let r = r.unwrap_or_else(|_| Err("the committer has stopped".into()));
+                        if self.finish_inflight(r).is_err() {
+                            self.fail_group();
+                        }
+                        continue;
+                    }
+                }
             };
             if !self.shared.clock.is_manual() {
                 self.close_due(self.shared.clock.now());
             }
-            let mut stop = false;
-            if let Some(job) = first {
-                stop = self.handle(job);
-                while !stop && self.group.events < MAX_GROUP_EVENTS {
-                    match jobs.try_recv() {
-                        Ok(job) => stop = self.handle(job),
-                        Err(_) => break,
-                    }
+            if let Some(job) = job {
+                if self.handle(job) {
+                    break;
                 }
             }
-            self.flush();
-            if stop {
-                break;
-            }
+        }
+        self.flush_sync();
+        self.to_committer = None;
+        if let Some(c) = self.committer.take() {
+            let _ = c.join();
         }
     }
 
@@ -344,7 +474,7 @@ impl Writer {
         // Earlier jobs were decided at the old time: commit them first. Then
         // record the new position before closing, so a crash in the middle
         // of the closes resumes at this time and finishes them at start.
-        self.flush();
+        self.flush_sync();
         self.shared.clock.set(now);
         self.group.push(
             CLOCK_STREAM,
@@ -352,7 +482,7 @@ impl Writer {
             now,
             LedgerEvent::ClockAdvanced(ClockAdvanced { now }),
         );
-        self.flush();
+        self.flush_sync();
         self.close_due(now);
         self.group.replies.push(Reply::Clock(reply, now));
     }
@@ -595,6 +725,11 @@ impl Writer {
                     self.group.decoded.get(s)?.get(event as usize)?.clone(),
                 )
             }
+            Slot::Committed(pos) if self.inflight.as_ref().is_some_and(|g| g.at(pos).is_some()) => {
+                let g = self.inflight.as_ref()?;
+                let (stream, e) = g.at(pos)?;
+                (stream.to_string(), e.clone())
+            }
             Slot::Committed(pos) => {
                 let rec = self.shared.store.read_at(pos).ok()??;
                 let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload).ok()?;
@@ -611,67 +746,101 @@ impl Writer {
         }
     }
 
-    /// Commits the group in one transaction, applies it to the read models,
-    /// then answers everyone waiting on it.
+    /// Hands the group to the committer (after the previous group's result
+    /// is in) and goes on deciding. Its waiters are answered by the
+    /// committer once it is durable and applied to the read models.
     fn flush(&mut self) {
         let group = std::mem::take(&mut self.group);
-        if group.appends.is_empty() {
+        if group.appends.is_empty() && group.replies.is_empty() {
+            return;
+        }
+        if let Err(msg) = self.wait_inflight() {
+            // This group was decided on top of the failed one: it fails too.
             for r in group.replies {
-                r.send_ok();
+                r.send_err(&msg);
             }
             return;
         }
-        let recorded_at = self.shared.clock.now();
-        match self.shared.store.append(&group.appends, recorded_at) {
-            Ok(appended) => {
-                let mut first = Vec::with_capacity(group.appends.len());
-                let mut pos = appended.first_position;
-                for a in &group.appends {
-                    first.push(pos);
-                    pos += a.events.len() as u64;
-                }
-                // Apply in short chunks so queries never wait long for the
-                // lock; each chunk holds only committed events.
-                let mut read = self.shared.read.write();
-                let mut applied = 0usize;
-                for (i, a) in group.appends.iter().enumerate() {
-                    for (j, e) in group.decoded[i].iter().enumerate() {
-                        read.apply(first[i] + j as u64, &a.stream, recorded_at, e);
-                        applied += 1;
-                        if applied.is_multiple_of(READ_CHUNK) {
-                            parking_lot::RwLockWriteGuard::bump(&mut read);
-                        }
-                    }
-                }
-                drop(read);
-                for p in &group.pending_usage {
-                    let position = first[p.stream as usize] + u64::from(p.event);
-                    self.state
-                        .idem
-                        .commit(&p.account, &p.usage_id, p.hash, position, p.in_exact);
-                }
-                self.shared
-                    .metrics
-                    .events_appended
-                    .fetch_add(group.events as u64, Relaxed);
-                self.shared.metrics.commits.fetch_add(1, Relaxed);
-                for r in group.replies {
-                    r.send_ok();
-                }
+        let mut first = Vec::with_capacity(group.appends.len());
+        let mut pos = self.head + 1;
+        for a in &group.appends {
+            first.push(pos);
+            pos += a.events.len() as u64;
+        }
+        for p in &group.pending_usage {
+            let position = first[p.stream as usize] + u64::from(p.event);
+            self.state
+                .idem
+                .commit(&p.account, &p.usage_id, p.hash, position, p.in_exact);
+        }
+        self.head = pos - 1;
+        let sealed = Arc::new(Sealed {
+            appends: group.appends,
+            decoded: group.decoded,
+            first,
+            events: group.events,
+            recorded_at: self.shared.clock.now(),
+        });
+        let commit = Commit {
+            sealed: sealed.clone(),
+            replies: group.replies,
+        };
+        let Some(tx) = &self.to_committer else {
+            return;
+        };
+        if let Err(e) = tx.send(commit) {
+            // The committer is gone (it only stops when the writer does).
+            for r in e.into_inner().replies {
+                r.send_err("the committer has stopped");
             }
-            Err(e) => {
-                // Nothing of the group is stored. The writer's state already
-                // holds its decisions: rebuild it from the log, the truth.
-                tracing::error!(error = %e, "append failed; reloading the writer state");
-                let msg = e.to_string();
-                match load(self.shared.store.as_ref()) {
-                    Ok((state, _, _)) => self.state = state,
-                    Err(e) => tracing::error!(error = %e, "reload failed"),
-                }
-                for r in group.replies {
-                    r.send_err(&msg);
-                }
+            return;
+        }
+        self.inflight = Some(sealed);
+    }
+
+    /// Hands the group over and waits until it is committed.
+    fn flush_sync(&mut self) {
+        self.flush();
+        let _ = self.wait_inflight();
+    }
+
+    /// Waits for the group in flight, if any (see [`Writer::finish_inflight`]).
+    fn wait_inflight(&mut self) -> Result<(), String> {
+        if self.inflight.take().is_none() {
+            return Ok(());
+        }
+        let result = self
+            .results
+            .recv()
+            .unwrap_or_else(|_| Err("the committer has stopped".into()));
+        self.finish_inflight(result)
+    }
+
+    /// Takes in the committer's result. If the append failed, nothing of
+    /// that group is stored but the writer's state holds its decisions (and
+    /// those of the group being decided on top of them): rebuild the state
+    /// from the log, the truth.
+    fn finish_inflight(&mut self, result: Result<(), String>) -> Result<(), String> {
+        if let Err(msg) = &result {
+            tracing::error!(error = %msg, "append failed; reloading the writer state");
+            match load(self.shared.store.as_ref()) {
+                Ok((state, _, _)) => self.state = state,
+                Err(e) => tracing::error!(error = %e, "reload failed"),
             }
+            match self.shared.store.head_position() {
+                Ok(h) => self.head = h,
+                Err(e) => tracing::error!(error = %e, "cannot read the head after a failed append"),
+            }
+        }
+        result
+    }
+
+    /// Drops the group being decided after the one before it failed: its
+    /// decisions were taken on state that is not stored.
+    fn fail_group(&mut self) {
+        let group = std::mem::take(&mut self.group);
+        for r in group.replies {
+            r.send_err("an earlier group could not be stored; nothing of this request was stored");
         }
     }
 }

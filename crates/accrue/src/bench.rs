@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Concurrent HTTP connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Run only these workloads (comma-separated: store, inproc, rebuild,
+    /// http, close, pdf); the others' keys are null. For profiling one.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 fn start() -> DateTime<Utc> {
@@ -166,179 +170,206 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         tmp.path().display()
     );
 
-    // 1. The physical bound: the same rows, no domain logic.
-    // Rows are made as they are inserted (the same payload shape accrue
-    // writes) so the bench does not hold them all in memory; making them
-    // costs the bound a few percent.
-    let rows = (0..events).map(|i| {
-            let payload = format!(
-                r#"{{"usage_id":"ev-{i}","amount":"0.0125","occurred_at":"2026-01-15T00:00:00Z","product":"chat","period_used":"{}"}}"#,
-                i / accounts
-            );
-            (format!("account-a{}", i % accounts), payload.into_bytes())
-        });
-    let raw = tmp.path().join("raw");
-    std::fs::create_dir_all(&raw)?;
-    let store_limit = match pg {
-        None => accrue_store::sqlite::raw_insert_rows_per_s(&raw.join("raw.db"), rows, batch)?,
-        Some(url) => {
-            accrue_store::postgres::raw_insert_rows_per_s(url, &pg_schema(&raw), rows, batch)?
-        }
+    let want = |w: &str| args.only.is_empty() || args.only.iter().any(|o| o == w);
+
+    let store_limit = if want("store") {
+        // 1. The physical bound: the same rows, no domain logic.
+        // Rows are made as they are inserted (the same payload shape accrue
+        // writes) so the bench does not hold them all in memory; making them
+        // costs the bound a few percent.
+        let rows = (0..events).map(|i| {
+                let payload = format!(
+                    r#"{{"usage_id":"ev-{i}","amount":"0.0125","occurred_at":"2026-01-15T00:00:00Z","product":"chat","period_used":"{}"}}"#,
+                    i / accounts
+                );
+                (format!("account-a{}", i % accounts), payload.into_bytes())
+            });
+        let raw = tmp.path().join("raw");
+        std::fs::create_dir_all(&raw)?;
+        let store_limit = match pg {
+            None => accrue_store::sqlite::raw_insert_rows_per_s(&raw.join("raw.db"), rows, batch)?,
+            Some(url) => {
+                accrue_store::postgres::raw_insert_rows_per_s(url, &pg_schema(&raw), rows, batch)?
+            }
+        };
+        eprintln!("store limit: {store_limit:.0} rows/s");
+        Some(store_limit)
+    } else {
+        None
     };
-    eprintln!("store limit: {store_limit:.0} rows/s");
 
-    // 2. In-process ingest: two producers, so commits group as they would under load.
-    let dir = tmp.path().join("inproc");
-    let ledger = open_ledger(&dir, pg)?;
-    open_accounts(&ledger, "a", accounts)?;
-    // Two producers, so commits group as they would under load. Each builds
-    // its batch right before sending it: building all 10M up front would
-    // measure the bench's memory, not accrue's.
-    let producers = 2;
-    let started = Instant::now();
-    let handles: Vec<_> = (0..producers)
-        .map(|p| {
-            let l = ledger.clone();
-            std::thread::spawn(move || -> anyhow::Result<usize> {
-                let mut accepted = 0;
-                let mut b = p;
-                while b * batch < events {
-                    let items = (b * batch..((b + 1) * batch).min(events))
-                        .map(|n| UsageItem::Valid {
-                            account_id: format!("a{}", n % accounts),
-                            input: UsageInput {
-                                usage_id: format!("ev-{n}"),
-                                amount: Decimal::new(125, 4),
-                                occurred_at: start(),
-                                product: Some("chat".into()),
-                                feature: None,
-                                metadata: None,
-                            },
-                            occurred_at_given: false,
-                        })
-                        .collect();
-                    accepted += l
-                        .ingest_blocking(items)?
-                        .iter()
-                        .filter(|o| **o == UsageOutcome::Accepted)
-                        .count();
-                    b += producers;
-                }
-                Ok(accepted)
+    let (mut inproc_out, mut rss_out, mut rebuild_out) = (None, None, None);
+    if want("inproc") || want("rebuild") {
+        // 2. In-process ingest: two producers, so commits group as they would under load.
+        let dir = tmp.path().join("inproc");
+        let ledger = open_ledger(&dir, pg)?;
+        open_accounts(&ledger, "a", accounts)?;
+        // Two producers, so commits group as they would under load. Each builds
+        // its batch right before sending it: building all 10M up front would
+        // measure the bench's memory, not accrue's.
+        let producers = args.connections;
+        let started = Instant::now();
+        let handles: Vec<_> = (0..producers)
+            .map(|p| {
+                let l = ledger.clone();
+                std::thread::spawn(move || -> anyhow::Result<usize> {
+                    let mut accepted = 0;
+                    let mut b = p;
+                    while b * batch < events {
+                        let items = (b * batch..((b + 1) * batch).min(events))
+                            .map(|n| UsageItem::Valid {
+                                account_id: format!("a{}", n % accounts),
+                                input: UsageInput {
+                                    usage_id: format!("ev-{n}"),
+                                    amount: Decimal::new(125, 4),
+                                    occurred_at: start(),
+                                    product: Some("chat".into()),
+                                    feature: None,
+                                    metadata: None,
+                                },
+                                occurred_at_given: false,
+                            })
+                            .collect();
+                        accepted += l
+                            .ingest_blocking(items)?
+                            .iter()
+                            .filter(|o| **o == UsageOutcome::Accepted)
+                            .count();
+                        b += producers;
+                    }
+                    Ok(accepted)
+                })
             })
-        })
-        .collect();
-    let mut accepted = 0;
-    for h in handles {
-        accepted += h
-            .join()
-            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
-    }
-    let inproc = events as f64 / started.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        accepted == events,
-        "only {accepted} of {events} events were accepted"
-    );
-    eprintln!("in-process ingest: {inproc:.0} events/s");
-    // The resident memory of a ledger holding these accounts and events
-    // (writer state, idempotency index, read models), measured now.
-    let rss_ledger = vm_kb("VmRSS:") / 1024.0;
-    eprintln!("rss with the ledger loaded: {rss_ledger:.1} MB");
+            .collect();
+        let mut accepted = 0;
+        for h in handles {
+            accepted += h
+                .join()
+                .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        }
+        let inproc = events as f64 / started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            accepted == events,
+            "only {accepted} of {events} events were accepted"
+        );
+        eprintln!("in-process ingest: {inproc:.0} events/s");
+        // The resident memory of a ledger holding these accounts and events
+        // (writer state, idempotency index, read models), measured now.
+        let rss_ledger = vm_kb("VmRSS:") / 1024.0;
+        eprintln!("rss with the ledger loaded: {rss_ledger:.1} MB");
 
-    // 3. Rebuild of all read models from position 0.
-    let mut models = accrue_projections::ReadModels::default();
-    let stats = accrue_ledger::replay_into(ledger.store().as_ref(), &mut models, |_, _| {})?;
-    let rebuild = stats.events as f64 / stats.seconds.max(1e-9);
-    eprintln!("rebuild: {} events at {rebuild:.0} events/s", stats.events);
-    drop(models);
-    ledger.shutdown();
-    drop(ledger);
+        inproc_out = Some(inproc);
+        rss_out = Some(rss_ledger);
+        if want("rebuild") {
+            // 3. Rebuild of all read models from position 0.
+            let mut models = accrue_projections::ReadModels::default();
+            let stats =
+                accrue_ledger::replay_into(ledger.store().as_ref(), &mut models, |_, _| {})?;
+            let rebuild = stats.events as f64 / stats.seconds.max(1e-9);
+            eprintln!("rebuild: {} events at {rebuild:.0} events/s", stats.events);
+            drop(models);
+            rebuild_out = Some(rebuild);
+        }
+        ledger.shutdown();
+    }
 
     // 4. HTTP ingest with overview queries running alongside.
-    let (http, p99, p50) = http_ingest(
-        &tmp.path().join("http"),
-        pg,
-        events,
-        accounts,
-        batch,
-        args.connections,
-    )?;
-    eprintln!("http ingest: {http:.0} events/s; overview p50 {p50:.3} ms, p99 {p99:.3} ms");
+    let http_out = if want("http") {
+        let (http, p99, p50) = http_ingest(
+            &tmp.path().join("http"),
+            pg,
+            events,
+            accounts,
+            batch,
+            args.connections,
+        )?;
+        eprintln!("http ingest: {http:.0} events/s; overview p50 {p50:.3} ms, p99 {p99:.3} ms");
+        Some((http, p99, p50))
+    } else {
+        None
+    };
 
-    // 5. Closing many accounts at once, then rendering their invoices.
-    let dir = tmp.path().join("close");
-    let ledger = open_ledger(&dir, pg)?;
     let n_close = if args.quick {
         args.close_accounts.min(10_000)
     } else {
         args.close_accounts
     };
-    open_accounts(&ledger, "c", n_close)?;
-    let items: Vec<UsageItem> = (0..n_close)
-        .map(|i| UsageItem::Valid {
-            account_id: format!("c{i}"),
-            input: UsageInput {
-                usage_id: format!("u{i}"),
-                amount: Decimal::new(100_250, 2),
-                occurred_at: start(),
-                product: None,
-                feature: None,
-                metadata: None,
-            },
-            occurred_at_given: false,
-        })
-        .collect();
-    for chunk in items.chunks(accrue_ledger::MAX_BATCH_EVENTS) {
-        ledger.ingest_blocking(chunk.to_vec())?;
-    }
-    let started = Instant::now();
-    ledger.advance_clock_blocking("2026-02-15T00:00:00Z".parse()?)?;
-    let close_s = started.elapsed().as_secs_f64();
-    let closed = ledger.read().invoices.len();
-    eprintln!("close: {n_close} accounts in {close_s:.2} s ({closed} invoices in the ledger)");
-
-    let invoices: Vec<_> = ledger
-        .read()
-        .invoices
-        .values()
-        .map(|r| r.issued.clone())
-        .take(if args.quick { 1000 } else { 4000 })
-        .collect();
-    accrue_projections::pdf::render(&invoices[0])?; // parse the font once, outside the timing
-    let started = Instant::now();
-    let chunk = invoices.len().div_ceil(cores);
-    std::thread::scope(|s| -> anyhow::Result<()> {
-        let hs: Vec<_> = invoices
-            .chunks(chunk.max(1))
-            .map(|c| {
-                s.spawn(move || {
-                    c.iter()
-                        .try_for_each(|i| accrue_projections::pdf::render(i).map(drop))
-                })
+    let (mut close_out, mut pdf_out) = (None, None);
+    if want("close") || want("pdf") {
+        // 5. Closing many accounts at once, then rendering their invoices.
+        let dir = tmp.path().join("close");
+        let ledger = open_ledger(&dir, pg)?;
+        open_accounts(&ledger, "c", n_close)?;
+        let items: Vec<UsageItem> = (0..n_close)
+            .map(|i| UsageItem::Valid {
+                account_id: format!("c{i}"),
+                input: UsageInput {
+                    usage_id: format!("u{i}"),
+                    amount: Decimal::new(100_250, 2),
+                    occurred_at: start(),
+                    product: None,
+                    feature: None,
+                    metadata: None,
+                },
+                occurred_at_given: false,
             })
             .collect();
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("renderer panicked"))??;
+        for chunk in items.chunks(accrue_ledger::MAX_BATCH_EVENTS) {
+            ledger.ingest_blocking(chunk.to_vec())?;
         }
-        Ok(())
-    })?;
-    let pdf = invoices.len() as f64 / started.elapsed().as_secs_f64();
-    eprintln!("pdf: {pdf:.0} renders/s");
-    ledger.shutdown();
+        let started = Instant::now();
+        ledger.advance_clock_blocking("2026-02-15T00:00:00Z".parse()?)?;
+        let close_s = started.elapsed().as_secs_f64();
+        let closed = ledger.read().invoices.len();
+        eprintln!("close: {n_close} accounts in {close_s:.2} s ({closed} invoices in the ledger)");
+
+        close_out = Some(close_s);
+        if want("pdf") {
+            let invoices: Vec<_> = ledger
+                .read()
+                .invoices
+                .values()
+                .map(|r| r.issued.clone())
+                .take(if args.quick { 1000 } else { 4000 })
+                .collect();
+            accrue_projections::pdf::render(&invoices[0])?; // parse the font once, outside the timing
+            let started = Instant::now();
+            let chunk = invoices.len().div_ceil(cores);
+            std::thread::scope(|s| -> anyhow::Result<()> {
+                let hs: Vec<_> = invoices
+                    .chunks(chunk.max(1))
+                    .map(|c| {
+                        s.spawn(move || {
+                            c.iter()
+                                .try_for_each(|i| accrue_projections::pdf::render(i).map(drop))
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("renderer panicked"))??;
+                }
+                Ok(())
+            })?;
+            let pdf = invoices.len() as f64 / started.elapsed().as_secs_f64();
+            eprintln!("pdf: {pdf:.0} renders/s");
+            pdf_out = Some(pdf);
+        }
+        ledger.shutdown();
+    }
 
     let line = serde_json::json!({
-        "http_ingest_events_per_s": http.round(),
-        "inproc_ingest_events_per_s": inproc.round(),
-        "overview_p99_ms": (p99 * 1000.0).round() / 1000.0,
-        "overview_p50_ms": (p50 * 1000.0).round() / 1000.0,
-        "rebuild_events_per_s": rebuild.round(),
-        "pdf_per_s": pdf.round(),
-        "close_10k_accounts_s": (close_s * 1000.0).round() / 1000.0,
+        "http_ingest_events_per_s": http_out.map(|h| h.0.round()),
+        "inproc_ingest_events_per_s": inproc_out.map(f64::round),
+        "overview_p99_ms": http_out.map(|h| (h.1 * 1000.0).round() / 1000.0),
+        "overview_p50_ms": http_out.map(|h| (h.2 * 1000.0).round() / 1000.0),
+        "rebuild_events_per_s": rebuild_out.map(f64::round),
+        "pdf_per_s": pdf_out.map(f64::round),
+        "close_10k_accounts_s": close_out.map(|c| (c * 1000.0).round() / 1000.0),
         "close_accounts": n_close,
-        "rss_mb": (rss_ledger * 10.0).round() / 10.0,
+        "rss_mb": rss_out.map(|r| (r * 10.0).round() / 10.0),
         "rss_peak_mb": (vm_kb("VmHWM:") / 1024.0 * 10.0).round() / 10.0,
-        "store_limit_events_per_s": store_limit.round(),
+        "store_limit_events_per_s": store_limit.map(f64::round),
         "store": if pg.is_some() { "postgres" } else { "sqlite" },
         "durable": if pg.is_some() { "synchronous_commit=on" } else { "synchronous=FULL" },
         "events": events,
