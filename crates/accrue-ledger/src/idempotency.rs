@@ -94,41 +94,16 @@ impl IdempotencyIndex {
             .map(unpack)
     }
 
-    /// Inserts a key known to be new. `hash_taken` says the hash already
-    /// belongs to another key. Returns whether it went to the exact table.
-    pub fn insert(
-        &mut self,
-        account: &str,
-        usage_id: &str,
-        hash: u64,
-        slot: Slot,
-        hash_taken: bool,
-    ) -> bool {
-        if hash_taken {
-            self.exact
-                .insert((account.to_string(), usage_id.to_string()), pack(slot));
-        } else {
-            self.by_hash.insert(hash, pack(slot));
-        }
-        hash_taken
+    /// Puts a key known to be new, whose hash no other key holds, under its
+    /// hash (or moves it from pending to committed).
+    pub fn insert_hash(&mut self, hash: u64, slot: Slot) {
+        self.by_hash.insert(hash, pack(slot));
     }
 
-    /// Replaces a pending slot with its committed position.
-    pub fn commit(
-        &mut self,
-        account: &str,
-        usage_id: &str,
-        hash: u64,
-        position: u64,
-        in_exact: bool,
-    ) {
-        let committed = pack(Slot::Committed(position));
-        if in_exact {
-            self.exact
-                .insert((account.to_string(), usage_id.to_string()), committed);
-        } else {
-            self.by_hash.insert(hash, committed);
-        }
+    /// Puts a key whose hash another key already holds in the exact table.
+    pub fn insert_exact(&mut self, account: &str, usage_id: &str, slot: Slot) {
+        self.exact
+            .insert((account.to_string(), usage_id.to_string()), pack(slot));
     }
 }
 

@@ -68,17 +68,24 @@ impl State {
         }
     }
 
-    fn apply_account(&mut self, account: &str, e: &AccountEvent) {
+    /// Applies an account event; returns the account's version before it.
+    fn apply_account(&mut self, account: &str, e: &AccountEvent) -> u64 {
         // get_mut first: the hot path must not allocate a key per event.
-        if !self.accounts.contains_key(account) {
-            self.accounts
-                .insert(account.to_string(), AccountState::default());
-        }
-        let st = self.accounts.get_mut(account).expect("just ensured");
+        let st = match self.accounts.get_mut(account) {
+            Some(st) => st,
+            None => self
+                .accounts
+                .entry(account.to_string())
+                .or_insert_with(AccountState::default),
+        };
+        let version_before = st.version;
         let before = st.period_end();
         st.apply(e);
         let after = st.period_end();
-        self.track(account, before, after, e);
+        if before != after || matches!(e, AccountEvent::InvoiceIssued(_)) {
+            self.track(account, before, after, e);
+        }
+        version_before
     }
 
     /// Folds a committed event at `position` (replay at start).
@@ -90,9 +97,12 @@ impl State {
                 };
                 if let AccountEvent::CreditsConsumed(c) = ae {
                     let h = idempotency::key(account, &c.usage_id);
-                    let taken = self.idem.by_hash(h).is_some();
-                    self.idem
-                        .insert(account, &c.usage_id, h, Slot::Committed(position), taken);
+                    let slot = Slot::Committed(position);
+                    if self.idem.by_hash(h).is_some() {
+                        self.idem.insert_exact(account, &c.usage_id, slot);
+                    } else {
+                        self.idem.insert_hash(h, slot);
+                    }
                 }
                 self.apply_account(account, ae);
             }
@@ -164,10 +174,9 @@ impl Reply {
 }
 
 struct PendingUsage {
-    account: String,
-    usage_id: String,
     hash: u64,
-    in_exact: bool,
+    /// (account, usage id) when the key lives in the exact side table.
+    exact: Option<(String, String)>,
     stream: u32,
     event: u32,
 }
@@ -177,7 +186,10 @@ struct PendingUsage {
 struct Group {
     appends: Vec<StreamAppend>,
     decoded: Vec<Vec<LedgerEvent>>,
+    /// Stream name → its append.
     index: HashMap<String, usize>,
+    /// Account id → its stream's append (saves naming the stream per event).
+    accounts: HashMap<String, usize>,
     pending_usage: Vec<PendingUsage>,
     replies: Vec<Reply>,
     events: usize,
@@ -186,6 +198,35 @@ struct Group {
 impl Group {
     fn is_empty(&self) -> bool {
         self.appends.is_empty() && self.replies.is_empty()
+    }
+
+    /// [`Group::push`] for an account's stream.
+    fn push_account(
+        &mut self,
+        account: &str,
+        version_before: u64,
+        occurred_at: DateTime<Utc>,
+        e: LedgerEvent,
+    ) -> (u32, u32) {
+        if let Some(&i) = self.accounts.get(account) {
+            return self.push_at(i, occurred_at, e);
+        }
+        let stream = format!("account-{account}");
+        let at = self.push(&stream, Some(version_before), occurred_at, e);
+        self.accounts.insert(account.to_string(), at.0 as usize);
+        at
+    }
+
+    fn push_at(&mut self, i: usize, occurred_at: DateTime<Utc>, e: LedgerEvent) -> (u32, u32) {
+        self.appends[i].events.push(NewEvent {
+            type_name: e.type_name(),
+            schema: SCHEMA_VERSION,
+            occurred_at,
+            payload: e.encode_payload(),
+        });
+        self.decoded[i].push(e);
+        self.events += 1;
+        (i as u32, (self.decoded[i].len() - 1) as u32)
     }
 
     /// Adds an event to its stream's append; `version_before` is the stream's
@@ -211,15 +252,7 @@ impl Group {
                 self.appends.len() - 1
             }
         };
-        self.appends[i].events.push(NewEvent {
-            type_name: e.type_name(),
-            schema: SCHEMA_VERSION,
-            occurred_at,
-            payload: e.encode_payload(),
-        });
-        self.decoded[i].push(e);
-        self.events += 1;
-        (i as u32, (self.decoded[i].len() - 1) as u32)
+        self.push_at(i, occurred_at, e)
     }
 }
 
@@ -564,18 +597,16 @@ impl Writer {
         events: Vec<AccountEvent>,
         now: DateTime<Utc>,
     ) -> (u32, u32) {
-        let stream = format!("account-{account}");
         let mut first = None;
         for e in events {
-            let version_before = self.state.accounts.get(account).map_or(0, |s| s.version);
-            self.state.apply_account(account, &e);
+            let version_before = self.state.apply_account(account, &e);
             let issued = match &e {
                 AccountEvent::InvoiceIssued(i) => Some(i.issued_at),
                 _ => None,
             };
-            let at = self.group.push(
-                &stream,
-                Some(version_before),
+            let at = self.group.push_account(
+                account,
+                version_before,
                 occurred_at(&e, now),
                 LedgerEvent::Account(e),
             );
@@ -628,17 +659,12 @@ impl Writer {
                 occurred_at_given,
             } => (account_id, input, occurred_at_given),
         };
-        if !self
-            .state
-            .accounts
-            .get(&account)
-            .is_some_and(|s| s.is_open())
-        {
+        let Some(state) = self.state.accounts.get(&account).filter(|s| s.is_open()) else {
             return UsageOutcome::Rejected {
                 reason: "unknown_account",
                 detail: format!("no account {account:?}"),
             };
-        }
+        };
         if !given {
             input.occurred_at = now;
         }
@@ -662,8 +688,7 @@ impl Writer {
                 }
             };
         }
-        let usage_id = input.usage_id.clone();
-        let state = &self.state.accounts[&account];
+        let exact_id = hash_taken.then(|| input.usage_id.clone());
         match decide(state, Command::Consume(input), &Context { now }) {
             Err(e) => UsageOutcome::Rejected {
                 reason: e.reason(),
@@ -671,18 +696,20 @@ impl Writer {
             },
             Ok(events) => {
                 let (stream, event) = self.stage(&account, events, now);
-                let in_exact = self.state.idem.insert(
-                    &account,
-                    &usage_id,
-                    hash,
-                    Slot::Pending { stream, event },
-                    hash_taken,
-                );
+                let slot = Slot::Pending { stream, event };
+                let exact = match exact_id {
+                    Some(id) => {
+                        self.state.idem.insert_exact(&account, &id, slot);
+                        Some((account, id))
+                    }
+                    None => {
+                        self.state.idem.insert_hash(hash, slot);
+                        None
+                    }
+                };
                 self.group.pending_usage.push(PendingUsage {
-                    account,
-                    usage_id,
                     hash,
-                    in_exact,
+                    exact,
                     stream,
                     event,
                 });
@@ -768,10 +795,11 @@ impl Writer {
             pos += a.events.len() as u64;
         }
         for p in &group.pending_usage {
-            let position = first[p.stream as usize] + u64::from(p.event);
-            self.state
-                .idem
-                .commit(&p.account, &p.usage_id, p.hash, position, p.in_exact);
+            let position = Slot::Committed(first[p.stream as usize] + u64::from(p.event));
+            match &p.exact {
+                Some((account, id)) => self.state.idem.insert_exact(account, id, position),
+                None => self.state.idem.insert_hash(p.hash, position),
+            }
         }
         self.head = pos - 1;
         let sealed = Arc::new(Sealed {

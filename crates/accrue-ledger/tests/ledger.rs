@@ -158,6 +158,81 @@ fn retries_are_counted_once_and_conflicts_refused() {
     assert_eq!(ledger.read().accounts["acme"].used, dec!(1));
 }
 
+/// Retries race their originals: each batch is sent by two clients at once,
+/// so the second copy is often decided while the first is still being
+/// written (in the group in flight). Every id is accepted exactly once, the
+/// other copy is a duplicate, and a changed copy is a conflict.
+#[test]
+fn retries_racing_their_originals_in_flight_are_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(dir.path(), "2026-01-15T00:00:00Z");
+    ledger
+        .execute_blocking("acme", open_cmd("acme", dec!(100000), None))
+        .unwrap();
+    let batches = 60;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let l = ledger.clone();
+            std::thread::spawn(move || {
+                let (mut accepted, mut duplicate, mut conflict) = (0, 0, 0);
+                // Clients 0 and 1 send the same batches; 2 and 3 too, with
+                // client 3 changing one amount per batch.
+                for b in 0..batches {
+                    let items = (0..200)
+                        .map(|i| {
+                            let amount = if t == 3 && i == 0 { dec!(2) } else { dec!(1) };
+                            usage("acme", &format!("p{}-{b}-{i}", t / 2), amount)
+                        })
+                        .collect();
+                    for o in l.ingest_blocking(items).unwrap() {
+                        match o {
+                            UsageOutcome::Accepted => accepted += 1,
+                            UsageOutcome::Duplicate => duplicate += 1,
+                            UsageOutcome::Rejected { reason, .. } => {
+                                assert_eq!(reason, "id_conflict");
+                                conflict += 1
+                            }
+                        }
+                    }
+                }
+                (accepted, duplicate, conflict)
+            })
+        })
+        .collect();
+    let (mut accepted, mut duplicate, mut conflict) = (0, 0, 0);
+    for t in threads {
+        let (a, d, c) = t.join().unwrap();
+        accepted += a;
+        duplicate += d;
+        conflict += c;
+    }
+    let ids = 2 * batches * 200;
+    assert_eq!(accepted, ids, "every id once");
+    assert_eq!(
+        duplicate + conflict,
+        ids,
+        "every second copy refused or counted once"
+    );
+    assert_eq!(
+        conflict, batches,
+        "one changed amount per batch of pair 2/3"
+    );
+    let used = ledger.read().accounts["acme"].used;
+    assert!(
+        used >= Decimal::from(ids) && used <= Decimal::from(ids + batches),
+        "{used}"
+    );
+    // The log agrees: one CreditsConsumed per id.
+    let consumed = ledger
+        .store()
+        .read_stream("account-acme", 0, 1_000_000)
+        .unwrap()
+        .iter()
+        .filter(|e| e.type_name == "CreditsConsumed")
+        .count();
+    assert_eq!(consumed, ids);
+}
+
 #[test]
 fn a_rebuild_from_position_zero_equals_the_live_read_models() {
     let dir = tempfile::tempdir().unwrap();
