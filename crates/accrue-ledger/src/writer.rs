@@ -73,10 +73,7 @@ impl State {
         // get_mut first: the hot path must not allocate a key per event.
         let st = match self.accounts.get_mut(account) {
             Some(st) => st,
-            None => self
-                .accounts
-                .entry(account.to_string())
-                .or_insert_with(AccountState::default),
+            None => self.accounts.entry(account.to_string()).or_default(),
         };
         let version_before = st.version;
         let before = st.period_end();
