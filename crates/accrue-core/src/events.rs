@@ -108,6 +108,7 @@ pub struct CreditUnsubscribed {
 pub struct CreditsConsumed {
     pub usage_id: String,
     pub amount: Decimal,
+    #[serde(with = "crate::ts")]
     pub occurred_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product: Option<String>,

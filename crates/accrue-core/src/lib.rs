@@ -10,6 +10,7 @@ pub mod events;
 pub mod invoice;
 pub mod money;
 pub mod period;
+pub mod ts;
 
 pub use account::{
     decide, evolve, total_of, AccountState, Command, Context, InvoiceState, OpenAccount,

@@ -32,6 +32,22 @@ pub fn for_each_decoded(
 ) -> Result<(), LedgerError> {
     const PAGE: usize = 5_000;
     type Page = Result<(Vec<Decoded>, Vec<accrue_store::RecordedEvent>), LedgerError>;
+    // The share of each page (per mille) the reading thread decodes itself;
+    // the applying thread decodes the rest. It moves towards whichever side
+    // waits: a full channel means the reader is ahead (decode more there),
+    // an empty one means the applier is starved (decode more here).
+    let share = std::sync::atomic::AtomicUsize::new(250);
+    let share = &share;
+    let adjust = |up: bool| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = share.fetch_update(Relaxed, Relaxed, |v| {
+            Some(if up {
+                (v + 25).min(900)
+            } else {
+                v.saturating_sub(25).max(50)
+            })
+        });
+    };
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Page>(4);
         s.spawn(move || {
@@ -46,10 +62,8 @@ pub fn for_each_decoded(
                 };
                 let Some(last) = page.last() else { return };
                 after = last.position;
-                // Reading costs this thread about as much as three quarters
-                // of the decoding costs the other, which also applies: split
-                // the decoding so both cores stay busy.
-                let rest = page.split_off(page.len() / 4);
+                let mine = page.len() * share.load(std::sync::atomic::Ordering::Relaxed) / 1000;
+                let rest = page.split_off(mine);
                 let head = match decode_all(page) {
                     Ok(d) => d,
                     Err(e) => {
@@ -57,12 +71,30 @@ pub fn for_each_decoded(
                         return;
                     }
                 };
-                if tx.send(Ok((head, rest))).is_err() {
-                    return;
+                match tx.try_send(Ok((head, rest))) {
+                    Ok(()) => {}
+                    Err(std::sync::mpsc::TrySendError::Full(p)) => {
+                        adjust(true);
+                        if tx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
                 }
             }
         });
-        for page in rx {
+        loop {
+            let page = match rx.try_recv() {
+                Ok(p) => p,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    adjust(false);
+                    match rx.recv() {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            };
             let (mut decoded, rest) = page?;
             decoded.extend(decode_all(rest)?);
             fold(decoded);
