@@ -40,9 +40,9 @@ fn format_into(t: &DateTime<Utc>, buf: &mut [u8; 30]) -> Option<usize> {
     put(17, t.second(), 2);
     let (frac, digits) = if nanos == 0 {
         (0, 0)
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         (nanos / 1_000_000, 3)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         (nanos / 1_000, 6)
     } else {
         (nanos, 9)
