@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::auth::{Principal, Role};
 use crate::dto::*;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_json, Body, Q};
+use crate::extract::{parse_json, Body, RawBody, Q};
 use crate::AppState;
 
 const ADMIN: &[Role] = &[Role::Admin];
@@ -593,29 +593,52 @@ pub fn usage_item(e: UsageEventDto) -> UsageItem {
     }
 }
 
+/// Parsing, checking and answering a batch run on the low-priority bulk
+/// pool ([`accrue_ledger::priority`]), so balance queries on the async
+/// threads never queue behind a 10,000-event body.
 pub async fn post_usage(
     State(st): State<AppState>,
     p: Principal,
-    Body(batch): Body<UsageBatch>,
-) -> ApiResult<Json<UsageResponse>> {
+    RawBody(bytes): RawBody,
+) -> ApiResult<Response> {
     p.require(&[Role::Admin, Role::Ingest])?;
-    if batch.events.len() > MAX_BATCH_EVENTS {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "at most {MAX_BATCH_EVENTS} events per request, got {}",
-                batch.events.len()
-            ),
-        ));
-    }
+    let pool = accrue_ledger::priority::BulkPool::global();
+    let stopped = || ApiError::internal("the bulk pool has stopped");
+    let (ids, items) = pool
+        .run(
+            move || -> ApiResult<(Vec<Option<String>>, Vec<UsageItem>)> {
+                let batch: UsageBatch = parse_json(&bytes)?;
+                if batch.events.len() > MAX_BATCH_EVENTS {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "batch_too_large",
+                        format!(
+                            "at most {MAX_BATCH_EVENTS} events per request, got {}",
+                            batch.events.len()
+                        ),
+                    ));
+                }
+                let ids = batch.events.iter().map(|e| e.id.clone()).collect();
+                let items = batch.events.into_iter().map(usage_item).collect();
+                Ok((ids, items))
+            },
+        )
+        .await
+        .ok_or_else(stopped)??;
     let started = Instant::now();
-    let ids: Vec<Option<String>> = batch.events.iter().map(|e| e.id.clone()).collect();
-    let items = batch.events.into_iter().map(usage_item).collect();
     let outcomes = st.ledger.ingest(items).await?;
     st.ledger
         .metrics()
         .observe_ingest(started.elapsed().as_secs_f64());
+    let body = pool
+        .run(move || serde_json::to_vec(&usage_response(outcomes, ids)))
+        .await
+        .ok_or_else(stopped)?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+fn usage_response(outcomes: Vec<UsageOutcome>, ids: Vec<Option<String>>) -> UsageResponse {
     let mut resp = UsageResponse {
         accepted: 0,
         duplicate: 0,
@@ -645,7 +668,7 @@ pub async fn post_usage(
             detail,
         });
     }
-    Ok(Json(resp))
+    resp
 }
 
 // ---------------------------------------------------------------- invoices

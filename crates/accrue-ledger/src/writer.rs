@@ -27,7 +27,7 @@ const MAX_GROUP_EVENTS: usize = 20_000;
 /// How often the writer wakes without work (system-clock period closes).
 const TICK: Duration = Duration::from_millis(500);
 /// Events applied to the read models between lock releases.
-const READ_CHUNK: usize = 256;
+const READ_CHUNK: usize = 64;
 
 /// Everything the writer decides with.
 #[derive(Default)]
@@ -319,6 +319,8 @@ pub(crate) fn spawn(
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("accrue-commit".into())
+            // Normal priority: it holds the read models' write lock while
+            // it applies a group, and must not be preempted there.
             .spawn(move || commit_loop(&shared, &commits, &done))
             .map_err(|e| LedgerError::Corrupt(format!("cannot start the committer: {e}")))?
     };
@@ -337,7 +339,10 @@ pub(crate) fn spawn(
     w.flush_sync();
     std::thread::Builder::new()
         .name("accrue-writer".into())
-        .spawn(move || w.run(jobs))
+        .spawn(move || {
+            crate::priority::lower_current_thread();
+            w.run(jobs)
+        })
         .map_err(|e| LedgerError::Corrupt(format!("cannot start the writer: {e}")))
 }
 

@@ -416,44 +416,60 @@ fn http_ingest(
             .collect();
         Some(format!(r#"{{"events":[{}]}}"#, evs.join(",")))
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The server, the load clients and the query client each get their own
+    // runtime (threads), as separate processes would: the load generator's
+    // work never queues the server's or the query client's tasks.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-server")
         .enable_all()
         .build()?;
-    let result = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let server =
-            tokio::spawn(async move { axum::serve(listener, accrue_api::router(state)).await });
+    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let server =
+        server_rt.spawn(async move { axum::serve(listener, accrue_api::router(state)).await });
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Overview queries every 2 ms while ingest runs.
+    let query = {
+        let done = done.clone();
+        std::thread::Builder::new()
+            .name("bench-query".into())
+            .spawn(move || -> anyhow::Result<Vec<f64>> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let client = reqwest::Client::new();
+                    let mut lat = Vec::new();
+                    let mut i = 0usize;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let t = Instant::now();
+                        let r = client
+                            .get(format!("http://{addr}/v1/accounts/h{}", i % accounts))
+                            .bearer_auth("bench-admin-token")
+                            .send()
+                            .await;
+                        if let Ok(r) = r {
+                            let _ = r.bytes().await;
+                            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        i += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Ok(lat)
+                })
+            })?
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-load")
+        .on_thread_start(accrue_ledger::priority::lower_current_thread)
+        .enable_all()
+        .build()?;
+    let load = rt.block_on(async move {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(connections + 2)
             .build()?;
         let url = format!("http://{addr}/v1/usage");
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // Overview queries while ingest runs.
-        let q = {
-            let client = client.clone();
-            let done = done.clone();
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut i = 0usize;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let r = client
-                        .get(format!("http://{addr}/v1/accounts/h{}", i % accounts))
-                        .bearer_auth("bench-admin-token")
-                        .send()
-                        .await;
-                    if let Ok(r) = r {
-                        let _ = r.bytes().await;
-                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                lat
-            })
-        };
         let started = Instant::now();
         let workers: Vec<_> = (0..connections)
             .map(|_| {
@@ -481,15 +497,20 @@ fn http_ingest(
         for w in workers {
             w.await??;
         }
-        let elapsed = started.elapsed().as_secs_f64();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let lat = q.await?;
-        server.abort();
-        anyhow::Ok((
-            events as f64 / elapsed,
+        anyhow::Ok(events as f64 / started.elapsed().as_secs_f64())
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let lat = query
+        .join()
+        .map_err(|_| anyhow::anyhow!("query client panicked"))??;
+    server.abort();
+    drop(server_rt);
+    let result = load.map(|rate| {
+        (
+            rate,
             percentile_ms(lat.clone(), 0.99),
             percentile_ms(lat, 0.5),
-        ))
+        )
     });
     ledger.shutdown();
     result

@@ -1,0 +1,65 @@
+//! Queries before bulk work. On two saturated cores, a balance query that
+//! wakes up behind the ingest threads waits for the scheduler's time slices;
+//! the threads that do bulk ingest work (body parsing, the writer, the
+//! committer) therefore run at a lower scheduling priority (nice +10) than
+//! the threads that answer queries. The total work done is unchanged (the
+//! scheduler is work-conserving); only who goes first when both are runnable.
+
+/// Lowers the calling thread's priority (Linux: its nice value; elsewhere
+/// nothing). Failing to do so only costs latency, so errors are ignored.
+pub fn lower_current_thread() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread's own id.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+}
+
+/// A small pool of low-priority threads for bulk CPU work that would
+/// otherwise run on the async runtime's threads (parsing a batch of 10,000
+/// usage events takes milliseconds).
+pub struct BulkPool {
+    jobs: crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl BulkPool {
+    pub fn new(threads: usize) -> BulkPool {
+        let (tx, rx) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("accrue-bulk-{i}"))
+                .spawn(move || {
+                    lower_current_thread();
+                    for job in rx {
+                        job();
+                    }
+                });
+        }
+        BulkPool { jobs: tx }
+    }
+
+    /// The process-wide pool, one thread per core.
+    pub fn global() -> &'static BulkPool {
+        static POOL: std::sync::OnceLock<BulkPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            BulkPool::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        })
+    }
+
+    /// Runs `f` on the pool; `None` if the pool's threads are gone (or `f`
+    /// panicked), which callers answer as an internal error.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .ok()?;
+        rx.await.ok()
+    }
+}
