@@ -213,6 +213,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|p| {
                 let l = ledger.clone();
                 std::thread::spawn(move || -> anyhow::Result<usize> {
+                    // Producers stand for clients elsewhere: like the HTTP
+                    // load clients, they yield to the ledger's own threads.
+                    accrue_ledger::priority::lower_current_thread();
                     let mut accepted = 0;
                     let mut b = p;
                     while b * batch < events {
@@ -421,6 +424,7 @@ fn http_ingest(
     // work never queues the server's or the query client's tasks.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("bench-server")
+        .worker_threads(crate::SERVER_THREADS.max(crate::cores()))
         .enable_all()
         .build()?;
     let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;

@@ -15,6 +15,15 @@ use accrue_api::{AppState, Tokens};
 /// mimalloc: the ledger allocates small strings and vectors on one thread
 /// and frees them on another (writer → committer, reader → applier), where
 /// glibc's malloc spent about 40% of a rebuild in its slow paths.
+/// At least this many async threads serve HTTP, even on two cores: a query
+/// then finds a free thread while others move ingest bodies (the bulk work
+/// itself runs on the low-priority pool).
+pub const SERVER_THREADS: usize = 4;
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -239,6 +248,7 @@ fn serve(
         tokens: Arc::new(tokens),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(SERVER_THREADS.max(cores()))
         .enable_all()
         .build()?;
     rt.block_on(async move {
