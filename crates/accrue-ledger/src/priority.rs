@@ -5,16 +5,7 @@
 //! the threads that answer queries. The total work done is unchanged (the
 //! scheduler is work-conserving); only who goes first when both are runnable.
 
-/// Lowers the calling thread's priority (Linux: its nice value; elsewhere
-/// nothing). Failing to do so only costs latency, so errors are ignored.
-pub fn lower_current_thread() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on the calling thread's own id.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
-    }
-}
+pub use accrue_store::priority::lower_current_thread;
 
 /// A small pool of low-priority threads for bulk CPU work that would
 /// otherwise run on the async runtime's threads (parsing a batch of 10,000

@@ -9,6 +9,7 @@
 pub mod conformance;
 pub mod hash;
 pub mod postgres;
+pub mod priority;
 pub mod sqlite;
 
 use chrono::{DateTime, Utc};

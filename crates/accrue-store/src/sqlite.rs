@@ -122,7 +122,74 @@ pub struct SqliteStore {
     /// The head, for followers (`wait_for`).
     head: Mutex<u64>,
     appended: Condvar,
+    checkpointer: Checkpointer,
     _lock: File,
+}
+
+/// Bytes appended between two background checkpoints (about 1,000 pages,
+/// SQLite's own autocheckpoint distance).
+const CHECKPOINT_BYTES: usize = 4 << 20;
+/// Under continuous appends a background checkpoint never catches the last
+/// frames, and SQLite only starts the WAL over once one has. So every this
+/// many bytes the writer runs one itself between two appends (cheap: the
+/// background has copied nearly everything), which bounds the WAL.
+const CHECKPOINT_INLINE_BYTES: usize = 32 << 20;
+
+/// Copies the WAL back into the database file on its own thread and
+/// connection (SQLite's automatic checkpoint would run inside the append
+/// that crosses the threshold, on the ingest path). Durability does not
+/// depend on it: an append is durable once its WAL frames are synced.
+struct Checkpointer {
+    wake: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Bytes appended since the writer last started the WAL over.
+    behind: std::sync::atomic::AtomicUsize,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("accrue-checkpoint".into())
+            .spawn(move || {
+                crate::priority::lower_current_thread();
+                for () in rx {
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Checkpointer {
+            wake: Some(tx),
+            thread: Some(thread),
+            behind: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Counts `bytes` appended; true when the writer should checkpoint
+    /// inline because the background ones fall behind.
+    fn appended(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let behind = self.behind.fetch_add(bytes, Relaxed) + bytes;
+        if behind >= CHECKPOINT_INLINE_BYTES {
+            self.behind.store(0, Relaxed);
+            return true;
+        }
+        if behind % CHECKPOINT_BYTES < bytes {
+            if let Some(w) = &self.wake {
+                let _ = w.try_send(());
+            }
+        }
+        false
+    }
+
+    fn stop(&mut self) {
+        self.wake = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -159,6 +226,10 @@ impl SqliteStore {
 
         let conn = Connection::open(&path)?;
         configure(&conn)?;
+        // Checkpoints run on their own thread (see `Checkpointer`); a WAL
+        // that was started over is cut back to this size.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", CHECKPOINT_INLINE_BYTES as i64)?;
         conn.execute_batch(SCHEMA)?;
         drop_old_stream_index(&conn)?;
         let mut writer = Writer {
@@ -190,12 +261,14 @@ impl SqliteStore {
             r.pragma_update(None, "cache_size", -16_000)?;
             readers.push(Mutex::new(r));
         }
+        let checkpointer = Checkpointer::start(&path)?;
         Ok(SqliteStore {
             path,
             writer: Mutex::new(writer),
             readers,
             head: Mutex::new(head),
             appended: Condvar::new(),
+            checkpointer,
             _lock: lock,
         })
     }
@@ -240,6 +313,7 @@ impl Drop for SqliteStore {
     /// file alone holds everything (the readers' connections are read-only
     /// and could not do it when they close last).
     fn drop(&mut self) {
+        self.checkpointer.stop();
         let w = self.writer.lock();
         let _ = w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     }
@@ -499,6 +573,15 @@ impl EventStore for SqliteStore {
             }
         }
         w.head_position = pos;
+        let bytes: usize = placed
+            .iter()
+            .map(|p| p.event.payload.len() + p.stream.len() + 96)
+            .sum();
+        if self.checkpointer.appended(bytes) {
+            let _ = w
+                .conn
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+        }
         drop(guard);
         *self.head.lock() = pos;
         self.appended.notify_all();
@@ -669,6 +752,36 @@ mod tests {
             .unwrap()
             .with_index_flush(1000)
     );
+
+    /// Background checkpoints keep the WAL from growing with the log.
+    #[test]
+    fn the_wal_stays_small_while_the_log_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let payload = vec![b'x'; 1000];
+        for round in 0..400u64 {
+            let batch = vec![StreamAppend {
+                stream: "account-a".into(),
+                expected: crate::ExpectedVersion::Exact(round * 300),
+                events: (0..300)
+                    .map(|_| crate::NewEvent {
+                        type_name: "CreditsConsumed",
+                        schema: 1,
+                        occurred_at: crate::conformance::t(1),
+                        payload: payload.clone(),
+                    })
+                    .collect(),
+            }];
+            s.append(&batch, crate::conformance::t(2)).unwrap();
+        }
+        let wal = std::fs::metadata(path.with_extension("db-wal"))
+            .unwrap()
+            .len();
+        let db = std::fs::metadata(&path).unwrap().len();
+        assert!(db > 100 << 20, "the database file holds the log: {db}");
+        assert!(wal <= 48 << 20, "130 MB appended, WAL at {wal} bytes");
+    }
 
     #[test]
     fn positions_round_trip_through_varints() {
