@@ -30,6 +30,8 @@ pub fn follow(
         + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("accrue-{name}")).spawn(move || {
+        // Rendering and mailing are bulk work: queries go first.
+        crate::priority::lower_current_thread();
         let store = ledger.store().clone();
         let mut after = store.checkpoint(name).unwrap_or(0);
         let mut backoff = Duration::from_millis(100);

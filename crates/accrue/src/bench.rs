@@ -429,8 +429,9 @@ fn http_ingest(
         .build()?;
     let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
-    let server =
-        server_rt.spawn(async move { axum::serve(listener, accrue_api::router(state)).await });
+    let server = server_rt.spawn(async move {
+        axum::serve(crate::no_delay(listener), accrue_api::router(state)).await
+    });
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Overview queries every 2 ms while ingest runs.
     let query = {

@@ -20,6 +20,22 @@ use accrue_api::{AppState, Tokens};
 /// itself runs on the low-priority pool).
 pub const SERVER_THREADS: usize = 4;
 
+/// Answers leave at once: without `TCP_NODELAY` a response written in two
+/// pieces can wait for the peer's delayed acknowledgement.
+pub fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<
+    tokio::net::TcpListener,
+    impl FnMut(&mut tokio::net::TcpStream) + Send + 'static,
+> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    })
+}
+
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -259,7 +275,7 @@ fn serve(
         println!("accrue listening on http://{addr}");
         use std::io::Write;
         std::io::stdout().flush()?;
-        axum::serve(listener, accrue_api::router(state))
+        axum::serve(no_delay(listener), accrue_api::router(state))
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         anyhow::Ok(())
