@@ -415,3 +415,48 @@ proptest! {
         prop_assert!(lines.iter().all(|l| l.amount.scale() <= 2));
     }
 }
+
+#[test]
+fn the_invoice_book_keeps_number_order_and_replaces_in_place() {
+    let st = |total: i64| InvoiceState {
+        total: Decimal::from(total),
+        status: InvoiceStatus::Unpaid,
+        pdf_sha256: None,
+    };
+    let mut book = InvoiceBook::default();
+    for (n, t) in [
+        ("INV-2026-000003", 3),
+        ("INV-2026-000001", 1),
+        ("INV-2027-000001", 4),
+    ] {
+        assert!(book.insert(n.into(), st(t)).is_none());
+    }
+    assert_eq!(book.insert("INV-2026-000002".into(), st(2)), None);
+    assert_eq!(
+        book.insert("INV-2026-000003".into(), st(30))
+            .map(|s| s.total),
+        Some(Decimal::from(3))
+    );
+    assert_eq!(
+        book.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "INV-2026-000001",
+            "INV-2026-000002",
+            "INV-2026-000003",
+            "INV-2027-000001"
+        ]
+    );
+    assert_eq!(
+        book.get("INV-2026-000003").map(|s| s.total),
+        Some(Decimal::from(30))
+    );
+    assert!(book.get("INV-2026-000004").is_none());
+    book.get_mut("INV-2026-000001").unwrap().status = InvoiceStatus::Paid;
+    assert_eq!(
+        book.values()
+            .filter(|s| s.status == InvoiceStatus::Unpaid)
+            .count(),
+        3
+    );
+    assert_eq!(book.len(), 4);
+}
