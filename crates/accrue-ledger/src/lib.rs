@@ -5,10 +5,11 @@
 //! memory. Decisions are therefore serialised per account (and globally), so
 //! no interleaving of concurrent requests can overdraw a limit or skip an
 //! invoice number, and a decision never reloads a stream. The writer drains
-//! whatever requests are waiting into one *group*, decides them in arrival
-//! order, appends the group's events in one durable transaction (group
-//! commit), applies them to the read models, and only then answers: a 200
-//! means the events are on disk.
+//! whatever requests are waiting into one *group* and decides them in
+//! arrival order; a second thread, the committer, appends the group's events
+//! in one durable transaction (group commit), applies them to the read
+//! models, and only then answers: a 200 means the events are on disk. The
+//! writer decides the next group while the committer writes this one.
 
 pub mod audit;
 pub mod clock;

@@ -429,14 +429,15 @@ fn to_hash(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("hash of {} bytes", bytes.len())))
 }
 
+const INSERT_RUN: &str =
+    "INSERT INTO stream_runs (stream, first_version, last_version, positions) VALUES (?1, ?2, ?3, ?4)";
+
 fn flush_index<'a>(
     conn: &Connection,
     runs: impl IntoIterator<Item = (&'a String, &'a Run)>,
     upto: u64,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO stream_runs (stream, first_version, last_version, positions) VALUES (?1, ?2, ?3, ?4)",
-    )?;
+    let mut stmt = conn.prepare_cached(INSERT_RUN)?;
     for (stream, run) in runs {
         write_run(&mut stmt, stream, run.first_version, &run.positions)?;
     }
@@ -540,9 +541,7 @@ impl EventStore for SqliteStore {
             // Index the tail and this batch in this same transaction: the
             // tail's runs, then one run per stream append of the batch.
             flush_index(&tx, &w.unindexed, pos)?;
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO stream_runs (stream, first_version, last_version, positions) VALUES (?1, ?2, ?3, ?4)",
-            )?;
+            let mut stmt = tx.prepare_cached(INSERT_RUN)?;
             let mut i = 0;
             for s in batch {
                 let n = s.events.len();
