@@ -100,6 +100,7 @@ impl State {
                     } else {
                         self.idem.insert_hash(h, slot);
                     }
+                    self.idem.compact();
                 }
                 self.apply_account(account, ae);
             }
@@ -803,6 +804,8 @@ impl Writer {
                 None => self.state.idem.insert_hash(p.hash, position),
             }
         }
+        // Nothing is pending now (the next group is empty).
+        self.state.idem.compact();
         self.head = pos - 1;
         let sealed = Arc::new(Sealed {
             appends: group.appends,
