@@ -25,15 +25,52 @@ pub const CHART: [(&str, &str); 6] = [
     ("invoice_voids", "contra-revenue"),
 ];
 
-#[derive(Debug, Clone, PartialEq)]
+/// One balanced entry: `amount` debited to one chart account and credited
+/// to another by the event at `position`. Compact (40 bytes, no strings):
+/// there is one per invoice line, payment and void for the life of the
+/// ledger; the event at `position` tells the invoice and the account.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Posting {
     pub position: u64,
     pub recorded_at: DateTime<Utc>,
-    pub account: &'static str,
-    pub debit: Decimal,
-    pub credit: Decimal,
-    pub invoice: String,
-    pub account_id: String,
+    /// ≥ 0.
+    pub amount: Decimal,
+    /// Indexes into [`CHART`].
+    debit: u8,
+    credit: u8,
+}
+
+fn chart_index(account: &str) -> u8 {
+    CHART
+        .iter()
+        .position(|(a, _)| *a == account)
+        .expect("postings name chart accounts") as u8
+}
+
+impl Posting {
+    pub fn new(
+        position: u64,
+        recorded_at: DateTime<Utc>,
+        debit: &'static str,
+        credit: &'static str,
+        amount: Decimal,
+    ) -> Posting {
+        Posting {
+            position,
+            recorded_at,
+            amount,
+            debit: chart_index(debit),
+            credit: chart_index(credit),
+        }
+    }
+    /// The chart account debited.
+    pub fn debit_account(&self) -> &'static str {
+        CHART[self.debit as usize].0
+    }
+    /// The chart account credited.
+    pub fn credit_account(&self) -> &'static str {
+        CHART[self.credit as usize].0
+    }
 }
 
 fn revenue_account(kind: LineKind) -> &'static str {
@@ -48,36 +85,24 @@ fn revenue_account(kind: LineKind) -> &'static str {
 pub fn entries(
     event: &AccountEvent,
     invoice_total: impl Fn(&str) -> Option<Decimal>,
-) -> Vec<(&'static str, &'static str, Decimal, String)> {
-    // (debit account, credit account, amount ≥ 0, invoice)
-    let pair = |dr: &'static str, cr: &'static str, amount: Decimal, inv: &str| {
+) -> Vec<(&'static str, &'static str, Decimal)> {
+    // (debit account, credit account, amount ≥ 0)
+    let pair = |dr: &'static str, cr: &'static str, amount: Decimal| {
         if amount < Decimal::ZERO {
-            (cr, dr, -amount, inv.to_string())
+            (cr, dr, -amount)
         } else {
-            (dr, cr, amount, inv.to_string())
+            (dr, cr, amount)
         }
     };
     match event {
-        AccountEvent::InvoiceIssued(InvoiceIssued { number, lines, .. }) => lines
+        AccountEvent::InvoiceIssued(InvoiceIssued { lines, .. }) => lines
             .iter()
             .filter(|l| !l.amount.is_zero())
-            .map(|l| {
-                pair(
-                    "accounts_receivable",
-                    revenue_account(l.kind),
-                    l.amount,
-                    number,
-                )
-            })
+            .map(|l| pair("accounts_receivable", revenue_account(l.kind), l.amount))
             .collect(),
-        AccountEvent::PaymentSucceeded(p) => vec![pair(
-            "cash",
-            "accounts_receivable",
-            p.amount,
-            &p.invoice_number,
-        )],
+        AccountEvent::PaymentSucceeded(p) => vec![pair("cash", "accounts_receivable", p.amount)],
         AccountEvent::InvoiceVoided(v) => invoice_total(&v.number)
-            .map(|t| vec![pair("invoice_voids", "accounts_receivable", t, &v.number)])
+            .map(|t| vec![pair("invoice_voids", "accounts_receivable", t)])
             .unwrap_or_default(),
         _ => vec![],
     }
@@ -128,10 +153,9 @@ pub fn trial_balance(postings: &[Posting], as_of: Option<DateTime<Utc>>) -> Tria
         .iter()
         .filter(|p| as_of.is_none_or(|t| p.recorded_at <= t))
     {
-        if let Some(r) = rows.iter_mut().find(|r| r.account == p.account) {
-            r.debits += p.debit;
-            r.credits += p.credit;
-        }
+        // Rows are in chart order.
+        rows[p.debit as usize].debits += p.amount;
+        rows[p.credit as usize].credits += p.amount;
     }
     for r in &mut rows {
         r.balance = r.debits - r.credits;

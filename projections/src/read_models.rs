@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use accrue_core::events::{InvoiceIssued, LedgerEvent};
 use accrue_core::{AccountEvent, AccountState, InvoiceStatus};
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 
 use crate::postings::Posting;
 
@@ -87,21 +86,11 @@ impl ReadModels {
         let state = self.accounts.get_mut(account).expect("just ensured");
         state.apply(event);
         let invoices = &self.invoices;
-        for (dr, cr, amount, invoice) in
+        for (dr, cr, amount) in
             crate::postings::entries(event, |n| invoices.get(n).map(|r| r.issued.total))
         {
-            for (acct, debit, credit) in [(dr, amount, Decimal::ZERO), (cr, Decimal::ZERO, amount)]
-            {
-                self.postings.push(Posting {
-                    position,
-                    recorded_at,
-                    account: acct,
-                    debit,
-                    credit,
-                    invoice: invoice.clone(),
-                    account_id: account.to_string(),
-                });
-            }
+            self.postings
+                .push(Posting::new(position, recorded_at, dr, cr, amount));
         }
         match event {
             AccountEvent::InvoiceIssued(i) => {

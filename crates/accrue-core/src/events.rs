@@ -226,7 +226,8 @@ pub struct InvoiceVoided {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccountEvent {
-    AccountOpened(AccountOpened),
+    /// Shared: the writer's state and the read models hold the same facts.
+    AccountOpened(std::sync::Arc<AccountOpened>),
     CreditLimitSet(CreditLimitSet),
     CreditUnsubscribed(CreditUnsubscribed),
     CreditsConsumed(CreditsConsumed),

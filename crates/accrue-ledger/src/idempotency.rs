@@ -3,9 +3,11 @@
 //! Keys are unique per account forever. The index is derived from the log
 //! (rebuilt at start by replay), so it can never disagree with what is
 //! stored: a retry after a crash finds exactly the events that were
-//! committed. To stay small it keeps a 64-bit hash of the key and the event's
-//! position; a hit is confirmed against the stored event itself, and the rare
-//! hash collision goes to an exact side table.
+//! committed. To stay small it keeps a hash of the key and the event's
+//! position (the newest keys in a hash map, older ones as 48-bit fingerprints
+//! and 32-bit positions in sorted runs, 8 bytes a key); every hit is
+//! confirmed against the stored event itself, and a key whose hash another
+//! key holds goes to an exact side table.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -65,98 +67,137 @@ pub fn key(account: &str, usage_id: &str) -> u64 {
     h.finish()
 }
 
-/// Keys in `recent` before they are folded into `frozen`.
-const FREEZE_AT: usize = 1 << 20;
+/// Keys in `recent` before they are folded into a frozen run.
+const FREEZE_AT: usize = 1 << 18;
+
+/// Committed positions a frozen run can hold; keys at later positions stay
+/// in `recent` (16 bytes more a key, past four billion events).
+const FROZEN_MAX_POSITION: u64 = u32::MAX as u64 - 1;
 
 #[derive(Default)]
 pub struct IdempotencyIndex {
     /// The newest keys (and every pending one): hash → packed slot.
     recent: HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>,
-    /// Older committed keys, compact (16 bytes a key instead of a hash
-    /// map's ~29 with its load factor).
-    frozen: Frozen,
+    /// Older committed keys in compact runs (8 bytes a key instead of a
+    /// hash map's ~29 with its load factor), largest first.
+    frozen: Vec<Run>,
+    /// Fold when `recent` holds this many keys.
+    fold_at: usize,
     /// Keys whose hash collided with another key's.
     exact: HashMap<(String, String), u64>,
 }
 
-/// Committed keys sorted by hash, with their positions, and a directory by
-/// the hash's top 16 bits so a lookup searches one small bucket.
-#[derive(Default)]
-struct Frozen {
-    hashes: Vec<u64>,
-    positions: Vec<u64>,
+/// Committed keys as 48-bit fingerprints (the hash's top 16 bits select a
+/// bucket in `dir`, the next 32 are stored) with 32-bit positions, sorted.
+/// Two keys may share a fingerprint: a lookup returns every match and the
+/// caller confirms each against the stored event.
+struct Run {
+    fps: Vec<u32>,
+    positions: Vec<u32>,
     /// `dir[b]..dir[b + 1]`: the entries whose hash starts with `b`.
     dir: Vec<u32>,
 }
 
 const DIR_BITS: u32 = 16;
 
-impl Frozen {
-    fn get(&self, hash: u64) -> Option<u64> {
-        if self.hashes.is_empty() {
-            return None;
-        }
-        let b = (hash >> (64 - DIR_BITS)) as usize;
-        let (from, to) = (self.dir[b] as usize, self.dir[b + 1] as usize);
-        let i = self.hashes[from..to].binary_search(&hash).ok()?;
-        Some(self.positions[from + i])
+fn bucket(hash: u64) -> usize {
+    (hash >> (64 - DIR_BITS)) as usize
+}
+
+fn fingerprint(hash: u64) -> u32 {
+    (hash >> (64 - DIR_BITS - 32)) as u32
+}
+
+impl Run {
+    fn len(&self) -> usize {
+        self.fps.len()
     }
 
-    /// Merges committed (hash, position) pairs in; no hash may be present.
-    fn merge(&mut self, mut new: Vec<(u64, u64)>) {
-        new.sort_unstable_by_key(|(h, _)| *h);
-        let n = self.hashes.len() + new.len();
-        let (mut hashes, mut positions) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut old = self
-            .hashes
-            .iter()
-            .copied()
-            .zip(self.positions.iter().copied())
-            .peekable();
-        let mut new = new.into_iter().peekable();
-        loop {
-            let take_old = match (old.peek(), new.peek()) {
-                (Some(o), Some(n)) => o.0 < n.0,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let (h, p) = if take_old { old.next() } else { new.next() }.expect("peeked");
-            hashes.push(h);
-            positions.push(p);
+    /// Every position stored under the hash's fingerprint.
+    fn each(&self, hash: u64, mut f: impl FnMut(u64)) {
+        let b = bucket(hash);
+        let (from, to) = (self.dir[b] as usize, self.dir[b + 1] as usize);
+        let fps = &self.fps[from..to];
+        let fp = fingerprint(hash);
+        let first = fps.partition_point(|x| *x < fp);
+        for (i, x) in fps[first..].iter().enumerate() {
+            if *x != fp {
+                break;
+            }
+            f(u64::from(self.positions[from + first + i]));
         }
+    }
+
+    /// A run of (hash, position) pairs; positions fit in 32 bits.
+    fn new(mut keys: Vec<(u64, u32)>) -> Run {
+        keys.sort_unstable_by_key(|(h, _)| *h >> (64 - DIR_BITS - 32));
         let mut dir = Vec::with_capacity((1 << DIR_BITS) + 1);
         let mut i = 0usize;
-        for b in 0..=(1u64 << DIR_BITS) {
-            while i < hashes.len() && (hashes[i] >> (64 - DIR_BITS)) < b {
+        for b in 0..=(1usize << DIR_BITS) {
+            while i < keys.len() && bucket(keys[i].0) < b {
                 i += 1;
             }
             dir.push(i as u32);
         }
-        *self = Frozen {
-            hashes,
+        Run {
+            fps: keys.iter().map(|(h, _)| fingerprint(*h)).collect(),
+            positions: keys.iter().map(|(_, p)| *p).collect(),
+            dir,
+        }
+    }
+
+    /// Both runs' entries in one run.
+    fn merge(a: &Run, b: &Run) -> Run {
+        let n = a.len() + b.len();
+        let (mut fps, mut positions) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut dir = Vec::with_capacity((1 << DIR_BITS) + 1);
+        dir.push(0u32);
+        for k in 0..(1usize << DIR_BITS) {
+            let (mut i, ie) = (a.dir[k] as usize, a.dir[k + 1] as usize);
+            let (mut j, je) = (b.dir[k] as usize, b.dir[k + 1] as usize);
+            while i < ie || j < je {
+                let take_a = j == je || (i < ie && a.fps[i] <= b.fps[j]);
+                if take_a {
+                    fps.push(a.fps[i]);
+                    positions.push(a.positions[i]);
+                    i += 1;
+                } else {
+                    fps.push(b.fps[j]);
+                    positions.push(b.positions[j]);
+                    j += 1;
+                }
+            }
+            dir.push(fps.len() as u32);
+        }
+        Run {
+            fps,
             positions,
             dir,
-        };
+        }
     }
 }
 
 impl IdempotencyIndex {
     pub fn len(&self) -> usize {
-        self.recent.len() + self.frozen.hashes.len() + self.exact.len()
+        self.recent.len() + self.frozen.iter().map(Run::len).sum::<usize>() + self.exact.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The slot stored under the key's hash (which may belong to another key:
-    /// the caller confirms with [`IdempotencyIndex::exact`] on mismatch).
-    pub fn by_hash(&self, hash: u64) -> Option<Slot> {
-        match self.recent.get(&hash) {
-            Some(v) => Some(unpack(*v)),
-            None => self.frozen.get(hash).map(Slot::Committed),
+    /// Every slot stored under the key's hash, newest first. They may
+    /// belong to other keys: the caller confirms each against the stored
+    /// event, then looks in [`IdempotencyIndex::exact`].
+    pub fn by_hash(&self, hash: u64) -> Vec<Slot> {
+        let mut found = Vec::new();
+        if let Some(v) = self.recent.get(&hash) {
+            found.push(unpack(*v));
         }
+        for run in self.frozen.iter().rev() {
+            run.each(hash, |p| found.push(Slot::Committed(p)));
+        }
+        found
     }
 
     pub fn exact(&self, account: &str, usage_id: &str) -> Option<Slot> {
@@ -172,18 +213,41 @@ impl IdempotencyIndex {
         self.recent.insert(hash, pack(slot));
     }
 
-    /// Folds the recent keys into the compact table once there are many.
-    /// Only when nothing is pending (between groups).
+    /// Folds the recent committed keys into a frozen run once there are
+    /// many, and merges runs of equal size (so there are at most log2 of
+    /// them). Only when nothing is pending (between groups).
     pub fn compact(&mut self) {
-        if self.recent.len() < FREEZE_AT {
+        if self.recent.len() < self.fold_at.max(FREEZE_AT) {
             return;
         }
         if self.recent.values().any(|v| v & PENDING != 0) {
             return;
         }
-        let recent: Vec<(u64, u64)> = self.recent.drain().collect();
+        let mut keys = Vec::with_capacity(self.recent.len());
+        self.recent.retain(|h, v| {
+            if *v <= FROZEN_MAX_POSITION {
+                keys.push((*h, *v as u32));
+                false
+            } else {
+                true
+            }
+        });
         self.recent.shrink_to(FREEZE_AT);
-        self.frozen.merge(recent);
+        self.fold_at = self.recent.len() + FREEZE_AT;
+        if keys.is_empty() {
+            return;
+        }
+        self.frozen.push(Run::new(keys));
+        while let [.., a, b] = self.frozen.as_slice() {
+            // Runs of about equal size merge (a fold's size varies a
+            // little), so there are O(log n) runs and O(n log n) moves.
+            if a.len() > b.len() + b.len() / 2 {
+                break;
+            }
+            let merged = Run::merge(a, b);
+            self.frozen.truncate(self.frozen.len() - 2);
+            self.frozen.push(merged);
+        }
     }
 
     /// Puts a key whose hash another key already holds in the exact table.
@@ -218,14 +282,17 @@ mod tests {
     #[test]
     fn frozen_keys_are_found_and_others_are_not() {
         let mut idx = IdempotencyIndex::default();
-        let keys: Vec<u64> = (0..(FREEZE_AT as u64 + 500))
-            .map(|i| key("acme", &format!("u{i}")))
-            .collect();
+        let n = 5 * FREEZE_AT as u64 + 500;
+        let keys: Vec<u64> = (0..n).map(|i| key("acme", &format!("u{i}"))).collect();
         for (i, h) in keys.iter().enumerate() {
             idx.insert_hash(*h, Slot::Committed(i as u64 + 1));
+            if i % 1000 == 999 {
+                idx.compact();
+            }
         }
         idx.compact();
-        assert_eq!(idx.recent.len(), 0, "folded");
+        assert!(idx.recent.len() < FREEZE_AT, "folded");
+        assert!(idx.frozen.len() <= 3, "runs merged: {}", idx.frozen.len());
         assert_eq!(idx.len(), keys.len());
         // More keys after the fold, one still pending: no fold then.
         let late = key("acme", "late");
@@ -238,25 +305,64 @@ mod tests {
         );
         idx.compact();
         for (i, h) in keys.iter().enumerate().step_by(997) {
-            assert_eq!(idx.by_hash(*h), Some(Slot::Committed(i as u64 + 1)));
+            assert!(idx.by_hash(*h).contains(&Slot::Committed(i as u64 + 1)));
         }
         assert_eq!(
             idx.by_hash(late),
-            Some(Slot::Pending {
+            vec![Slot::Pending {
                 stream: 0,
                 event: 3
-            })
+            }]
         );
+        // Other keys' lookups find nothing (a 48-bit fingerprint collision
+        // among these few thousand is all but impossible).
         for i in 0..2000 {
-            assert_eq!(idx.by_hash(key("acme", &format!("other{i}"))), None);
+            assert!(idx.by_hash(key("acme", &format!("other{i}"))).is_empty());
         }
-        // The extremes of the hash space land in the first and last buckets.
-        let mut f = Frozen::default();
-        f.merge(vec![(u64::MAX, 7), (0, 5), (1 << 63, 6)]);
-        assert_eq!(f.get(0), Some(5));
-        assert_eq!(f.get(1 << 63), Some(6));
-        assert_eq!(f.get(u64::MAX), Some(7));
-        assert_eq!(f.get(12345), None);
+    }
+
+    #[test]
+    fn runs_keep_both_keys_of_a_shared_fingerprint_and_the_hash_extremes() {
+        // Two hashes that differ only below the fingerprint bits.
+        let (a, b) = (0x1234_5678_9abc_0001u64, 0x1234_5678_9abc_ffffu64);
+        assert_eq!(fingerprint(a), fingerprint(b));
+        let r1 = Run::new(vec![(a, 10), (u64::MAX, 7), (0, 5)]);
+        let r2 = Run::new(vec![(b, 11), (1 << 63, 6)]);
+        let r = Run::merge(&r1, &r2);
+        let all = |h: u64| {
+            let mut v = vec![];
+            r.each(h, |p| v.push(p));
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(all(a), vec![10, 11]);
+        assert_eq!(all(0), vec![5]);
+        assert_eq!(all(1 << 63), vec![6]);
+        assert_eq!(all(u64::MAX), vec![7]);
+        assert!(all(12345 << 20).is_empty());
+        assert_eq!(r.dir[1 << DIR_BITS] as usize, r.len());
+    }
+
+    #[test]
+    fn keys_beyond_32_bit_positions_stay_in_the_hash_map() {
+        let mut idx = IdempotencyIndex::default();
+        for i in 0..FREEZE_AT as u64 {
+            idx.insert_hash(
+                key("a", &format!("{i}")),
+                Slot::Committed(FROZEN_MAX_POSITION + i),
+            );
+        }
+        idx.compact();
+        assert_eq!(idx.frozen.iter().map(Run::len).sum::<usize>(), 1);
+        assert_eq!(idx.recent.len(), FREEZE_AT - 1);
+        let far = key("a", &format!("{}", FREEZE_AT - 1));
+        assert_eq!(
+            idx.by_hash(far),
+            vec![Slot::Committed(FROZEN_MAX_POSITION + FREEZE_AT as u64 - 1)]
+        );
+        // No fold again until another FREEZE_AT keys arrive.
+        idx.compact();
+        assert_eq!(idx.recent.len(), FREEZE_AT - 1);
     }
 
     #[test]

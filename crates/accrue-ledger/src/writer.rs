@@ -95,7 +95,7 @@ impl State {
                 if let AccountEvent::CreditsConsumed(c) = ae {
                     let h = idempotency::key(account, &c.usage_id);
                     let slot = Slot::Committed(position);
-                    if self.idem.by_hash(h).is_some() {
+                    if !self.idem.by_hash(h).is_empty() {
                         self.idem.insert_exact(account, &c.usage_id, slot);
                     } else {
                         self.idem.insert_hash(h, slot);
@@ -729,12 +729,15 @@ impl Writer {
         usage_id: &str,
         hash: u64,
     ) -> (Option<CreditsConsumed>, bool) {
-        let Some(slot) = self.state.idem.by_hash(hash) else {
+        let slots = self.state.idem.by_hash(hash);
+        if slots.is_empty() {
             return (None, false);
-        };
-        if let Some(c) = self.load_usage(account, slot) {
-            if c.usage_id == usage_id {
-                return (Some(c), true);
+        }
+        for slot in slots {
+            if let Some(c) = self.load_usage(account, slot) {
+                if c.usage_id == usage_id {
+                    return (Some(c), true);
+                }
             }
         }
         // Another key owns this hash: look in the exact table.

@@ -1,7 +1,7 @@
 //! The account aggregate: `decide` turns a command into events (or a rule
 //! violation), `evolve` folds an event into the state. Both are pure.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
@@ -155,7 +155,7 @@ impl InvoiceBook {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AccountState {
     /// `None` until `AccountOpened`.
-    pub info: Option<AccountOpened>,
+    pub info: Option<std::sync::Arc<AccountOpened>>,
     /// Events applied so far (the stream version).
     pub version: u64,
     pub credit_period: Option<Period>,
@@ -169,9 +169,9 @@ pub struct AccountState {
     pub seats_in_use: SeatsInUse,
     pub pending_proration: Vec<InvoiceLine>,
     pub payment_status: PaymentStatus,
-    pub payment_method: Option<PaymentMethodReplaced>,
+    pub payment_method: Option<Box<PaymentMethodReplaced>>,
     pub invoices: InvoiceBook,
-    pub payment_references: HashSet<String>,
+    pub payment_references: BTreeSet<String>,
 }
 
 impl AccountState {
@@ -257,7 +257,9 @@ impl AccountState {
                     i.pdf_sha256 = Some(e.sha256.clone());
                 }
             }
-            AccountEvent::PaymentMethodReplaced(e) => self.payment_method = Some(e.clone()),
+            AccountEvent::PaymentMethodReplaced(e) => {
+                self.payment_method = Some(Box::new(e.clone()))
+            }
             AccountEvent::PaymentSucceeded(e) => {
                 self.payment_references.insert(e.reference.clone());
                 if let Some(i) = self.invoices.get_mut(&e.invoice_number) {
@@ -400,7 +402,7 @@ fn open_account(
         plan: open.plan,
         base_credits: open.base_credits,
     };
-    let mut events = vec![AccountEvent::AccountOpened(opened)];
+    let mut events = vec![AccountEvent::AccountOpened(std::sync::Arc::new(opened))];
     if let Some(limit) = open.credit_limit {
         events.push(AccountEvent::CreditLimitSet(CreditLimitSet {
             limit,
