@@ -47,11 +47,22 @@ pub struct ReadModels {
     /// The global position applied last (the checkpoint).
     pub position: u64,
     pub accounts: HashMap<String, AccountState>,
-    pub invoices: HashMap<String, InvoiceRecord>,
-    /// Invoice numbers per account, in issue order.
-    pub invoices_by_account: HashMap<String, Vec<String>>,
+    /// Boxed: the table then holds 32 bytes a slot, not a whole record.
+    pub invoices: HashMap<String, Box<InvoiceRecord>>,
     /// Double-entry postings of every money event, in log order.
     pub postings: Vec<Posting>,
+}
+
+impl ReadModels {
+    /// An account's invoices, in number order (the account's state lists
+    /// their numbers).
+    pub fn invoices_of<'a>(&'a self, account: &str) -> impl Iterator<Item = &'a InvoiceRecord> {
+        self.accounts
+            .get(account)
+            .into_iter()
+            .flat_map(|a| a.invoices.keys())
+            .filter_map(|n| self.invoices.get(n).map(|r| &**r))
+    }
 }
 
 /// `account-<id>` → `<id>`.
@@ -94,13 +105,9 @@ impl ReadModels {
         }
         match event {
             AccountEvent::InvoiceIssued(i) => {
-                self.invoices_by_account
-                    .entry(account.to_string())
-                    .or_default()
-                    .push(i.number.clone());
                 self.invoices.insert(
                     i.number.clone(),
-                    InvoiceRecord {
+                    Box::new(InvoiceRecord {
                         account_id: account.to_string(),
                         issued: i.clone(),
                         status: InvoiceStatus::Unpaid,
@@ -113,7 +120,7 @@ impl ReadModels {
                         }],
                         pdf_sha256: None,
                         last_failure: None,
-                    },
+                    }),
                 );
             }
             AccountEvent::InvoicePdfRendered(e) => {

@@ -847,11 +847,7 @@ pub async fn list_invoices(
         return Err(ApiError::not_found(format!("no account {id:?}")));
     }
     let mut items: Vec<&InvoiceRecord> = read
-        .invoices_by_account
-        .get(&id)
-        .into_iter()
-        .flatten()
-        .filter_map(|n| read.invoices.get(n))
+        .invoices_of(&id)
         .filter(|r| {
             let d = r.issued.issued_at.date_naive();
             from <= d && d <= to && as_of.is_none_or(|t| r.history[0].at <= t)
@@ -891,7 +887,7 @@ fn invoice_for(st: &AppState, p: &Principal, number: &str) -> ApiResult<InvoiceR
     if p.role == Role::Account && p.account_id.as_deref() != Some(rec.account_id.as_str()) {
         return Err(ApiError::not_found(format!("no invoice {number:?}")));
     }
-    Ok(rec.clone())
+    Ok((**rec).clone())
 }
 
 pub async fn get_invoice(

@@ -32,6 +32,9 @@ const SCHEMA: &str = concat!(
     include_str!("../../../migrations/sqlite/0002_stream_runs.sql"),
 );
 const READERS: usize = 4;
+/// SQLite page caches (KiB): the OS page cache holds the file as well.
+const WRITER_CACHE_KB: i64 = 8_000;
+const READER_CACHE_KB: i64 = 4_000;
 
 /// A stream's consecutive versions `first_version..` and their positions.
 #[derive(Debug, Clone)]
@@ -204,7 +207,9 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
-    conn.pragma_update(None, "cache_size", -32_000)?;
+    // Appends touch the right edge of the log's B-tree and a few index
+    // pages; 8 MB holds them (32 MB measured no faster, and counts in RSS).
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KB)?;
     Ok(())
 }
 
@@ -258,7 +263,7 @@ impl SqliteStore {
                     | OpenFlags::SQLITE_OPEN_URI,
             )?;
             r.pragma_update(None, "busy_timeout", 5000)?;
-            r.pragma_update(None, "cache_size", -16_000)?;
+            r.pragma_update(None, "cache_size", -READER_CACHE_KB)?;
             readers.push(Mutex::new(r));
         }
         let checkpointer = Checkpointer::start(&path)?;

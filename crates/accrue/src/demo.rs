@@ -195,12 +195,13 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
 
     // The processor reports: Acme's opening invoice paid, Müller's failed.
     let numbers = |id: &str| {
-        ledger
-            .read()
-            .invoices_by_account
-            .get(id)
-            .cloned()
-            .unwrap_or_default()
+        let read = ledger.read();
+        let mut issued: Vec<_> = read
+            .invoices_of(id)
+            .map(|r| (r.issued.issued_at, r.issued.number.clone()))
+            .collect();
+        issued.sort();
+        issued.into_iter().map(|(_, n)| n).collect::<Vec<_>>()
     };
     if let Some(n) = numbers("acme").first() {
         ledger.execute_for_invoice_blocking(
