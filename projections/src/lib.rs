@@ -7,4 +7,4 @@ pub mod pdf;
 pub mod postings;
 pub mod read_models;
 
-pub use read_models::{InvoiceRecord, ReadModels, StatusChange};
+pub use read_models::{InvoiceRecord, IssuedHead, ReadModels, StatusChange};

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 
 use accrue_core::events::{InvoiceIssued, LedgerEvent};
-use accrue_core::{AccountEvent, AccountState, InvoiceStatus};
+use accrue_core::{AccountEvent, AccountState, InvoiceStatus, Period};
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 
 use crate::postings::Posting;
 
@@ -20,10 +21,43 @@ pub struct StatusChange {
     pub reference: Option<String>,
 }
 
+/// What the read models keep of an `InvoiceIssued`: all but its lines and
+/// the customer's name and address, which are read from the log (at the
+/// record's `position`) when an invoice is shown or rendered. Invoices
+/// accumulate every month for every account; their lines stay on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuedHead {
+    pub number: String,
+    pub issued_at: DateTime<Utc>,
+    pub due_date: DateTime<Utc>,
+    pub credit_period: Option<Period>,
+    pub billing_period: Option<Period>,
+    pub total: Decimal,
+    pub currency: String,
+    pub serial_number: String,
+}
+
+impl IssuedHead {
+    pub fn of(i: &InvoiceIssued) -> IssuedHead {
+        IssuedHead {
+            number: i.number.clone(),
+            issued_at: i.issued_at,
+            due_date: i.due_date,
+            credit_period: i.credit_period,
+            billing_period: i.billing_period,
+            total: i.total,
+            currency: i.currency.clone(),
+            serial_number: i.serial_number.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct InvoiceRecord {
     pub account_id: String,
-    pub issued: InvoiceIssued,
+    /// The global position of its `InvoiceIssued` event.
+    pub position: u64,
+    pub issued: IssuedHead,
     pub status: InvoiceStatus,
     pub history: Vec<StatusChange>,
     pub pdf_sha256: Option<String>,
@@ -109,7 +143,8 @@ impl ReadModels {
                     i.number.clone(),
                     Box::new(InvoiceRecord {
                         account_id: account.to_string(),
-                        issued: i.clone(),
+                        position,
+                        issued: IssuedHead::of(i),
                         status: InvoiceStatus::Unpaid,
                         history: vec![StatusChange {
                             status: InvoiceStatus::Unpaid,

@@ -509,12 +509,14 @@ pub async fn post_payment(
     st.ledger
         .execute_for_invoice(&req.invoice_number, cmd)
         .await?;
-    let read = st.ledger.read();
-    let rec = read
+    let rec = st
+        .ledger
+        .read()
         .invoices
         .get(&req.invoice_number)
+        .map(|r| (**r).clone())
         .ok_or_else(|| ApiError::not_found("no such invoice"))?;
-    Ok(Json(invoice_dto(rec)))
+    invoice_json(&st, rec).await
 }
 
 // ---------------------------------------------------------------- usage
@@ -756,14 +758,26 @@ fn subscription_label(r: &InvoiceRecord) -> String {
     format!("{} license {}", r.issued.currency, r.issued.serial_number)
 }
 
-pub fn invoice_dto(r: &InvoiceRecord) -> InvoiceDto {
+/// An invoice record with its lines and customer, read from the log.
+async fn invoice_json(st: &AppState, rec: InvoiceRecord) -> ApiResult<Json<InvoiceDto>> {
+    let ledger = st.ledger.clone();
+    blocking(move || {
+        ledger
+            .invoice_issued(&rec)
+            .map(|full| Json(invoice_dto(&rec, &full)))
+    })
+    .await
+}
+
+/// `full` is the record's `InvoiceIssued` (see [`accrue_ledger::Ledger::invoice_issued`]).
+pub fn invoice_dto(r: &InvoiceRecord, full: &accrue_core::events::InvoiceIssued) -> InvoiceDto {
     let i = &r.issued;
     InvoiceDto {
         number: i.number.clone(),
         account_id: r.account_id.clone(),
         serial_number: i.serial_number.clone(),
-        customer_name: i.customer_name.clone(),
-        customer_address: i.customer_address.clone(),
+        customer_name: full.customer_name.clone(),
+        customer_address: full.customer_address.clone(),
         date: i.issued_at.format("%Y-%m-%d").to_string(),
         issued_at: i.issued_at,
         due_date: i.due_date.format("%Y-%m-%d").to_string(),
@@ -772,7 +786,7 @@ pub fn invoice_dto(r: &InvoiceRecord) -> InvoiceDto {
         credit_period: i.credit_period.map(Into::into),
         billing_period: i.billing_period.map(Into::into),
         subscription: subscription_label(r),
-        lines: i
+        lines: full
             .lines
             .iter()
             .map(|l| InvoiceLineDto {
@@ -895,7 +909,8 @@ pub async fn get_invoice(
     p: Principal,
     Path(number): Path<String>,
 ) -> ApiResult<Json<InvoiceDto>> {
-    Ok(Json(invoice_dto(&invoice_for(&st, &p, &number)?)))
+    let rec = invoice_for(&st, &p, &number)?;
+    invoice_json(&st, rec).await
 }
 
 pub async fn get_invoice_pdf(
@@ -904,7 +919,12 @@ pub async fn get_invoice_pdf(
     Path(number): Path<String>,
 ) -> ApiResult<Response> {
     let rec = invoice_for(&st, &p, &number)?;
-    let pdf = blocking(move || accrue_projections::pdf::render(&rec.issued)).await?;
+    let ledger = st.ledger.clone();
+    let pdf = blocking(move || {
+        let full = ledger.invoice_issued(&rec).map_err(|e| e.to_string())?;
+        accrue_projections::pdf::render(&full).map_err(|e| e.to_string())
+    })
+    .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/pdf".to_string()),
@@ -1139,10 +1159,12 @@ pub async fn void_invoice(
             },
         )
         .await?;
-    let read = st.ledger.read();
-    let rec = read
+    let rec = st
+        .ledger
+        .read()
         .invoices
         .get(&number)
+        .map(|r| (**r).clone())
         .ok_or_else(|| ApiError::not_found("no such invoice"))?;
-    Ok(Json(invoice_dto(rec)))
+    invoice_json(&st, rec).await
 }

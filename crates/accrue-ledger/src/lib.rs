@@ -23,7 +23,7 @@ mod writer;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use accrue_core::{AccountEvent, Command, DomainError, UsageInput};
+use accrue_core::{AccountEvent, Command, DomainError, LedgerEvent, UsageInput};
 use accrue_projections::ReadModels;
 use accrue_store::{EventStore, StoreError};
 use chrono::{DateTime, Utc};
@@ -146,6 +146,15 @@ impl Ledger {
         &self.shared.store
     }
 
+    /// The whole `InvoiceIssued` of a read-model invoice record (lines and
+    /// customer included), read from the log.
+    pub fn invoice_issued(
+        &self,
+        rec: &accrue_projections::InvoiceRecord,
+    ) -> Result<accrue_core::events::InvoiceIssued, LedgerError> {
+        invoice_issued(self.shared.store.as_ref(), rec)
+    }
+
     /// The read models, for queries. Hold the guard briefly.
     pub fn read(&self) -> RwLockReadGuard<'_, ReadModels> {
         self.shared.read.read()
@@ -262,5 +271,27 @@ impl Ledger {
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The whole `InvoiceIssued` of a read-model invoice record, read from the
+/// log at the record's position.
+pub fn invoice_issued(
+    store: &dyn EventStore,
+    rec: &accrue_projections::InvoiceRecord,
+) -> Result<accrue_core::events::InvoiceIssued, LedgerError> {
+    let stored = store
+        .read_at(rec.position)?
+        .ok_or_else(|| LedgerError::Corrupt(format!("no event at position {}", rec.position)))?;
+    match LedgerEvent::decode(&stored.type_name, stored.schema, &stored.payload)
+        .map_err(|e| LedgerError::Corrupt(e.to_string()))?
+    {
+        LedgerEvent::Account(AccountEvent::InvoiceIssued(i)) if i.number == rec.issued.number => {
+            Ok(i)
+        }
+        _ => Err(LedgerError::Corrupt(format!(
+            "position {} is not invoice {}",
+            rec.position, rec.issued.number
+        ))),
     }
 }

@@ -328,13 +328,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
         close_out = Some(close_s);
         if want("pdf") {
-            let invoices: Vec<_> = ledger
+            let records: Vec<_> = ledger
                 .read()
                 .invoices
                 .values()
-                .map(|r| r.issued.clone())
                 .take(if args.quick { 1000 } else { 4000 })
+                .map(|r| (**r).clone())
                 .collect();
+            let invoices = records
+                .iter()
+                .map(|r| ledger.invoice_issued(r))
+                .collect::<Result<Vec<_>, _>>()?;
             accrue_projections::pdf::render(&invoices[0])?; // parse the font once, outside the timing
             let started = Instant::now();
             let chunk = invoices.len().div_ceil(cores);

@@ -232,7 +232,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     numbers_all.sort();
     for n in &numbers_all {
         let rec = &read.invoices[n];
-        let pdf = accrue_projections::pdf::render(&rec.issued)?;
+        let pdf = accrue_projections::pdf::render(&ledger.invoice_issued(rec)?)?;
         std::fs::write(out.join("invoices").join(format!("{n}.pdf")), &pdf)?;
         let sha256 = accrue_projections::pdf::sha256_hex(&pdf);
         ledger.execute_blocking(
@@ -311,7 +311,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
             r.account_id,
             format!("{} {}", r.issued.currency, r.issued.total),
             status,
-            r.issued.lines.len()
+            ledger.invoice_issued(r)?.lines.len()
         );
     }
     println!(

@@ -142,6 +142,7 @@ pub fn export(
     }
     for r in &invoices {
         let i = &r.issued;
+        let full = accrue_ledger::invoice_issued(store.as_ref(), r)?;
         let (ps, pe) = i
             .billing_period
             .or(i.credit_period)
@@ -161,12 +162,12 @@ pub fn export(
                     r.status.as_str().to_string(),
                     i.total.to_string(),
                     i.currency.clone(),
-                    i.lines.len().to_string(),
+                    full.lines.len().to_string(),
                     r.pdf_sha256.clone().unwrap_or_default(),
                 ],
             )?;
         } else {
-            let lines: Vec<_> = i
+            let lines: Vec<_> = full
                 .lines
                 .iter()
                 .map(|l| serde_json::json!({"description": l.description, "quantity": l.quantity.to_string(), "unit_price": l.unit_price.to_string(), "amount": l.amount.to_string()}))
@@ -266,7 +267,8 @@ pub fn audit_invoices(store: Arc<dyn EventStore>) -> anyhow::Result<u64> {
     let (mut ok, mut unrecorded, mut mismatched) = (0u64, 0u64, 0u64);
     for (i, n) in numbers.iter().enumerate() {
         let r = &models.invoices[*n];
-        let pdf = accrue_projections::pdf::render(&r.issued)?;
+        let full = accrue_ledger::invoice_issued(store.as_ref(), r)?;
+        let pdf = accrue_projections::pdf::render(&full)?;
         let sha = accrue_projections::pdf::sha256_hex(&pdf);
         match &r.pdf_sha256 {
             None => unrecorded += 1,
