@@ -300,7 +300,7 @@ pub fn overview(s: &AccountState, as_of: Option<DateTime<Utc>>) -> Option<Overvi
     let info = s.info.as_ref()?;
     let period = s.credit_period?;
     let billing = s.billing_period?;
-    let plan = s.plan.as_ref()?;
+    let plan = s.plan()?;
     Some(Overview {
         id: info.account_id.clone(),
         name: info.name.clone(),

@@ -327,7 +327,7 @@ pub async fn change_plan(
         .read()
         .accounts
         .get(&id)
-        .and_then(|a| a.plan.clone())
+        .and_then(|a| a.plan().cloned())
         .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))?;
     // Fields left out keep the value read here; the writer still decides
     // concurrent changes one after the other.

@@ -40,7 +40,7 @@ fn line(
 /// The fee lines for one billing period of the account's plan, in advance.
 /// Prices are per billing period (a yearly account's prices are yearly).
 pub fn subscription_lines(state: &AccountState, billing: Period) -> Vec<InvoiceLine> {
-    let plan = match &state.plan {
+    let plan = match state.plan() {
         Some(p) => p,
         None => return vec![],
     };

@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod clock;
 pub mod idempotency;
+pub mod idle;
 pub mod metrics;
 pub mod priority;
 pub mod projectors;

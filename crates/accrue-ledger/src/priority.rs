@@ -23,8 +23,20 @@ impl BulkPool {
                 .name(format!("accrue-bulk-{i}"))
                 .spawn(move || {
                     lower_current_thread();
-                    for job in rx {
-                        job();
+                    let mut idle = false;
+                    loop {
+                        match rx.recv_timeout(crate::idle::IDLE_AFTER) {
+                            Ok(job) => {
+                                idle = false;
+                                job();
+                            }
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                                if !std::mem::replace(&mut idle, true) {
+                                    crate::idle::idle();
+                                }
+                            }
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                        }
                     }
                 });
         }

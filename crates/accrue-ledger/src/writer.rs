@@ -352,7 +352,19 @@ pub(crate) fn spawn(
 /// writer. It runs beside the writer, so the next group is decided while
 /// this one is written.
 fn commit_loop(shared: &Shared, commits: &Receiver<Commit>, done: &Sender<Result<(), String>>) {
-    for Commit { sealed, replies } in commits {
+    let mut idle = false;
+    loop {
+        let Commit { sealed, replies } = match commits.recv_timeout(crate::idle::IDLE_AFTER) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => {
+                if !std::mem::replace(&mut idle, true) {
+                    crate::idle::idle();
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        idle = false;
         let result = commit(shared, &sealed);
         match &result {
             Ok(()) => replies.into_iter().for_each(Reply::send_ok),
@@ -407,11 +419,20 @@ impl Writer {
     /// soon as the committer is free; while it is busy, the writer goes on
     /// deciding what arrives, so the next group is ready when it finishes.
     fn run(mut self, jobs: Receiver<Job>) {
+        let mut idle = false;
         loop {
             let job = if self.group.is_empty() {
                 match jobs.recv_timeout(TICK) {
-                    Ok(j) => Some(j),
-                    Err(RecvTimeoutError::Timeout) => None,
+                    Ok(j) => {
+                        idle = false;
+                        Some(j)
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        if !std::mem::replace(&mut idle, true) {
+                            crate::idle::idle();
+                        }
+                        None
+                    }
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else if self.inflight.is_none() || self.group.events >= MAX_GROUP_EVENTS {

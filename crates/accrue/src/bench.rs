@@ -257,7 +257,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         eprintln!("in-process ingest: {inproc:.0} events/s");
         // The resident memory of a ledger holding these accounts and events
-        // (writer state, idempotency index, read models), measured now.
+        // (writer state, idempotency index, read models), once its threads
+        // have fallen idle and returned what the burst freed (`idle.rs`).
+        std::thread::sleep(accrue_ledger::idle::IDLE_AFTER * 2);
         let rss_ledger = vm_kb("VmRSS:") / 1024.0;
         eprintln!("rss with the ledger loaded: {rss_ledger:.1} MB");
 

@@ -183,6 +183,12 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    #[cfg(feature = "mimalloc")]
+    accrue_ledger::idle::set_idle_hook(|| {
+        // SAFETY: mimalloc's own entry point; collects the calling thread's
+        // heap (returns its free pages to the OS), no pointers involved.
+        unsafe { libmimalloc_sys::mi_collect(true) }
+    });
     let cli = Cli::parse();
     match cli.command {
         Cmd::Serve {

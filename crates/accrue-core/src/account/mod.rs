@@ -165,7 +165,9 @@ pub struct AccountState {
     pub used: Decimal,
     pub pending_unsubscribe: bool,
     pub thresholds_reached: u8,
-    pub plan: Option<Plan>,
+    /// The plan when it differs from the one the account opened with
+    /// (see [`AccountState::plan`]): most accounts never change it.
+    pub changed_plan: Option<Box<Plan>>,
     pub seats_in_use: SeatsInUse,
     pub pending_proration: Vec<InvoiceLine>,
     pub payment_status: PaymentStatus,
@@ -177,6 +179,12 @@ pub struct AccountState {
 impl AccountState {
     pub fn is_open(&self) -> bool {
         self.info.is_some()
+    }
+    /// The current plan: the last `PlanChanged`, else the opening one.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.changed_plan
+            .as_deref()
+            .or(self.info.as_ref().map(|i| &i.plan))
     }
     pub fn capacity(&self) -> Decimal {
         self.base + self.limit
@@ -201,7 +209,7 @@ impl AccountState {
                 self.credit_period = Some(e.credit_period);
                 self.billing_period = Some(e.billing_period);
                 self.base = e.base_credits;
-                self.plan = Some(e.plan.clone());
+                self.changed_plan = None;
                 self.info = Some(e.clone());
             }
             AccountEvent::CreditLimitSet(e) => {
@@ -226,7 +234,7 @@ impl AccountState {
                 };
             }
             AccountEvent::PlanChanged(e) => {
-                self.plan = Some(e.plan.clone());
+                self.changed_plan = Some(Box::new(e.plan.clone()));
                 self.pending_proration.extend(e.proration.iter().cloned());
             }
             AccountEvent::PeriodClosed(e) => {
@@ -516,7 +524,7 @@ fn consume(
 }
 
 fn report_seats(state: &AccountState, seats: SeatsInUse) -> Result<Vec<AccountEvent>, DomainError> {
-    let plan = state.plan.as_ref().expect("an open account has a plan");
+    let plan = state.plan().expect("an open account has a plan");
     check_seats(plan, seats)?;
     Ok(vec![AccountEvent::SeatsInUseReported(SeatsInUseReported {
         full: seats.full,
@@ -549,7 +557,7 @@ fn change_plan(
 ) -> Result<Vec<AccountEvent>, DomainError> {
     validate_plan(&plan)?;
     check_seats(&plan, state.seats_in_use)?;
-    let previous = state.plan.clone().expect("an open account has a plan");
+    let previous = state.plan().cloned().expect("an open account has a plan");
     if previous == plan {
         return Ok(vec![]);
     }
