@@ -67,8 +67,10 @@ pub fn key(account: &str, usage_id: &str) -> u64 {
     h.finish()
 }
 
-/// Keys in `recent` before they are folded into a frozen run.
-const FREEZE_AT: usize = 1 << 18;
+/// Keys in `recent` before they are folded into a frozen run: with the
+/// pending keys of one group on top (< 30,000) they still fit a hash table
+/// of 2^18 buckets (7/8 full at most), which never doubles.
+const FREEZE_AT: usize = 190_000;
 
 /// Committed positions a frozen run can hold; keys at later positions stay
 /// in `recent` (16 bytes more a key, past four billion events).
