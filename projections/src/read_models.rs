@@ -59,16 +59,32 @@ pub struct InvoiceRecord {
     pub position: u64,
     pub issued: IssuedHead,
     pub status: InvoiceStatus,
-    pub history: Vec<StatusChange>,
+    /// Status changes after the issue (payments, voids); see
+    /// [`InvoiceRecord::history`] for the whole history.
+    pub changes: Vec<StatusChange>,
     pub pdf_sha256: Option<String>,
     /// The last failed payment's reason, while unpaid.
     pub last_failure: Option<String>,
 }
 
 impl InvoiceRecord {
+    /// The whole status history: issued (unpaid), then every change.
+    pub fn history(&self) -> Vec<StatusChange> {
+        let issued = StatusChange {
+            status: InvoiceStatus::Unpaid,
+            at: self.issued.issued_at,
+            position: self.position,
+            event: "InvoiceIssued",
+            reference: None,
+        };
+        std::iter::once(issued)
+            .chain(self.changes.iter().cloned())
+            .collect()
+    }
+
     /// The status as it stood at `t` (from the status history).
     pub fn status_at(&self, t: DateTime<Utc>) -> InvoiceStatus {
-        self.history
+        self.changes
             .iter()
             .take_while(|h| h.at <= t)
             .last()
@@ -80,7 +96,8 @@ impl InvoiceRecord {
 pub struct ReadModels {
     /// The global position applied last (the checkpoint).
     pub position: u64,
-    pub accounts: HashMap<String, AccountState>,
+    /// Boxed, as the writer's: the table holds 32 bytes a slot.
+    pub accounts: HashMap<String, Box<AccountState>>,
     /// Boxed: the table then holds 32 bytes a slot, not a whole record.
     pub invoices: HashMap<String, Box<InvoiceRecord>>,
     /// Double-entry postings of every money event, in log order.
@@ -125,8 +142,7 @@ impl ReadModels {
             return;
         };
         if !self.accounts.contains_key(account) {
-            self.accounts
-                .insert(account.to_string(), AccountState::default());
+            self.accounts.insert(account.to_string(), Box::default());
         }
         let state = self.accounts.get_mut(account).expect("just ensured");
         state.apply(event);
@@ -146,13 +162,7 @@ impl ReadModels {
                         position,
                         issued: IssuedHead::of(i),
                         status: InvoiceStatus::Unpaid,
-                        history: vec![StatusChange {
-                            status: InvoiceStatus::Unpaid,
-                            at: i.issued_at,
-                            position,
-                            event: "InvoiceIssued",
-                            reference: None,
-                        }],
+                        changes: Vec::new(),
                         pdf_sha256: None,
                         last_failure: None,
                     }),
@@ -167,7 +177,7 @@ impl ReadModels {
                 if let Some(r) = self.invoices.get_mut(&e.invoice_number) {
                     r.status = InvoiceStatus::Paid;
                     r.last_failure = None;
-                    r.history.push(StatusChange {
+                    r.changes.push(StatusChange {
                         status: InvoiceStatus::Paid,
                         at: recorded_at,
                         position,
@@ -179,7 +189,7 @@ impl ReadModels {
             AccountEvent::PaymentFailed(e) => {
                 if let Some(r) = self.invoices.get_mut(&e.invoice_number) {
                     r.last_failure = Some(e.reason.clone());
-                    r.history.push(StatusChange {
+                    r.changes.push(StatusChange {
                         status: r.status,
                         at: recorded_at,
                         position,
@@ -191,7 +201,7 @@ impl ReadModels {
             AccountEvent::InvoiceVoided(e) => {
                 if let Some(r) = self.invoices.get_mut(&e.number) {
                     r.status = InvoiceStatus::Void;
-                    r.history.push(StatusChange {
+                    r.changes.push(StatusChange {
                         status: InvoiceStatus::Void,
                         at: recorded_at,
                         position,

@@ -802,7 +802,7 @@ pub fn invoice_dto(r: &InvoiceRecord, full: &accrue_core::events::InvoiceIssued)
         currency: i.currency.clone(),
         status: r.status.as_str(),
         status_history: r
-            .history
+            .history()
             .iter()
             .map(|h| StatusChangeDto {
                 status: h.status.as_str(),
@@ -864,7 +864,7 @@ pub async fn list_invoices(
         .invoices_of(&id)
         .filter(|r| {
             let d = r.issued.issued_at.date_naive();
-            from <= d && d <= to && as_of.is_none_or(|t| r.history[0].at <= t)
+            from <= d && d <= to && as_of.is_none_or(|t| r.issued.issued_at <= t)
         })
         .collect();
     items.sort_by(|a, b| {

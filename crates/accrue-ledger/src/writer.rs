@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use accrue_core::events::{ClockAdvanced, CreditsConsumed, InvoiceNumberAssigned, LedgerEvent};
+use accrue_core::events::{
+    AccountOpened, ClockAdvanced, CreditsConsumed, InvoiceNumberAssigned, LedgerEvent,
+};
 use accrue_core::invoice::format_number;
 use accrue_core::{
     decide, AccountEvent, AccountState, Command, Context, DomainError, CLOCK_STREAM,
@@ -32,17 +34,57 @@ const READ_CHUNK: usize = 64;
 /// Everything the writer decides with.
 #[derive(Default)]
 pub(crate) struct State {
-    pub accounts: HashMap<String, AccountState>,
+    /// Boxed: a slot of the table is 32 bytes, not a whole state (at 100,000
+    /// accounts the table has 131,072 slots).
+    pub accounts: HashMap<String, Box<AccountState>>,
     pub idem: IdempotencyIndex,
     /// The last invoice sequence number per year.
     pub seq: HashMap<i32, u64>,
-    pub invoice_owner: HashMap<String, String>,
+    pub invoice_owner: InvoiceOwners,
     /// (end of current credit period, account): what closes next.
     pub due: BTreeSet<(DateTime<Utc>, String)>,
 }
 
 fn account_of(stream: &str) -> Option<&str> {
     stream.strip_prefix("account-")
+}
+
+/// Which account each invoice belongs to (payments name only the invoice).
+/// Numbers are `INV-<year>-<seq>` (see `format_number`): an entry is the
+/// packed (year, seq) and the owner's shared `AccountOpened` (its id), 16
+/// bytes instead of two strings. Any other number goes to a plain map.
+#[derive(Default)]
+pub(crate) struct InvoiceOwners {
+    by_seq: HashMap<u64, Arc<AccountOpened>>,
+    other: HashMap<String, String>,
+}
+
+impl InvoiceOwners {
+    fn key(number: &str) -> Option<u64> {
+        let (year, seq) = number.strip_prefix("INV-")?.split_once('-')?;
+        let (year, seq): (u32, u32) = (year.parse().ok()?, seq.parse().ok()?);
+        // Only the canonical spelling (no sign, the same zero padding).
+        let canonical = format_number(i32::try_from(year).ok()?, u64::from(seq)) == number;
+        canonical.then_some((u64::from(year) << 32) | u64::from(seq))
+    }
+
+    fn insert(&mut self, number: &str, account: &str, opened: Option<&Arc<AccountOpened>>) {
+        match (Self::key(number), opened) {
+            (Some(k), Some(o)) if o.account_id == account => {
+                self.by_seq.insert(k, Arc::clone(o));
+            }
+            _ => {
+                self.other.insert(number.to_string(), account.to_string());
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, number: &str) -> Option<String> {
+        Self::key(number)
+            .and_then(|k| self.by_seq.get(&k))
+            .map(|o| o.account_id.clone())
+            .or_else(|| self.other.get(number).cloned())
+    }
 }
 
 impl State {
@@ -53,6 +95,7 @@ impl State {
         before: Option<DateTime<Utc>>,
         after: Option<DateTime<Utc>>,
         e: &AccountEvent,
+        opened: Option<&Arc<AccountOpened>>,
     ) {
         if before != after {
             if let Some(b) = before {
@@ -63,8 +106,7 @@ impl State {
             }
         }
         if let AccountEvent::InvoiceIssued(i) = e {
-            self.invoice_owner
-                .insert(i.number.clone(), account.to_string());
+            self.invoice_owner.insert(&i.number, account, opened);
         }
     }
 
@@ -80,7 +122,8 @@ impl State {
         st.apply(e);
         let after = st.period_end();
         if before != after || matches!(e, AccountEvent::InvoiceIssued(_)) {
-            self.track(account, before, after, e);
+            let opened = st.info.clone();
+            self.track(account, before, after, e, opened.as_ref());
         }
         version_before
     }
@@ -495,7 +538,7 @@ impl Writer {
                 reply,
             } => {
                 let now = self.shared.clock.now();
-                let result = match self.state.invoice_owner.get(&number).cloned() {
+                let result = match self.state.invoice_owner.get(&number) {
                     None => Err(LedgerError::Domain(DomainError::UnknownInvoice)),
                     Some(account) => self.command(&account, command, now),
                 };
@@ -608,6 +651,7 @@ impl Writer {
             .state
             .accounts
             .get(account)
+            .map(|s| &**s)
             .unwrap_or_else(|| EMPTY.get_or_init(AccountState::default));
         let events = decide(state, command, ctx)?;
         self.stage(account, events.clone(), ctx.now);
@@ -899,5 +943,74 @@ impl Writer {
         for r in group.replies {
             r.send_err("an earlier group could not be stored; nothing of this request was stored");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accrue_core::{BillingFrequency, Period, Plan};
+    use rust_decimal::Decimal;
+
+    fn opened(id: &str) -> Arc<AccountOpened> {
+        let t: DateTime<Utc> = "2026-01-15T00:00:00Z".parse().expect("time");
+        let p = Period { start: t, end: t };
+        Arc::new(AccountOpened {
+            account_id: id.into(),
+            name: id.into(),
+            serial_number: "S-1".into(),
+            billing_email: "a@example.com".into(),
+            email_language: "en".into(),
+            address: None,
+            currency: "USD".into(),
+            billing_frequency: BillingFrequency::Monthly,
+            anchor_day: 15,
+            opened_at: t,
+            credit_period: p,
+            billing_period: p,
+            plan: Plan {
+                full_seats: 1,
+                full_seat_price: Decimal::ONE,
+                viewer_seats: 0,
+                viewer_seat_price: Decimal::ZERO,
+                data_management: false,
+                data_management_price: Decimal::ZERO,
+            },
+            base_credits: Decimal::ZERO,
+        })
+    }
+
+    #[test]
+    fn invoice_owners_by_sequence_and_by_name() {
+        assert_eq!(
+            InvoiceOwners::key("INV-2026-000042"),
+            Some((2026 << 32) | 42)
+        );
+        assert_eq!(
+            InvoiceOwners::key("INV-2026-1234567"),
+            Some((2026 << 32) | 1_234_567)
+        );
+        for odd in [
+            "INV-2026-42",
+            "INV-+2026-000042",
+            "INV-2026-",
+            "X-2026-000001",
+            "",
+        ] {
+            assert_eq!(InvoiceOwners::key(odd), None, "{odd}");
+        }
+        let mut o = InvoiceOwners::default();
+        o.insert("INV-2026-000001", "acme", Some(&opened("acme")));
+        o.insert("INV-2026-000002", "beta", Some(&opened("beta")));
+        // A number in another spelling, and an owner without its facts.
+        o.insert("INV-2026-3", "gamma", Some(&opened("gamma")));
+        o.insert("INV-2027-000001", "delta", None);
+        assert_eq!(o.by_seq.len(), 2);
+        assert_eq!(o.get("INV-2026-000001").as_deref(), Some("acme"));
+        assert_eq!(o.get("INV-2026-000002").as_deref(), Some("beta"));
+        assert_eq!(o.get("INV-2026-3").as_deref(), Some("gamma"));
+        assert_eq!(o.get("INV-2027-000001").as_deref(), Some("delta"));
+        assert_eq!(o.get("INV-2026-000003"), None);
+        assert_eq!(o.get("INV-2026-000004"), None);
     }
 }
