@@ -102,7 +102,9 @@ pub enum Command {
 pub struct InvoiceState {
     pub total: Decimal,
     pub status: InvoiceStatus,
-    pub pdf_sha256: Option<String>,
+    /// Whether its PDF's hash is recorded (the hash itself is in the log
+    /// and the read models).
+    pub pdf_recorded: bool,
 }
 
 /// An account's invoices by number, in number order. A sorted vector, not a
@@ -254,7 +256,7 @@ impl AccountState {
                     InvoiceState {
                         total: e.total,
                         status: InvoiceStatus::Unpaid,
-                        pdf_sha256: None,
+                        pdf_recorded: false,
                     },
                 );
                 // The opening invoice carries pending prorations too.
@@ -262,7 +264,7 @@ impl AccountState {
             }
             AccountEvent::InvoicePdfRendered(e) => {
                 if let Some(i) = self.invoices.get_mut(&e.number) {
-                    i.pdf_sha256 = Some(e.sha256.clone());
+                    i.pdf_recorded = true;
                 }
             }
             AccountEvent::PaymentMethodReplaced(e) => {
@@ -642,7 +644,7 @@ fn record_pdf(
     match state.invoices.get(&number) {
         None => Err(DomainError::UnknownInvoice),
         // The hash is recorded once, when first rendered.
-        Some(i) if i.pdf_sha256.is_some() => Ok(vec![]),
+        Some(i) if i.pdf_recorded => Ok(vec![]),
         Some(_) => Ok(vec![AccountEvent::InvoicePdfRendered(InvoicePdfRendered {
             number,
             sha256,

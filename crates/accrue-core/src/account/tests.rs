@@ -421,7 +421,7 @@ fn the_invoice_book_keeps_number_order_and_replaces_in_place() {
     let st = |total: i64| InvoiceState {
         total: Decimal::from(total),
         status: InvoiceStatus::Unpaid,
-        pdf_sha256: None,
+        pdf_recorded: false,
     };
     let mut book = InvoiceBook::default();
     for (n, t) in [
