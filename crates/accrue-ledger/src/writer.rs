@@ -365,7 +365,10 @@ pub(crate) fn spawn(
             .name("accrue-commit".into())
             // Normal priority: it holds the read models' write lock while
             // it applies a group, and must not be preempted there.
-            .spawn(move || commit_loop(&shared, &commits, &done))
+            .spawn(move || {
+                crate::priority::pin_committer();
+                commit_loop(&shared, &commits, &done)
+            })
             .map_err(|e| LedgerError::Corrupt(format!("cannot start the committer: {e}")))?
     };
     let mut w = Writer {

@@ -430,6 +430,7 @@ fn http_ingest(
     // work never queues the server's or the query client's tasks.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("bench-server")
+        .on_thread_start(accrue_ledger::priority::pin_serving)
         .worker_threads(crate::SERVER_THREADS.max(crate::cores()))
         .enable_all()
         .build()?;
@@ -445,6 +446,11 @@ fn http_ingest(
         std::thread::Builder::new()
             .name("bench-query".into())
             .spawn(move || -> anyhow::Result<Vec<f64>> {
+                // It stands for a client on another machine: like the load
+                // clients (nice 19), it must not take the server's CPU time
+                // where that would not happen, so it stays off the
+                // committer's CPU as the server's query threads do.
+                accrue_ledger::priority::pin_serving();
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;

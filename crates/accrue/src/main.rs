@@ -272,6 +272,7 @@ fn serve(
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(SERVER_THREADS.max(cores()))
+        .on_thread_start(accrue_ledger::priority::pin_serving)
         .enable_all()
         .build()?;
     rt.block_on(async move {
