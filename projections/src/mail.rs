@@ -151,7 +151,7 @@ pub fn mail_for(
     let info = account.info.as_ref()?;
     let (to, lang_req) = match &account.payment_method {
         Some(m) => (m.billing_email.clone(), m.email_language.clone()),
-        None => (info.billing_email.clone(), info.email_language.clone()),
+        None => (info.billing_email.clone(), info.email_language.to_string()),
     };
     let language = email_language(&lang_req);
     let t = texts(language);

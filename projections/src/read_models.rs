@@ -33,8 +33,9 @@ pub struct IssuedHead {
     pub credit_period: Option<Period>,
     pub billing_period: Option<Period>,
     pub total: Decimal,
-    pub currency: String,
-    pub serial_number: String,
+    /// Boxed strings: the record then fits the allocator's 256-byte class.
+    pub currency: Box<str>,
+    pub serial_number: Box<str>,
 }
 
 impl IssuedHead {
@@ -46,8 +47,8 @@ impl IssuedHead {
             credit_period: i.credit_period,
             billing_period: i.billing_period,
             total: i.total,
-            currency: i.currency.clone(),
-            serial_number: i.serial_number.clone(),
+            currency: i.currency.as_str().into(),
+            serial_number: i.serial_number.as_str().into(),
         }
     }
 }
@@ -212,5 +213,15 @@ impl ReadModels {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod size_tests {
+    /// An invoice record fits mimalloc's 256-byte class (one per invoice,
+    /// for the life of the ledger).
+    #[test]
+    fn an_invoice_record_fits_its_allocation_class() {
+        assert!(std::mem::size_of::<super::InvoiceRecord>() <= 256);
     }
 }

@@ -312,7 +312,9 @@ pub fn overview(s: &AccountState, as_of: Option<DateTime<Utc>>) -> Option<Overvi
         email_language: s
             .payment_method
             .as_ref()
-            .map_or(info.email_language.clone(), |m| m.email_language.clone()),
+            .map_or(info.email_language.to_string(), |m| {
+                m.email_language.clone()
+            }),
         currency: info.currency.clone(),
         billing_frequency: info.billing_frequency.as_str(),
         period_anchor: info.anchor_day,

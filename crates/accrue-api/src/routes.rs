@@ -775,7 +775,7 @@ pub fn invoice_dto(r: &InvoiceRecord, full: &accrue_core::events::InvoiceIssued)
     InvoiceDto {
         number: i.number.clone(),
         account_id: r.account_id.clone(),
-        serial_number: i.serial_number.clone(),
+        serial_number: i.serial_number.to_string(),
         customer_name: full.customer_name.clone(),
         customer_address: full.customer_address.clone(),
         date: i.issued_at.format("%Y-%m-%d").to_string(),
@@ -799,7 +799,7 @@ pub fn invoice_dto(r: &InvoiceRecord, full: &accrue_core::events::InvoiceIssued)
             .collect(),
         subtotal: Money(i.total),
         total: Money(i.total),
-        currency: i.currency.clone(),
+        currency: i.currency.to_string(),
         status: r.status.as_str(),
         status_history: r
             .history()
@@ -885,7 +885,7 @@ pub async fn list_invoices(
                 period: invoice_period(r),
                 status: as_of.map_or(r.status, |t| r.status_at(t)).as_str(),
                 total: Money(r.issued.total),
-                currency: r.issued.currency.clone(),
+                currency: r.issued.currency.to_string(),
             })
             .collect(),
     }))

@@ -79,7 +79,9 @@ pub struct AccountOpened {
     pub name: String,
     pub serial_number: String,
     pub billing_email: String,
-    pub email_language: String,
+    /// One of the supported languages (`email_language`); boxed, so the
+    /// shared struct fits the allocator's 320-byte class.
+    pub email_language: Box<str>,
     #[serde(default)]
     pub address: Option<String>,
     pub currency: String,

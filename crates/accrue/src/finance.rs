@@ -161,7 +161,7 @@ pub fn export(
                     pe,
                     r.status.as_str().to_string(),
                     i.total.to_string(),
-                    i.currency.clone(),
+                    i.currency.to_string(),
                     full.lines.len().to_string(),
                     r.pdf_sha256.clone().unwrap_or_default(),
                 ],

@@ -401,7 +401,7 @@ fn open_account(
         name: open.name,
         serial_number: open.serial_number,
         billing_email: open.billing_email,
-        email_language: crate::email_language(&open.email_language).to_string(),
+        email_language: crate::email_language(&open.email_language).into(),
         address: open.address,
         currency: open.currency,
         billing_frequency: open.billing_frequency,
