@@ -1,9 +1,11 @@
 //! Queries before bulk work. On two saturated cores, a balance query that
 //! wakes up behind the ingest threads waits for the scheduler's time slices;
-//! the threads that do bulk ingest work (body parsing, the writer, the
-//! committer) therefore run at a lower scheduling priority (nice +10) than
-//! the threads that answer queries. The total work done is unchanged (the
+//! the threads that do bulk ingest work (body parsing, the writer, PDFs and
+//! mail) therefore run at a lower scheduling priority (nice 19) than the
+//! threads that answer queries. The total work done is unchanged (the
 //! scheduler is work-conserving); only who goes first when both are runnable.
+//! The committer stays at normal priority and gets a CPU of its own instead
+//! (see `placement`).
 
 pub use accrue_store::priority::lower_current_thread;
 use accrue_store::priority::{allowed_cpus, pin_current_thread};
