@@ -156,6 +156,11 @@ fn export_writes_spreadsheet_csv_and_refuses_an_inverted_range() {
         1 + 4,
         "header + 2 opening + 2 closes"
     );
+    // The `lines` column counts each invoice's lines, read from the log.
+    for row in invoices.lines().skip(1) {
+        let lines: usize = row.split(',').nth(9).unwrap().parse().unwrap();
+        assert!(lines >= 1, "{row}");
+    }
     let (code, _, _) = accrue(&[
         "export",
         "--data",
@@ -179,6 +184,14 @@ fn export_writes_spreadsheet_csv_and_refuses_an_inverted_range() {
     )
     .unwrap();
     assert_eq!(first["position"], 1);
+    for inv in std::fs::read_to_string(out.join("invoices.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let inv: Value = serde_json::from_str(inv).unwrap();
+        assert!(!inv["lines"].as_array().unwrap().is_empty(), "{inv}");
+        assert!(inv["lines"][0]["amount"].is_string(), "{inv}");
+    }
     let (code, _, err) = accrue(&[
         "export",
         "--data",

@@ -58,6 +58,10 @@ async fn a_close_issues_one_invoice_with_the_charge_and_the_next_fee() {
     assert_eq!(inv["lines"][0]["amount"], "5.00");
     assert_eq!(inv["lines"].as_array().unwrap().len(), 4);
     assert_eq!(inv["credit_period"]["start"], "2026-01-15T00:00:00Z");
+    // Lines and customer come from the log, the rest from the read model.
+    assert_eq!(inv["customer_name"], "acme Inc.");
+    assert_eq!(inv["number"], "INV-2026-000002");
+    assert_eq!(inv["total"], "145.00");
     assert_problem(
         &app.admin("GET", "/v1/invoices/INV-2026-999999", None).await,
         404,
@@ -156,6 +160,16 @@ async fn a_payment_marks_the_invoice_paid_once() {
     assert_eq!(
         history,
         ["InvoiceIssued", "PaymentFailed", "PaymentSucceeded"]
+    );
+    // The issue entry is implied by the record: at its issue time and the
+    // position of its `InvoiceIssued`, before the payments' positions.
+    let h = inv["status_history"].as_array().unwrap();
+    assert_eq!(h[0]["at"], inv["issued_at"]);
+    assert_eq!(h[0]["status"], "unpaid");
+    let positions: Vec<u64> = h.iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    assert!(
+        positions[0] > 0 && positions.windows(2).all(|w| w[0] < w[1]),
+        "{positions:?}"
     );
 }
 
