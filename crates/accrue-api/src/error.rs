@@ -96,6 +96,19 @@ impl From<LedgerError> for ApiError {
                 "unavailable",
                 "the ledger is shutting down",
             ),
+            e @ LedgerError::Failed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ledger_stopped",
+                e.to_string(),
+            ),
+            e @ LedgerError::Overloaded => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
+            }
+            e @ LedgerError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
             e => ApiError::internal(e.to_string()),
         }
     }
@@ -121,12 +134,19 @@ impl IntoResponse for ApiError {
             reason: self.reason.to_string(),
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        (
+        let mut resp = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             json,
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Overload and store hiccups pass; a stopped ledger comes back
+            // once its supervisor restarted it.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 

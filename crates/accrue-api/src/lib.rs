@@ -4,6 +4,7 @@ pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod extract;
+mod health;
 mod openapi;
 pub mod pan;
 mod routes;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
     use routes::*;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/v1/tokens", post(create_token))

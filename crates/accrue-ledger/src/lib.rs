@@ -35,6 +35,9 @@ pub use clock::{Clock, ClockMode};
 pub use metrics::Metrics;
 pub use replay::{account_as_of, for_each_decoded, replay_into, Decoded, ReplayStats};
 
+/// Requests waiting for the writer at most; beyond, 503 with Retry-After.
+pub const JOB_QUEUE: usize = 1024;
+
 /// Most events accepted in one ingest request.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
 
@@ -53,6 +56,16 @@ pub enum LedgerError {
     },
     #[error("the ledger has stopped")]
     Stopped,
+    /// The writer stopped after a fault (fail-stop): nothing more is taken
+    /// until a restart rebuilds it from the log.
+    #[error("the ledger stopped taking writes after a fault: {0}")]
+    Failed(String),
+    /// The writer's queue is full: try again shortly.
+    #[error("the ledger is busy; retry shortly")]
+    Overloaded,
+    /// A store read the decision needed failed; nothing was decided.
+    #[error("the store could not be read; nothing was recorded: {0}")]
+    Unavailable(String),
     #[error("corrupt ledger: {0}")]
     Corrupt(String),
 }
@@ -112,6 +125,40 @@ pub(crate) struct Shared {
     pub read: RwLock<ReadModels>,
     pub clock: Clock,
     pub metrics: Metrics,
+    pub health: Health,
+}
+
+/// Whether the writer still takes writes. Set once, never cleared: after a
+/// commit error, a misplaced commit or a panic in the writer or committer
+/// the ledger stops (fail-stop) and only a restart, which replays the log,
+/// brings it back. It never heals in place on state that may not be stored.
+#[derive(Default)]
+pub struct Health {
+    failed: std::sync::atomic::AtomicBool,
+    reason: Mutex<Option<String>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Health {
+    /// Records the fault (the first one wins) and wakes whoever waits.
+    pub(crate) fn fail(&self, reason: &str) {
+        let mut r = self.reason.lock();
+        if r.is_none() {
+            tracing::error!(reason, "the ledger stops taking writes (fail-stop)");
+            *r = Some(reason.to_string());
+        }
+        self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(r);
+        self.notify.notify_waiters();
+    }
+
+    pub fn failed(&self) -> Option<String> {
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            Some(self.reason.lock().clone().unwrap_or_default())
+        } else {
+            None
+        }
+    }
 }
 
 /// A handle to the ledger; cheap to clone.
@@ -133,8 +180,9 @@ impl Ledger {
             read: RwLock::new(read),
             clock,
             metrics: Metrics::default(),
+            health: Health::default(),
         });
-        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let (tx, rx) = crossbeam_channel::bounded(JOB_QUEUE);
         let thread = writer::spawn(shared.clone(), state, rx)?;
         Ok(Ledger {
             shared,
@@ -173,27 +221,74 @@ impl Ledger {
         &self.shared.metrics
     }
 
-    /// Queues a job whose reply comes back on the returned receiver.
+    /// `Some(reason)` once the writer has stopped after a fault.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.health.failed()
+    }
+
+    /// Ready: loaded (it is, once `open` returned) and the writer can commit.
+    pub fn is_ready(&self) -> bool {
+        self.failure().is_none()
+    }
+
+    /// Resolves when the writer has stopped after a fault (for `serve`,
+    /// which then exits non-zero so a supervisor restarts it).
+    pub async fn failed(&self) -> String {
+        loop {
+            let notified = self.shared.health.notify.notified();
+            if let Some(r) = self.failure() {
+                return r;
+            }
+            notified.await;
+        }
+    }
+
+    fn stopped_error(&self) -> LedgerError {
+        match self.failure() {
+            Some(r) => LedgerError::Failed(r),
+            None => LedgerError::Stopped,
+        }
+    }
+
+    /// Queues a job whose reply comes back on the returned receiver. Never
+    /// blocks: a full queue is `Overloaded` (async handlers must not block
+    /// their worker thread).
     fn submit<T>(
         &self,
         job: impl FnOnce(Reply<T>) -> Job,
     ) -> Result<oneshot::Receiver<Result<T, LedgerError>>, LedgerError> {
+        if let Some(r) = self.failure() {
+            return Err(LedgerError::Failed(r));
+        }
         let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(job(reply))
-            .map_err(|_| LedgerError::Stopped)?;
+        self.jobs.try_send(job(reply)).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => LedgerError::Overloaded,
+            crossbeam_channel::TrySendError::Disconnected(_) => self.stopped_error(),
+        })?;
         Ok(rx)
     }
 
     async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, LedgerError> {
-        self.submit(job)?.await.map_err(|_| LedgerError::Stopped)?
+        match self.submit(job)?.await {
+            Ok(r) => r,
+            Err(_) => Err(self.stopped_error()),
+        }
     }
 
-    /// For callers outside an async runtime (threads, the CLI, benchmarks).
+    /// For callers outside an async runtime (threads, the CLI, benchmarks):
+    /// waits for room in the queue instead of refusing.
     fn call_blocking<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, LedgerError> {
-        self.submit(job)?
-            .blocking_recv()
-            .map_err(|_| LedgerError::Stopped)?
+        if let Some(r) = self.failure() {
+            return Err(LedgerError::Failed(r));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(job(reply))
+            .map_err(|_| self.stopped_error())?;
+        match rx.blocking_recv() {
+            Ok(r) => r,
+            Err(_) => Err(self.stopped_error()),
+        }
     }
 
     /// Decides a batch of usage events in order; answers once they are durable.

@@ -205,7 +205,7 @@ impl Reply {
         }
     }
     fn send_err(self, e: &str) {
-        let err = || LedgerError::Store(StoreError::Backend(e.to_string()));
+        let err = || LedgerError::Failed(e.to_string());
         match self {
             Reply::Usage(tx, _) => drop(tx.send(Err(err()))),
             Reply::Command(tx, _) => drop(tx.send(Err(err()))),
@@ -349,6 +349,9 @@ struct Writer {
     to_committer: Option<Sender<Commit>>,
     results: Receiver<Result<(), String>>,
     committer: Option<JoinHandle<()>>,
+    /// Stored events read for the usage job being decided (position →
+    /// stream and event; `None`: no event there).
+    prefetched: HashMap<u64, Option<(String, LedgerEvent)>>,
 }
 
 pub(crate) fn spawn(
@@ -367,7 +370,12 @@ pub(crate) fn spawn(
             // it applies a group, and must not be preempted there.
             .spawn(move || {
                 crate::priority::pin_committer();
-                commit_loop(&shared, &commits, &done)
+                let run = std::panic::AssertUnwindSafe(|| commit_loop(&shared, &commits, &done));
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    shared
+                        .health
+                        .fail(&format!("the committer panicked: {}", panic_text(&p)));
+                }
             })
             .map_err(|e| LedgerError::Corrupt(format!("cannot start the committer: {e}")))?
     };
@@ -380,17 +388,54 @@ pub(crate) fn spawn(
         to_committer: Some(to_committer),
         results,
         committer: Some(committer),
+        prefetched: HashMap::new(),
     };
     // Finish any close that came due while we were down, before serving.
     w.close_due(w.shared.clock.now());
     w.flush_sync();
+    if let Some(reason) = w.shared.health.failed() {
+        return Err(LedgerError::Failed(reason));
+    }
     std::thread::Builder::new()
         .name("accrue-writer".into())
         .spawn(move || {
             crate::priority::lower_current_thread();
-            w.run(jobs)
+            let shared = w.shared.clone();
+            let run = std::panic::AssertUnwindSafe(|| w.run(&jobs));
+            if let Err(p) = std::panic::catch_unwind(run) {
+                shared
+                    .health
+                    .fail(&format!("the writer panicked: {}", panic_text(&p)));
+            }
+            if let Some(reason) = shared.health.failed() {
+                refuse_queued(&jobs, &reason);
+            }
         })
         .map_err(|e| LedgerError::Corrupt(format!("cannot start the writer: {e}")))
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// After a fault: answers every queued request (and any that still
+/// arrives before the handles notice) with the fault, until all senders
+/// are gone or a stop is asked.
+fn refuse_queued(jobs: &Receiver<Job>, reason: &str) {
+    let err = || LedgerError::Failed(reason.to_string());
+    while let Ok(job) = jobs.recv_timeout(Duration::from_millis(200)) {
+        match job {
+            Job::Usage { reply, .. } => drop(reply.send(Err(err()))),
+            Job::Command { reply, .. } | Job::InvoiceCommand { reply, .. } => {
+                drop(reply.send(Err(err())))
+            }
+            Job::AdvanceClock { reply, .. } => drop(reply.send(Err(err()))),
+            Job::Stop => return,
+        }
+    }
 }
 
 /// The committer: appends each sealed group in one durable transaction,
@@ -412,11 +457,17 @@ fn commit_loop(shared: &Shared, commits: &Receiver<Commit>, done: &Sender<Result
         };
         idle = false;
         let result = commit(shared, &sealed);
+        let failed = result.is_err();
         match &result {
             Ok(()) => replies.into_iter().for_each(Reply::send_ok),
-            Err(msg) => replies.into_iter().for_each(|r| r.send_err(msg)),
+            Err(msg) => {
+                // Fail-stop: whatever the store holds now is the truth, and
+                // only a replay of it may decide again.
+                shared.health.fail(msg);
+                replies.into_iter().for_each(|r| r.send_err(msg));
+            }
         }
-        if done.send(result).is_err() {
+        if done.send(result).is_err() || failed {
             break;
         }
     }
@@ -464,9 +515,13 @@ impl Writer {
     /// Decides jobs one at a time. A decided group goes to the committer as
     /// soon as the committer is free; while it is busy, the writer goes on
     /// deciding what arrives, so the next group is ready when it finishes.
-    fn run(mut self, jobs: Receiver<Job>) {
+    fn run(mut self, jobs: &Receiver<Job>) {
         let mut idle = false;
         loop {
+            if self.shared.health.failed().is_some() {
+                self.fail_group();
+                return;
+            }
             let job = if self.group.is_empty() {
                 match jobs.recv_timeout(TICK) {
                     Ok(j) => {
@@ -495,6 +550,7 @@ impl Writer {
                         let r = r.unwrap_or_else(|_| Err("the committer has stopped".into()));
                         if self.finish_inflight(r).is_err() {
                             self.fail_group();
+                            return;
                         }
                         continue;
                     }
@@ -520,8 +576,17 @@ impl Writer {
     fn handle(&mut self, job: Job) -> bool {
         match job {
             Job::Usage { items, reply } => {
+                // Every store read the decisions need happens first: a read
+                // that fails answers 503 with nothing decided, so a retry
+                // can never be counted twice.
+                if let Err(e) = self.prefetch_usage(&items) {
+                    self.prefetched.clear();
+                    drop(reply.send(Err(LedgerError::Unavailable(e.to_string()))));
+                    return false;
+                }
                 let now = self.shared.clock.now();
                 let outcomes = items.into_iter().map(|i| self.consume(i, now)).collect();
+                self.prefetched.clear();
                 self.group.replies.push(Reply::Usage(reply, outcomes));
             }
             Job::Command {
@@ -789,6 +854,46 @@ impl Writer {
         }
     }
 
+    /// Reads from the store every committed usage event that a lookup of
+    /// this batch's keys will confirm against (fingerprint matches).
+    fn prefetch_usage(&mut self, items: &[UsageItem]) -> Result<(), StoreError> {
+        for item in items {
+            let UsageItem::Valid {
+                account_id, input, ..
+            } = item
+            else {
+                continue;
+            };
+            let hash = idempotency::key(account_id, &input.usage_id);
+            let mut slots = self.state.idem.by_hash(hash);
+            if slots.is_empty() {
+                continue;
+            }
+            slots.extend(self.state.idem.exact(account_id, &input.usage_id));
+            for slot in slots {
+                let Slot::Committed(pos) = slot else {
+                    continue;
+                };
+                let in_flight = self.inflight.as_ref().is_some_and(|g| g.at(pos).is_some());
+                if in_flight || self.prefetched.contains_key(&pos) {
+                    continue;
+                }
+                let found = match self.shared.store.read_at(pos)? {
+                    None => None,
+                    Some(rec) => {
+                        let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload)
+                            .map_err(|e| {
+                                StoreError::Corrupt(format!("event at position {pos}: {e}"))
+                            })?;
+                        Some((rec.stream, e))
+                    }
+                };
+                self.prefetched.insert(pos, found);
+            }
+        }
+        Ok(())
+    }
+
     /// The usage event already recorded under (account, id), if any, and
     /// whether the key's hash is taken by another key.
     fn find_usage(
@@ -831,11 +936,25 @@ impl Writer {
                 let (stream, e) = g.at(pos)?;
                 (stream.to_string(), e.clone())
             }
-            Slot::Committed(pos) => {
-                let rec = self.shared.store.read_at(pos).ok()??;
-                let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload).ok()?;
-                (rec.stream, e)
-            }
+            Slot::Committed(pos) => match self.prefetched.get(&pos) {
+                Some(found) => found.clone()?,
+                None => {
+                    // Not prefetched: cannot happen (no slot becomes
+                    // committed within one job). Never guess "not found".
+                    let found = self.shared.store.read_at(pos).map_err(|e| e.to_string());
+                    let rec = match found {
+                        Ok(r) => r?,
+                        Err(e) => {
+                            self.shared
+                                .health
+                                .fail(&format!("usage lookup failed: {e}"));
+                            return None;
+                        }
+                    };
+                    let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload).ok()?;
+                    (rec.stream, e)
+                }
+            },
         };
         match event {
             LedgerEvent::Account(AccountEvent::CreditsConsumed(c))
@@ -857,6 +976,12 @@ impl Writer {
         }
         if let Err(msg) = self.wait_inflight() {
             // This group was decided on top of the failed one: it fails too.
+            for r in group.replies {
+                r.send_err(&msg);
+            }
+            return;
+        }
+        if let Some(msg) = self.shared.health.failed() {
             for r in group.replies {
                 r.send_err(&msg);
             }
@@ -920,31 +1045,28 @@ impl Writer {
         self.finish_inflight(result)
     }
 
-    /// Takes in the committer's result. If the append failed, nothing of
-    /// that group is stored but the writer's state holds its decisions (and
-    /// those of the group being decided on top of them): rebuild the state
-    /// from the log, the truth.
+    /// Takes in the committer's result. If the append failed (or landed
+    /// elsewhere than the writer placed it), the writer's state holds
+    /// decisions the store may not: it stops for good (fail-stop). It never
+    /// reloads in place; a restart replays the log, the truth.
     fn finish_inflight(&mut self, result: Result<(), String>) -> Result<(), String> {
         if let Err(msg) = &result {
-            tracing::error!(error = %msg, "append failed; reloading the writer state");
-            match load(self.shared.store.as_ref()) {
-                Ok((state, _, _)) => self.state = state,
-                Err(e) => tracing::error!(error = %e, "reload failed"),
-            }
-            match self.shared.store.head_position() {
-                Ok(h) => self.head = h,
-                Err(e) => tracing::error!(error = %e, "cannot read the head after a failed append"),
-            }
+            self.shared.health.fail(msg);
         }
         result
     }
 
-    /// Drops the group being decided after the one before it failed: its
-    /// decisions were taken on state that is not stored.
+    /// Drops the group being decided after a fault: its decisions were
+    /// taken on state that may not be stored.
     fn fail_group(&mut self) {
         let group = std::mem::take(&mut self.group);
+        let reason = self
+            .shared
+            .health
+            .failed()
+            .unwrap_or_else(|| "an earlier group could not be stored".into());
         for r in group.replies {
-            r.send_err("an earlier group could not be stored; nothing of this request was stored");
+            r.send_err(&format!("{reason}; nothing of this request was stored"));
         }
     }
 }

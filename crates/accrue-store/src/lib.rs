@@ -7,6 +7,7 @@
 //! canonical encoding ([`hash::event_hash`]).
 
 pub mod conformance;
+pub mod faulty;
 pub mod hash;
 pub mod postgres;
 pub mod priority;

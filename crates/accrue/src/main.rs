@@ -275,7 +275,8 @@ fn serve(
         .on_thread_start(accrue_ledger::priority::pin_serving)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let watched = ledger.clone();
+    let fault = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -283,15 +284,31 @@ fn serve(
         println!("accrue listening on http://{addr}");
         use std::io::Write;
         std::io::stdout().flush()?;
+        // Fail-stop: once the writer stopped after a fault, serve exits
+        // non-zero so a supervisor restarts it and replay rebuilds the
+        // state from the log. Until then writes get 503 and /readyz 503.
+        let fault = Arc::new(std::sync::Mutex::new(None::<String>));
+        let seen = fault.clone();
+        let stopping = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {},
+                r = watched.failed() => *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
+            }
+        };
         axum::serve(no_delay(listener), accrue_api::router(state))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(stopping)
             .await?;
-        anyhow::Ok(())
+        let f = fault.lock().unwrap_or_else(|e| e.into_inner()).take();
+        anyhow::Ok(f)
     })?;
     stop.store(true, Ordering::Relaxed);
     ledger.shutdown();
     let _ = pdf.join();
     let _ = mailer.join();
+    if let Some(reason) = fault {
+        eprintln!("accrue: the ledger stopped after a fault: {reason}; exiting so a supervisor restarts it");
+        std::process::exit(3);
+    }
     Ok(())
 }
 
