@@ -1,5 +1,6 @@
 //! accrue-api: the only crate that knows HTTP and the JSON wire format.
 
+mod anchor_routes;
 pub mod auth;
 pub mod dto;
 pub mod error;
@@ -62,7 +63,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/invoices/{number}", get(get_invoice))
         .route("/v1/invoices/{number}/pdf", get(get_invoice_pdf))
         .route("/v1/invoices/{number}/void", post(void_invoice))
-        .route("/v1/audit/verify", get(audit_verify))
+        .route(
+            "/v1/audit/verify",
+            get(audit_verify).post(anchor_routes::verify_anchor),
+        )
+        .route("/v1/audit/anchor", get(anchor_routes::get_anchor))
         .route("/v1/audit/trial-balance", get(trial_balance))
         .route("/v1/clock", post(move_clock).get(get_clock))
         .fallback(not_found)

@@ -126,6 +126,8 @@ pub(crate) struct Shared {
     pub clock: Clock,
     pub metrics: Metrics,
     pub health: Health,
+    /// Signs audit anchors (`serve` loads it from the data folder).
+    pub anchor_key: RwLock<Option<Arc<audit::AnchorKey>>>,
 }
 
 /// Whether the writer still takes writes. Set once, never cleared: after a
@@ -181,6 +183,7 @@ impl Ledger {
             clock,
             metrics: Metrics::default(),
             health: Health::default(),
+            anchor_key: RwLock::new(None),
         });
         let (tx, rx) = crossbeam_channel::bounded(JOB_QUEUE);
         let thread = writer::spawn(shared.clone(), state, rx)?;
@@ -219,6 +222,15 @@ impl Ledger {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The key that signs audit anchors, once set.
+    pub fn set_anchor_key(&self, key: Arc<audit::AnchorKey>) {
+        *self.shared.anchor_key.write() = Some(key);
+    }
+
+    pub fn anchor_key(&self) -> Option<Arc<audit::AnchorKey>> {
+        self.shared.anchor_key.read().clone()
     }
 
     /// `Some(reason)` once the writer has stopped after a fault.

@@ -169,15 +169,39 @@ pub(crate) fn load(
     let mut state = State::default();
     let mut read = ReadModels::default();
     let mut clock: Option<DateTime<Utc>> = None;
+    // The highest invoice sequence issued per year, as the invoices say.
+    let mut issued: HashMap<i32, (u64, String)> = HashMap::new();
     crate::replay::for_each_decoded(store, 0, |page| {
         for d in &page {
             if let LedgerEvent::ClockAdvanced(c) = &d.event {
                 clock = Some(clock.map_or(c.now, |k| k.max(c.now)));
             }
+            if let LedgerEvent::Account(AccountEvent::InvoiceIssued(i)) = &d.event {
+                if let Some(k) = InvoiceOwners::key(&i.number) {
+                    let (year, seq) = ((k >> 32) as i32, k & 0xffff_ffff);
+                    let e = issued.entry(year).or_insert((0, String::new()));
+                    if seq > e.0 {
+                        *e = (seq, i.number.clone());
+                    }
+                }
+            }
             state.apply_committed(&d.stream, d.position, &d.event);
             read.apply(d.position, &d.stream, d.recorded_at, &d.event);
         }
     })?;
+    // The sequence never goes backwards: a log whose `invoice-sequence`
+    // stream is behind an invoice already issued was cut, and opening it
+    // would issue that number again.
+    for (year, (seq, number)) in &issued {
+        let at = state.seq.get(year).copied().unwrap_or(0);
+        if at < *seq {
+            return Err(LedgerError::Corrupt(format!(
+                "the invoice-number sequence of {year} ends at {at}, but {number} was issued: \
+                 the log lost events; refusing to open rather than reissue a number \
+                 (run `accrue audit verify --anchor …`)"
+            )));
+        }
+    }
     Ok((state, read, clock))
 }
 

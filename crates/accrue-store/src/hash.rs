@@ -53,6 +53,21 @@ pub fn recorded_hash(prev: &[u8; 32], e: &crate::RecordedEvent) -> [u8; 32] {
     )
 }
 
+/// The global chain: every event is chained to the previous event of the
+/// whole log, not only of its stream, so deleting a stream's tail, a whole
+/// stream or the newest events, moving an event to another stream or
+/// inserting one is seen. `SHA-256("accrue-chain-v1" ‖ previous chain ‖
+/// position ‖ event hash)`; the event hash covers stream, version, type,
+/// schema, both instants and the payload.
+pub fn chain_hash(prev_chain: &[u8; 32], position: u64, event_hash: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"accrue-chain-v1");
+    h.update(prev_chain);
+    h.update(position.to_be_bytes());
+    h.update(event_hash);
+    h.finalize().into()
+}
+
 /// A stored hash column as an array. A value of the wrong length becomes all
 /// zeros, which never matches a recomputation, so `verify` reports the event.
 pub fn from_stored(bytes: &[u8]) -> [u8; 32] {

@@ -54,7 +54,10 @@ pub struct RecordedEvent {
     pub occurred_at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
     pub payload: Vec<u8>,
+    /// Chained to the stream's previous event ([`hash::event_hash`]).
     pub hash: [u8; 32],
+    /// Chained to the previous event of the global order ([`hash::chain_hash`]).
+    pub chain: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,15 +106,18 @@ pub struct Placed<'a> {
     pub event: &'a NewEvent,
     pub occurred_us: i64,
     pub hash: [u8; 32],
+    pub chain: [u8; 32],
 }
 
 /// What every backend does before writing a batch, in one place: check each
 /// stream's expectation against `head_of`, then assign positions after
-/// `start`, versions and chained hashes in batch order. Returns the placed
-/// events and each touched stream's new head.
+/// `start`, versions, stream hashes and global chain hashes (after
+/// `prev_chain`, the chain of the event at `start`) in batch order. Returns
+/// the placed events and each touched stream's new head.
 pub fn place<'a>(
     batch: &'a [StreamAppend],
     start: u64,
+    prev_chain: [u8; 32],
     recorded_us: i64,
     head_of: impl Fn(&str) -> StreamHead,
 ) -> Result<
@@ -136,6 +142,7 @@ pub fn place<'a>(
     let mut heads: std::collections::HashMap<&str, StreamHead> = std::collections::HashMap::new();
     let mut placed = Vec::with_capacity(batch.iter().map(|s| s.events.len()).sum());
     let mut position = start;
+    let mut chain = prev_chain;
     for s in batch {
         let mut head = heads
             .get(s.stream.as_str())
@@ -157,6 +164,7 @@ pub fn place<'a>(
                     payload: &e.payload,
                 },
             );
+            chain = hash::chain_hash(&chain, position, &head.hash);
             placed.push(Placed {
                 position,
                 stream: &s.stream,
@@ -164,6 +172,7 @@ pub fn place<'a>(
                 event: e,
                 occurred_us,
                 hash: head.hash,
+                chain,
             });
         }
         heads.insert(s.stream.as_str(), head);

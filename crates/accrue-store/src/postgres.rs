@@ -15,10 +15,15 @@ use crate::hash::GENESIS;
 use crate::{Appended, EventStore, RecordedEvent, StoreError, StreamAppend, StreamHead};
 
 const SCHEMA: &str = include_str!("../../../migrations/postgres/0001_events.sql");
+const GLOBAL_CHAIN: &str = include_str!("../../../migrations/postgres/0002_global_chain.sql");
+/// The class of the session advisory lock one writer holds per ledger (the
+/// second key is the schema's name hashed), for the store's lifetime.
+const WRITER_LOCK_CLASS: i32 = 0x6163_6372;
 /// Advisory lock keys: one for migrations, one that serialises appends.
 const MIGRATE_LOCK: i64 = 0x6163_6372_7565_0001;
 const APPEND_LOCK: i64 = 0x6163_6372_7565_0002;
-const COLUMNS: &str = "pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash";
+const COLUMNS: &str =
+    "pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash, chain";
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
@@ -67,6 +72,7 @@ fn to_event(r: &Row) -> RecordedEvent {
         recorded_at: from_micros(r.get(6)),
         payload: r.get(7),
         hash: h,
+        chain: crate::hash::from_stored(&r.get::<_, Option<Vec<u8>>>(9).unwrap_or_default()),
     }
 }
 
@@ -74,7 +80,7 @@ impl PgStore {
     /// Opens the store in the connection's default schema, creating tables
     /// if needed. `url`: `postgres://user@host:port/db` or a key=value string.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        Self::open_in(url, None)
+        Self::open_in(url, None, true)
     }
 
     /// Opens the store in its own schema (created if needed): one database
@@ -91,13 +97,47 @@ impl PgStore {
         }
         let mut c = connect(url, None)?;
         c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
-        Self::open_in(url, Some(schema))
+        Self::open_in(url, Some(schema), true)
     }
 
-    fn open_in(url: &str, schema: Option<&str>) -> Result<PgStore, StoreError> {
+    /// Opens without taking the writer lock: for tests that prove the
+    /// database's own checks with two appenders. Never used by `serve`.
+    pub fn open_in_schema_unlocked(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        let store = Self::open_in_schema_inner(url, schema)?;
+        Ok(store)
+    }
+
+    fn open_in_schema_inner(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        let mut c = connect(url, None)?;
+        c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
+        Self::open_in(url, Some(schema), false)
+    }
+
+    fn open_in(url: &str, schema: Option<&str>, exclusive: bool) -> Result<PgStore, StoreError> {
         let mut writer = connect(url, schema)?;
+        if exclusive {
+            // One writer per ledger: its in-memory heads and the ledger's
+            // single-writer decisions depend on it. Held by this session
+            // until the store is dropped (or the connection is lost, and
+            // then every append fails and the ledger stops).
+            let got: bool = writer
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                    &[&WRITER_LOCK_CLASS],
+                )?
+                .get(0);
+            if !got {
+                let schema: String = writer.query_one("SELECT current_schema()", &[])?.get(0);
+                return Err(StoreError::Locked(format!(
+                    "PostgreSQL schema {schema:?} (another accrue process is its writer)"
+                )));
+            }
+        }
         writer.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])?;
-        let migrated = writer.batch_execute(SCHEMA);
+        let migrated = writer
+            .batch_execute(SCHEMA)
+            .map_err(StoreError::from)
+            .and_then(|_| add_global_chain(&mut writer));
         writer.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])?;
         migrated?;
         let reader = connect(url, schema)?;
@@ -120,9 +160,17 @@ impl EventStore for PgStore {
         let mut c = self.writer.lock();
         let mut tx = c.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
-        let start: i64 = tx
-            .query_one("SELECT COALESCE(MAX(pos), 0) FROM events", &[])?
-            .get(0);
+        let last = tx.query_opt(
+            "SELECT pos, chain FROM events ORDER BY pos DESC LIMIT 1",
+            &[],
+        )?;
+        let (start, prev_chain): (i64, [u8; 32]) = match last {
+            None => (0, GENESIS),
+            Some(r) => (
+                r.get(0),
+                crate::hash::from_stored(&r.get::<_, Option<Vec<u8>>>(1).unwrap_or_default()),
+            ),
+        };
         let mut cache = self.cache.lock();
         if cache.at != start as u64 {
             // Another process appended since we last did: our heads may be stale.
@@ -156,9 +204,10 @@ impl EventStore for PgStore {
             }
         }
         let recorded_us = recorded_at.timestamp_micros();
-        let (placed, new_heads) = crate::place(batch, start as u64, recorded_us, |s| {
-            heads.get(s).copied().unwrap_or(crate::EMPTY_HEAD)
-        })?;
+        let (placed, new_heads) =
+            crate::place(batch, start as u64, prev_chain, recorded_us, |s| {
+                heads.get(s).copied().unwrap_or(crate::EMPTY_HEAD)
+            })?;
         let n = placed.len();
         let pos: Vec<i64> = placed.iter().map(|p| p.position as i64).collect();
         let stream: Vec<&str> = placed.iter().map(|p| p.stream).collect();
@@ -169,12 +218,13 @@ impl EventStore for PgStore {
         let rec: Vec<i64> = vec![recorded_us; n];
         let payload: Vec<&[u8]> = placed.iter().map(|p| p.event.payload.as_slice()).collect();
         let hash: Vec<&[u8]> = placed.iter().map(|p| &p.hash[..]).collect();
+        let chain: Vec<&[u8]> = placed.iter().map(|p| &p.chain[..]).collect();
         let p = placed.last().map_or(start, |p| p.position as i64);
         if n > 0 {
             tx.execute(
-                "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash)
-                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::bigint[], $7::bigint[], $8::bytea[], $9::bytea[])",
-                &[&pos, &stream, &version, &type_, &schema, &occ, &rec, &payload, &hash],
+                "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash, chain)
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::bigint[], $7::bigint[], $8::bytea[], $9::bytea[], $10::bytea[])",
+                &[&pos, &stream, &version, &type_, &schema, &occ, &rec, &payload, &hash, &chain],
             )?;
         }
         tx.commit()?;
@@ -318,6 +368,39 @@ impl EventStore for PgStore {
     }
 }
 
+/// Migration 2 (the `chain` column), once, under the migration lock: in one
+/// transaction with the chain of every event already stored, computed in
+/// log order (the append-only trigger is lifted for that transaction only).
+fn add_global_chain(c: &mut Client) -> Result<(), StoreError> {
+    let has: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = 'events' AND column_name = 'chain')",
+            &[],
+        )?
+        .get(0);
+    if has {
+        return Ok(());
+    }
+    let mut tx = c.transaction()?;
+    tx.batch_execute(GLOBAL_CHAIN)?;
+    tx.batch_execute("ALTER TABLE events DISABLE TRIGGER events_no_change")?;
+    let rows = tx.query("SELECT pos, hash FROM events ORDER BY pos", &[])?;
+    let mut chain = GENESIS;
+    for r in rows {
+        let pos: i64 = r.get(0);
+        let hash = crate::hash::from_stored(&r.get::<_, Vec<u8>>(1));
+        chain = crate::hash::chain_hash(&chain, pos as u64, &hash);
+        tx.execute(
+            "UPDATE events SET chain = $1 WHERE pos = $2",
+            &[&&chain[..], &pos],
+        )?;
+    }
+    tx.batch_execute("ALTER TABLE events ENABLE TRIGGER events_no_change")?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// The physical bound for benchmarks: the same rows as multi-row inserts
 /// (one `UNNEST` insert per batch, one transaction each) into a fresh
 /// `events` table in `schema`, no domain logic, no hashing. Rows per second.
@@ -349,8 +432,8 @@ pub fn raw_insert_rows_per_s(
         let hashes: Vec<&[u8]> = vec![hash.as_slice(); chunk.len()];
         let mut tx = c.transaction()?;
         tx.execute(
-            "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $1::bigint[], $3::text[], $4::int[], $1::bigint[], $1::bigint[], $5::bytea[], $6::bytea[])",
+            "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash, chain)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $1::bigint[], $3::text[], $4::int[], $1::bigint[], $1::bigint[], $5::bytea[], $6::bytea[], $6::bytea[])",
             &[&pos, &stream, &types, &schemas, &payload, &hashes],
         )?;
         tx.commit()?;
@@ -405,7 +488,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let schema = schema_for(dir.path());
         let a = PgStore::open_in_schema(&test_url(), &schema).unwrap();
-        let b = PgStore::open_in_schema(&test_url(), &schema).unwrap();
+        // A second appender (the writer lock refuses a second `serve`): the
+        // database itself still checks positions and versions.
+        let b = PgStore::open_in_schema_unlocked(&test_url(), &schema).unwrap();
         crate::conformance::append_n(&a, "account-x", 0, 2);
         // b has never seen account-x: its expectation is checked in the database.
         let r = b.append(

@@ -52,6 +52,8 @@ struct Writer {
     /// Flush the index once this many events are unindexed.
     index_flush: usize,
     head_position: u64,
+    /// The global chain hash of the event at `head_position`.
+    head_chain: [u8; 32],
 }
 
 impl Writer {
@@ -237,6 +239,7 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", CHECKPOINT_INLINE_BYTES as i64)?;
         conn.execute_batch(SCHEMA)?;
+        add_global_chain(&conn)?;
         drop_old_stream_index(&conn)?;
         let mut writer = Writer {
             conn,
@@ -245,6 +248,7 @@ impl SqliteStore {
             unindexed_events: 0,
             index_flush: INDEX_FLUSH_EVENTS,
             head_position: 0,
+            head_chain: GENESIS,
         };
         load_heads(&mut writer)?;
         if writer.unindexed_events >= writer.index_flush {
@@ -323,6 +327,44 @@ impl Drop for SqliteStore {
         let w = self.writer.lock();
         let _ = w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     }
+}
+
+const GLOBAL_CHAIN: &str = include_str!("../../../migrations/sqlite/0003_global_chain.sql");
+const NO_UPDATE_TRIGGER: &str =
+    "CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;";
+
+/// Migration 3 (the `chain` column), once: in one transaction with the
+/// chain of every event already stored, computed in log order (the only
+/// time an event row is ever updated, with the append-only trigger lifted
+/// for that transaction alone).
+fn add_global_chain(conn: &Connection) -> Result<(), StoreError> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('events') WHERE name = 'chain'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(GLOBAL_CHAIN)?;
+    tx.execute_batch("DROP TRIGGER IF EXISTS events_no_update;")?;
+    {
+        let mut read = tx.prepare("SELECT pos, hash FROM events ORDER BY pos")?;
+        let mut write = tx.prepare("UPDATE events SET chain = ?1 WHERE pos = ?2")?;
+        let mut rows = read.query([])?;
+        let mut chain = GENESIS;
+        while let Some(r) = rows.next()? {
+            let pos: i64 = r.get(0)?;
+            let hash = crate::hash::from_stored(&r.get::<_, Vec<u8>>(1)?);
+            chain = crate::hash::chain_hash(&chain, pos as u64, &hash);
+            write.execute(params![&chain[..], pos])?;
+        }
+    }
+    tx.execute_batch(NO_UPDATE_TRIGGER)?;
+    tx.commit()?;
+    Ok(())
 }
 
 fn meta_value(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
@@ -426,6 +468,14 @@ fn load_heads(w: &mut Writer) -> Result<(), StoreError> {
         .query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| {
             r.get::<_, i64>(0)
         })? as u64;
+    if w.head_position > 0 {
+        let chain: Option<Vec<u8>> = w.conn.query_row(
+            "SELECT chain FROM events WHERE pos = ?1",
+            [w.head_position as i64],
+            |r| r.get(0),
+        )?;
+        w.head_chain = to_hash(&chain.unwrap_or_default())?;
+    }
     Ok(())
 }
 
@@ -502,10 +552,12 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
         recorded_at: from_micros(r.get(6)?),
         payload: r.get(7)?,
         hash: h,
+        chain: crate::hash::from_stored(&r.get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default()),
     })
 }
 
-const COLUMNS: &str = "pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash";
+const COLUMNS: &str =
+    "pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash, chain";
 
 impl EventStore for SqliteStore {
     fn append(
@@ -517,16 +569,17 @@ impl EventStore for SqliteStore {
         let w = &mut *guard;
         let start = w.head_position;
         let heads = &w.heads;
-        let (placed, new_heads) = crate::place(batch, start, micros(recorded_at), |s| {
-            heads.get(s).copied().unwrap_or(crate::EMPTY_HEAD)
-        })?;
+        let (placed, new_heads) =
+            crate::place(batch, start, w.head_chain, micros(recorded_at), |s| {
+                heads.get(s).copied().unwrap_or(crate::EMPTY_HEAD)
+            })?;
         let recorded_us = micros(recorded_at);
         let pos = placed.last().map_or(start, |p| p.position);
         let tx = w.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash, chain)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for p in &placed {
                 stmt.execute(params![
@@ -539,6 +592,7 @@ impl EventStore for SqliteStore {
                     recorded_us,
                     p.event.payload,
                     &p.hash[..],
+                    &p.chain[..],
                 ])?;
             }
         }
@@ -578,6 +632,9 @@ impl EventStore for SqliteStore {
             }
         }
         w.head_position = pos;
+        if let Some(last) = placed.last() {
+            w.head_chain = last.chain;
+        }
         let bytes: usize = placed
             .iter()
             .map(|p| p.event.payload.len() + p.stream.len() + 96)
@@ -923,8 +980,8 @@ pub fn raw_insert_rows_per_s(
         let tx = conn.unchecked_transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash, chain)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for (stream, payload) in rows.by_ref().take(batch.max(1)) {
                 pos += 1;
@@ -937,6 +994,7 @@ pub fn raw_insert_rows_per_s(
                     pos,
                     pos,
                     payload,
+                    &hash[..],
                     &hash[..]
                 ])?;
             }

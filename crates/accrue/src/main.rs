@@ -135,8 +135,18 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Recompute every stream's hash chain; exit 1 on a break.
+    /// Recompute every stream's hash chain and the global chain; exit 1 on a break.
     Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// An anchor (from `audit anchor`, kept outside accrue): also prove
+        /// nothing at or before its position changed and the log did not shrink.
+        #[arg(long)]
+        anchor: Option<PathBuf>,
+    },
+    /// Print a signed anchor of the log's head (Ed25519, key in DATA/anchor.key;
+    /// the public key goes to stderr). Store it outside accrue.
+    Anchor {
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -167,6 +177,31 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
         bail!("the EventStoreDB/KurrentDB backend is not built yet (see ARCHITECTURE.md); use sqlite:PATH");
     }
     bail!("unknown store URL {url:?}: expected sqlite:PATH, postgres://… or esdb://…")
+}
+
+/// The store of an offline command: it must hold a ledger. A mistyped data
+/// folder or an empty database is refused (exit 2), never reported on.
+fn open_existing(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
+    let url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", args.data.join("ledger.db").display()));
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = std::path::Path::new(path.trim_start_matches("//"));
+        if !path.is_file() {
+            eprintln!(
+                "accrue: no ledger at {} (no such store file; check --data or --store)",
+                path.display()
+            );
+            std::process::exit(2);
+        }
+    }
+    let store = open_store(args)?;
+    if store.head_position()? == 0 {
+        eprintln!("accrue: the store {url} holds no ledger (no events)");
+        std::process::exit(2);
+    }
+    Ok(store)
 }
 
 fn parse_clock(s: &str) -> anyhow::Result<DateTime<Utc>> {
@@ -200,12 +235,26 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo { out } => demo::run(&out),
         Cmd::Rebuild { store } => rebuild(&store),
         Cmd::Audit {
-            command: AuditCmd::Verify { store },
-        } => verify(&store),
+            command: AuditCmd::Verify { store, anchor },
+        } => verify(&store, anchor.as_deref()),
+        Cmd::Audit {
+            command: AuditCmd::Anchor { store },
+        } => {
+            let s = open_existing(&store)?;
+            let key = accrue_ledger::audit::AnchorKey::load_or_create(&store.data)
+                .with_context(|| format!("the anchor key in {}", store.data.display()))?;
+            let a = key.write_anchor(s.as_ref(), &store.data, Utc::now())?;
+            eprintln!(
+                "anchor public key (Ed25519, base64url): {}",
+                key.public_key()
+            );
+            println!("{}", serde_json::to_string(&a)?);
+            Ok(())
+        }
         Cmd::Audit {
             command: AuditCmd::Invoices { store },
         } => {
-            if finance::audit_invoices(open_store(&store)?)? > 0 {
+            if finance::audit_invoices(open_existing(&store)?)? > 0 {
                 std::process::exit(1);
             }
             Ok(())
@@ -216,13 +265,13 @@ fn main() -> anyhow::Result<()> {
             to,
             format,
             out,
-        } => finance::export(open_store(&store)?, from, to, &format, &out),
+        } => finance::export(open_existing(&store)?, from, to, &format, &out),
         Cmd::Import { store, file, clock } => {
             let mode = match clock {
                 Some(c) => ClockMode::Manual(parse_clock(&c)?),
                 None => ClockMode::System,
             };
-            if finance::import(open_store(&store)?, &file, mode)? > 0 {
+            if finance::import(open_existing(&store)?, &file, mode)? > 0 {
                 std::process::exit(1);
             }
             Ok(())
@@ -252,6 +301,12 @@ fn serve(
         println!("admin token (shown once, store it now): {t}");
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let anchor_key = Arc::new(
+        accrue_ledger::audit::AnchorKey::load_or_create(&args.data)
+            .with_context(|| format!("the anchor key in {}", args.data.display()))?,
+    );
+    ledger.set_anchor_key(anchor_key.clone());
+    let anchors = spawn_anchor_writer(ledger.clone(), anchor_key, args.data.clone(), stop.clone());
     let pdf = accrue_ledger::projectors::spawn_pdf_writer(
         ledger.clone(),
         args.data.join("invoices"),
@@ -305,11 +360,46 @@ fn serve(
     ledger.shutdown();
     let _ = pdf.join();
     let _ = mailer.join();
+    let _ = anchors.join();
     if let Some(reason) = fault {
         eprintln!("accrue: the ledger stopped after a fault: {reason}; exiting so a supervisor restarts it");
         std::process::exit(3);
     }
     Ok(())
+}
+
+/// How often `serve` writes a signed anchor of the log's head to DATA/anchors.
+const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Writes an anchor at start, every [`ANCHOR_EVERY`] when the log moved,
+/// and at shutdown.
+fn spawn_anchor_writer(
+    ledger: Ledger,
+    key: Arc<accrue_ledger::audit::AnchorKey>,
+    data: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last: Option<u64> = None;
+        let mut next = std::time::Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            if stopping || std::time::Instant::now() >= next {
+                let head = ledger.store().head_position().ok();
+                if head.is_some() && head != last {
+                    match key.write_anchor(ledger.store().as_ref(), &data, Utc::now()) {
+                        Ok(a) => last = Some(a.position),
+                        Err(e) => tracing::warn!(error = %e, "cannot write an anchor"),
+                    }
+                }
+                next = std::time::Instant::now() + ANCHOR_EVERY;
+            }
+            if stopping {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    })
 }
 
 async fn shutdown_signal() {
@@ -328,7 +418,7 @@ async fn shutdown_signal() {
 }
 
 fn rebuild(args: &StoreArgs) -> anyhow::Result<()> {
-    let store = open_store(args)?;
+    let store = open_existing(args)?;
     let bar = progress::Progress::new("rebuild", store.head_position()?);
     let mut models = accrue_projections::ReadModels::default();
     let stats = accrue_ledger::replay_into(store.as_ref(), &mut models, |pos, _| bar.set(pos))?;
@@ -344,17 +434,39 @@ fn rebuild(args: &StoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verify(args: &StoreArgs) -> anyhow::Result<()> {
-    let store = open_store(args)?;
+fn verify(args: &StoreArgs, anchor: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let anchor: Option<accrue_ledger::audit::Anchor> = match anchor {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the anchor {}", p.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not an accrue anchor", p.display()))?,
+            )
+        }
+    };
+    let store = open_existing(args)?;
+    if let Some(a) = &anchor {
+        // The anchor must be signed by this ledger's key, when it is here.
+        if let Ok(key) = accrue_ledger::audit::AnchorKey::load_existing(&args.data) {
+            if key.public_key() != a.public_key {
+                eprintln!(
+                    "accrue: warning: the anchor is signed by another key than DATA/anchor.key"
+                );
+            }
+        }
+    }
     let bar = progress::Progress::new("verify", store.head_position()?);
-    let r = accrue_ledger::audit::verify(store.as_ref(), |pos, _| bar.set(pos))?;
+    let r =
+        accrue_ledger::audit::verify_with(store.as_ref(), anchor.as_ref(), |pos, _| bar.set(pos))?;
     bar.finish();
     let broken = r.first_broken.as_ref().map(|b| {
         serde_json::json!({"position": b.position, "stream": b.stream, "version": b.version, "reason": b.reason})
     });
     println!(
         "{}",
-        serde_json::json!({"ok": r.ok, "events": r.events, "streams": r.streams, "head_hash": r.head_hash, "first_broken": broken})
+        serde_json::json!({"ok": r.ok, "events": r.events, "streams": r.streams, "head_position": r.head_position, "head_hash": r.head_hash, "anchor_ok": r.anchor_ok, "first_broken": broken})
     );
     if !r.ok {
         std::process::exit(1);
