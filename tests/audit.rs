@@ -337,3 +337,117 @@ async fn the_trial_balance_balances_and_receivables_are_the_unpaid_invoices() {
         422,
     );
 }
+
+#[test]
+fn offline_commands_refuse_a_folder_without_a_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("a/mistyped/folder");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["audit", "verify", "--data", m],
+        vec!["audit", "invoices", "--data", m],
+        vec!["audit", "anchor", "--data", m],
+        vec!["rebuild", "--data", m],
+        vec![
+            "export",
+            "--data",
+            m,
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-12-31",
+        ],
+    ] {
+        let (code, out, err) = accrue(&args);
+        assert_eq!(code, 2, "{args:?}: {out} {err}");
+        assert!(err.contains("no ledger"), "{args:?}: {err}");
+        assert!(
+            !out.contains("\"ok\""),
+            "{args:?} reported on nothing: {out}"
+        );
+    }
+    assert!(!missing.exists(), "the mistyped folder was not created");
+}
+
+#[test]
+fn an_anchor_from_the_cli_proves_the_log_did_not_shrink() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path());
+    let data = dir.path().to_str().unwrap();
+    let (code, out, err) = accrue(&["audit", "anchor", "--data", data]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("public key"), "{err}");
+    let anchor_file = dir.path().join("kept-by-finance.json");
+    std::fs::write(&anchor_file, out.trim()).unwrap();
+    let a = anchor_file.to_str().unwrap();
+    let (code, out, _) = accrue(&["audit", "verify", "--data", data, "--anchor", a]);
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["anchor_ok"], true);
+    // Delete the newest events behind accrue's back: verify --anchor fails.
+    let c = rusqlite_free_delete(&dir.path().join("ledger.db"));
+    assert!(c > 0);
+    let (code, out, _) = accrue(&["audit", "verify", "--data", data, "--anchor", a]);
+    assert_eq!(code, 1, "{out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["anchor_ok"], false);
+}
+
+/// Deletes the newest events with the sqlite3 shell-free route: through the
+/// store crate's own SQLite (bundled), triggers dropped. Returns the rows gone.
+fn rusqlite_free_delete(db: &std::path::Path) -> usize {
+    let py = format!(
+        "import sqlite3; c = sqlite3.connect({:?}); c.execute('DROP TRIGGER IF EXISTS events_no_delete'); \
+         n = c.execute('DELETE FROM events WHERE pos > (SELECT MAX(pos) - 2 FROM events)').rowcount; \
+         c.execute(\"DELETE FROM meta WHERE key = 'stream_index_pos'\"); c.execute('DELETE FROM stream_runs'); c.commit(); print(n)",
+        db.to_str().unwrap()
+    );
+    let out = Command::new("python3").args(["-c", &py]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_second_serve_on_the_same_postgres_ledger_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = accrue_store::postgres::schema_for(dir.path());
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_accrue"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--clock",
+                "2026-01-15T00:00:00Z",
+            ])
+            .args(["--store", &pg_url(), "--data"])
+            .arg(dir.path())
+            .env("ACCRUE_PG_SCHEMA", &schema)
+            .env("ACCRUE_ADMIN_TOKEN", "t")
+            .env("ACCRUE_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = start();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(first.stdout.take().unwrap()).lines();
+        let line = lines.next().unwrap().unwrap();
+        assert!(line.starts_with("accrue listening on "), "{line}");
+        std::thread::spawn(move || for _ in lines {});
+    }
+    let second = start().wait_with_output().unwrap();
+    assert!(!second.status.success(), "a second writer started");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another accrue process"), "{err}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    accrue_store::postgres::drop_schema(&accrue_store::postgres::test_url(), &schema);
+}

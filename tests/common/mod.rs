@@ -19,13 +19,64 @@ pub struct App {
     pub dir: tempfile::TempDir,
 }
 
+impl Drop for App {
+    fn drop(&mut self) {
+        drop_test_store(self.dir.path());
+    }
+}
+
+/// Which store the black-box suites run on: `ACCRUE_TEST_BACKEND=postgres`
+/// runs them on PostgreSQL (each test its own schema, dropped at the end),
+/// else on SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("ACCRUE_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The PostgreSQL URL the binary gets in PostgreSQL runs.
+pub fn pg_url() -> String {
+    std::env::var("ACCRUE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A fresh store for a test whose folder is `dir`, on the suite's backend.
+pub fn test_store(dir: &std::path::Path) -> Arc<dyn EventStore> {
+    if on_postgres() {
+        use accrue_store::postgres::{schema_for, test_url, PgStore};
+        Arc::new(PgStore::open_in_schema(&test_url(), &schema_for(dir)).unwrap())
+    } else {
+        Arc::new(SqliteStore::open(dir.join("ledger.db")).unwrap())
+    }
+}
+
+/// Drops a PostgreSQL test schema (nothing on SQLite: the folder goes).
+pub fn drop_test_store(dir: &std::path::Path) {
+    if on_postgres() {
+        use accrue_store::postgres::{schema_for, test_url};
+        accrue_store::postgres::drop_schema(&test_url(), &schema_for(dir));
+    }
+}
+
+/// Arguments and environment that point the binary at the test's store.
+pub fn store_args(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
+    if on_postgres() {
+        (
+            vec!["--store".into(), pg_url()],
+            vec![(
+                "ACCRUE_PG_SCHEMA".into(),
+                accrue_store::postgres::schema_for(dir),
+            )],
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    }
+}
+
 /// Starts the API on a manual clock at `now`.
 pub async fn spawn_app(now: &str) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn EventStore> =
-        Arc::new(SqliteStore::open(dir.path().join("ledger.db")).unwrap());
+    let store = test_store(dir.path());
     let ledger = Ledger::open(store.clone(), ClockMode::Manual(now.parse().unwrap())).unwrap();
-    let (tokens, _) = Tokens::load(store, Some(ADMIN)).unwrap();
+    let (tokens, _) = Tokens::load(&ledger, Some(ADMIN)).unwrap();
     let app = accrue_api::router(AppState {
         ledger: ledger.clone(),
         tokens: Arc::new(tokens),
@@ -179,6 +230,8 @@ pub fn serve_binary(
             "2026-01-15T00:00:00Z",
         ])
         .args(extra)
+        .args(store_args(data).0)
+        .envs(store_args(data).1)
         .arg("--data")
         .arg(data)
         .env("ACCRUE_ADMIN_TOKEN", token)

@@ -1,5 +1,7 @@
 //! Bearer tokens and roles. Tokens are random, shown once, and stored only
-//! as SHA-256 hashes in the store's meta area.
+//! as SHA-256 hashes: each issue is a `TokenIssued` event (so the chain
+//! covers it and `verify` reports a token row no event created), and a row
+//! in the store's meta area for a fast start.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +69,7 @@ pub fn new_token() -> String {
 
 pub struct Tokens {
     store: Arc<dyn EventStore>,
+    ledger: accrue_ledger::Ledger,
     cache: RwLock<HashMap<String, Principal>>,
     admin_hash: Option<String>,
 }
@@ -76,9 +79,10 @@ impl Tokens {
     /// (from `ACCRUE_ADMIN_TOKEN`); otherwise one is generated at the first
     /// start and returned here, once, to be printed.
     pub fn load(
-        store: Arc<dyn EventStore>,
+        ledger: &accrue_ledger::Ledger,
         admin_token: Option<&str>,
     ) -> Result<(Tokens, Option<String>), ApiError> {
+        let store = ledger.store().clone();
         let mut cache = HashMap::new();
         for (k, v) in store
             .meta_list("token:")
@@ -103,6 +107,9 @@ impl Tokens {
                         account_id: None,
                     };
                     let h = hash(&t);
+                    ledger
+                        .record_token_blocking(issued_event(&h, &p))
+                        .map_err(ApiError::from)?;
                     store
                         .meta_put(
                             &format!("token:{h}"),
@@ -119,6 +126,7 @@ impl Tokens {
         Ok((
             Tokens {
                 store,
+                ledger: ledger.clone(),
                 cache: RwLock::new(cache),
                 admin_hash,
             },
@@ -137,17 +145,36 @@ impl Tokens {
         self.cache.read().get(&h).cloned()
     }
 
-    pub fn issue(&self, principal: Principal) -> Result<String, ApiError> {
+    /// Issues a token: recorded as an event first (durable, chained), then
+    /// as a meta row, off the async workers (a store call blocks).
+    pub async fn issue(&self, principal: Principal) -> Result<String, ApiError> {
         let t = new_token();
         let h = hash(&t);
-        self.store
-            .meta_put(
-                &format!("token:{h}"),
-                &serde_json::to_string(&principal).unwrap_or_default(),
-            )
+        self.ledger
+            .record_token(issued_event(&h, &principal))
+            .await?;
+        let store = self.store.clone();
+        let (key, value) = (
+            format!("token:{h}"),
+            serde_json::to_string(&principal).unwrap_or_default(),
+        );
+        tokio::task::spawn_blocking(move || store.meta_put(&key, &value))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::internal(e.to_string()))?;
         self.cache.write().insert(h, principal);
         Ok(t)
+    }
+}
+
+fn issued_event(hash: &str, p: &Principal) -> accrue_core::events::TokenIssued {
+    accrue_core::events::TokenIssued {
+        token_hash: hash.to_string(),
+        role: serde_json::to_value(p.role)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        account_id: p.account_id.clone(),
     }
 }
 

@@ -135,10 +135,13 @@ pub async fn create_token(
         }
         (_, None) => None,
     };
-    let token = st.tokens.issue(Principal {
-        role: req.role,
-        account_id: account_id.clone(),
-    })?;
+    let token = st
+        .tokens
+        .issue(Principal {
+            role: req.role,
+            account_id: account_id.clone(),
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenResponse {

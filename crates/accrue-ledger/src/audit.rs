@@ -64,6 +64,7 @@ pub fn verify_with(
     let mut after = 0u64;
     let mut chain = GENESIS;
     let mut anchor_seen: Option<[u8; 32]> = None;
+    let mut tokens: std::collections::HashSet<String> = Default::default();
     let note = |b: BrokenEvent, first: &mut Option<BrokenEvent>| {
         if first.is_none() {
             *first = Some(b);
@@ -109,6 +110,13 @@ pub fn verify_with(
             if anchor.is_some_and(|a| a.position == e.position) {
                 anchor_seen = Some(e.chain);
             }
+            if e.type_name == "TokenIssued" {
+                if let Ok(t) =
+                    serde_json::from_slice::<accrue_core::events::TokenIssued>(&e.payload)
+                {
+                    tokens.insert(t.token_hash);
+                }
+            }
         }
         progress(after, head);
     }
@@ -139,6 +147,25 @@ pub fn verify_with(
                     reason: format!(
                         "the store's head of {n} is version {}, its chain ends at {v}",
                         h.version
+                    ),
+                },
+                &mut first_broken,
+            );
+        }
+    }
+    // Every stored token hash must come from a TokenIssued event: a row
+    // added behind the ledger's back would be a working credential.
+    for (key, _) in store.meta_list("token:")? {
+        let h = key.trim_start_matches("token:");
+        if !tokens.contains(h) {
+            note(
+                BrokenEvent {
+                    position: 0,
+                    stream: "tokens".into(),
+                    version: 0,
+                    reason: format!(
+                        "a stored token ({}…) was not created by any TokenIssued event",
+                        &h[..h.len().min(12)]
                     ),
                 },
                 &mut first_broken,

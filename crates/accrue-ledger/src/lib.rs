@@ -117,6 +117,12 @@ pub(crate) enum Job {
         now: DateTime<Utc>,
         reply: oneshot::Sender<Result<DateTime<Utc>, LedgerError>>,
     },
+    /// A ledger-wide fact outside account streams (issued tokens).
+    Record {
+        stream: &'static str,
+        event: LedgerEvent,
+        reply: oneshot::Sender<Result<Vec<AccountEvent>, LedgerError>>,
+    },
     Stop,
 }
 
@@ -362,6 +368,33 @@ impl Ledger {
             command,
             reply,
         })
+    }
+
+    /// Records that an API token was issued (its hash, role and account);
+    /// answers once it is durable.
+    pub async fn record_token(
+        &self,
+        token: accrue_core::events::TokenIssued,
+    ) -> Result<(), LedgerError> {
+        self.call(|reply| Job::Record {
+            stream: accrue_core::TOKENS_STREAM,
+            event: LedgerEvent::TokenIssued(token),
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub fn record_token_blocking(
+        &self,
+        token: accrue_core::events::TokenIssued,
+    ) -> Result<(), LedgerError> {
+        self.call_blocking(|reply| Job::Record {
+            stream: accrue_core::TOKENS_STREAM,
+            event: LedgerEvent::TokenIssued(token),
+            reply,
+        })
+        .map(|_| ())
     }
 
     /// Moves the manual clock forward, closing every period that ends on the way.

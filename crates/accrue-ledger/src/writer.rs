@@ -43,6 +43,9 @@ pub(crate) struct State {
     pub invoice_owner: InvoiceOwners,
     /// (end of current credit period, account): what closes next.
     pub due: BTreeSet<(DateTime<Utc>, String)>,
+    /// Versions of the ledger-wide streams (invoice sequence, clock,
+    /// tokens): their appends expect exactly these.
+    pub globals: HashMap<String, u64>,
 }
 
 fn account_of(stream: &str) -> Option<&str> {
@@ -130,6 +133,9 @@ impl State {
 
     /// Folds a committed event at `position` (replay at start).
     fn apply_committed(&mut self, stream: &str, position: u64, e: &LedgerEvent) {
+        if !matches!(e, LedgerEvent::Account(_)) {
+            *self.globals.entry(stream.to_string()).or_insert(0) += 1;
+        }
         match e {
             LedgerEvent::Account(ae) => {
                 let Some(account) = account_of(stream) else {
@@ -151,7 +157,7 @@ impl State {
                 let s = self.seq.entry(n.year).or_insert(0);
                 *s = (*s).max(n.sequence);
             }
-            LedgerEvent::ClockAdvanced(_) => {}
+            LedgerEvent::ClockAdvanced(_) | LedgerEvent::TokenIssued(_) => {}
         }
     }
 
@@ -453,9 +459,9 @@ fn refuse_queued(jobs: &Receiver<Job>, reason: &str) {
     while let Ok(job) = jobs.recv_timeout(Duration::from_millis(200)) {
         match job {
             Job::Usage { reply, .. } => drop(reply.send(Err(err()))),
-            Job::Command { reply, .. } | Job::InvoiceCommand { reply, .. } => {
-                drop(reply.send(Err(err())))
-            }
+            Job::Command { reply, .. }
+            | Job::InvoiceCommand { reply, .. }
+            | Job::Record { reply, .. } => drop(reply.send(Err(err()))),
             Job::AdvanceClock { reply, .. } => drop(reply.send(Err(err()))),
             Job::Stop => return,
         }
@@ -640,6 +646,15 @@ impl Writer {
                 }
             }
             Job::AdvanceClock { now, reply } => self.advance_clock(now, reply),
+            Job::Record {
+                stream,
+                event,
+                reply,
+            } => {
+                let now = self.shared.clock.now();
+                self.push_global(stream, now, event);
+                self.group.replies.push(Reply::Command(reply, Vec::new()));
+            }
             Job::Stop => return true,
         }
         false
@@ -668,9 +683,8 @@ impl Writer {
         // of the closes resumes at this time and finishes them at start.
         self.flush_sync();
         self.shared.clock.set(now);
-        self.group.push(
+        self.push_global(
             CLOCK_STREAM,
-            None,
             now,
             LedgerEvent::ClockAdvanced(ClockAdvanced { now }),
         );
@@ -774,9 +788,8 @@ impl Writer {
             if let Some(issued_at) = issued {
                 let (year, sequence, number) = self.state.next_invoice_number(issued_at);
                 self.state.seq.insert(year, sequence);
-                self.group.push(
+                self.push_global(
                     INVOICE_SEQUENCE_STREAM,
-                    None,
                     issued_at,
                     LedgerEvent::InvoiceNumberAssigned(InvoiceNumberAssigned {
                         number,
@@ -788,6 +801,16 @@ impl Writer {
             }
         }
         first.unwrap_or((0, 0))
+    }
+
+    /// Stages an event of a ledger-wide stream, expecting exactly the
+    /// version the writer knows (it is the only appender, so a mismatch is
+    /// a fault and stops the ledger).
+    fn push_global(&mut self, stream: &str, at: DateTime<Utc>, e: LedgerEvent) {
+        let v = self.state.globals.entry(stream.to_string()).or_insert(0);
+        let before = *v;
+        *v += 1;
+        self.group.push(stream, Some(before), at, e);
     }
 
     /// Decides one usage event.

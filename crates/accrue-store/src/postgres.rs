@@ -39,7 +39,7 @@ struct HeadCache {
     heads: HashMap<String, StreamHead>,
 }
 
-pub struct PgStore {
+pub struct PgInner {
     writer: Mutex<Client>,
     cache: Mutex<HeadCache>,
     reader: Mutex<Client>,
@@ -76,11 +76,99 @@ fn to_event(r: &Row) -> RecordedEvent {
     }
 }
 
+/// The PostgreSQL store. The `postgres` client blocks on a runtime of its
+/// own, which panics when called from inside a tokio runtime (an async
+/// handler, a `#[tokio::test]`): every call made from such a context runs
+/// on a scoped thread of its own instead. The ledger's threads (writer,
+/// committer, projectors, `spawn_blocking`) call it directly.
+pub struct PgStore(std::mem::ManuallyDrop<PgInner>);
+
+impl std::ops::Deref for PgStore {
+    type Target = PgInner;
+    fn deref(&self) -> &PgInner {
+        &self.0
+    }
+}
+
+impl Drop for PgStore {
+    /// The clients own runtimes, which must not be dropped inside another.
+    fn drop(&mut self) {
+        // SAFETY: taken once, here, and never used again.
+        let inner = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
+        off_runtime(move || drop(inner));
+    }
+}
+
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    })
+}
+
+impl EventStore for PgStore {
+    fn append(
+        &self,
+        batch: &[StreamAppend],
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Appended, StoreError> {
+        off_runtime(|| self.0.append(batch, recorded_at))
+    }
+    fn read_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        off_runtime(|| self.0.read_stream(stream, after_version, limit))
+    }
+    fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        off_runtime(|| self.0.read_all(after_position, limit))
+    }
+    fn read_at(&self, position: u64) -> Result<Option<RecordedEvent>, StoreError> {
+        off_runtime(|| self.0.read_at(position))
+    }
+    fn head_position(&self) -> Result<u64, StoreError> {
+        off_runtime(|| self.0.head_position())
+    }
+    fn stream_head(&self, stream: &str) -> Result<StreamHead, StoreError> {
+        off_runtime(|| self.0.stream_head(stream))
+    }
+    fn wait_for(&self, after_position: u64, timeout: Duration) -> Result<u64, StoreError> {
+        off_runtime(|| self.0.wait_for(after_position, timeout))
+    }
+    fn checkpoint(&self, name: &str) -> Result<u64, StoreError> {
+        off_runtime(|| self.0.checkpoint(name))
+    }
+    fn set_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        off_runtime(|| self.0.set_checkpoint(name, position))
+    }
+    fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        off_runtime(|| self.0.meta_get(key))
+    }
+    fn meta_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        off_runtime(|| self.0.meta_put(key, value))
+    }
+    fn meta_list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        off_runtime(|| self.0.meta_list(prefix))
+    }
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}
+
 impl PgStore {
     /// Opens the store in the connection's default schema, creating tables
     /// if needed. `url`: `postgres://user@host:port/db` or a key=value string.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        Self::open_in(url, None, true)
+        off_runtime(|| Self::open_in(url, None, true))
     }
 
     /// Opens the store in its own schema (created if needed): one database
@@ -95,16 +183,17 @@ impl PgStore {
                 "schema name {schema:?} must be [a-z0-9_]+"
             )));
         }
-        let mut c = connect(url, None)?;
-        c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
-        Self::open_in(url, Some(schema), true)
+        off_runtime(|| {
+            let mut c = connect(url, None)?;
+            c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
+            Self::open_in(url, Some(schema), true)
+        })
     }
 
     /// Opens without taking the writer lock: for tests that prove the
     /// database's own checks with two appenders. Never used by `serve`.
     pub fn open_in_schema_unlocked(url: &str, schema: &str) -> Result<PgStore, StoreError> {
-        let store = Self::open_in_schema_inner(url, schema)?;
-        Ok(store)
+        off_runtime(|| Self::open_in_schema_inner(url, schema))
     }
 
     fn open_in_schema_inner(url: &str, schema: &str) -> Result<PgStore, StoreError> {
@@ -141,17 +230,17 @@ impl PgStore {
         writer.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])?;
         migrated?;
         let reader = connect(url, schema)?;
-        Ok(PgStore {
+        Ok(PgStore(std::mem::ManuallyDrop::new(PgInner {
             writer: Mutex::new(writer),
             cache: Mutex::new(HeadCache::default()),
             reader: Mutex::new(reader),
             appended: Condvar::new(),
             appended_at: Mutex::new(0),
-        })
+        })))
     }
 }
 
-impl EventStore for PgStore {
+impl EventStore for PgInner {
     fn append(
         &self,
         batch: &[StreamAppend],
@@ -448,16 +537,13 @@ pub fn test_url() -> String {
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=postgres".to_string())
 }
 
-/// A schema name unique to a test folder (the conformance factory gets one).
+/// A schema name unique to a test folder (the conformance factory gets
+/// one): a digest of the whole path, so `…/tmpA/data` and `…/tmpB/data`
+/// never share a schema.
 pub fn schema_for(dir: &std::path::Path) -> String {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    format!(
-        "accrue_t_{}",
-        name.bytes().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(dir.to_string_lossy().as_bytes());
+    format!("accrue_t_{}", hex::encode(&d[..12]))
 }
 
 #[cfg(test)]
@@ -522,7 +608,9 @@ pub fn drop_schema(url: &str, schema: &str) {
     if !ok {
         return;
     }
-    if let Ok(mut c) = Client::connect(url, NoTls) {
-        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-    }
+    off_runtime(|| {
+        if let Ok(mut c) = Client::connect(url, NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    })
 }

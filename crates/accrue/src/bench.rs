@@ -403,8 +403,8 @@ fn http_ingest(
 ) -> anyhow::Result<(f64, f64, f64)> {
     let ledger = open_ledger(dir, pg)?;
     open_accounts(&ledger, "h", accounts)?;
-    let (tokens, _) = Tokens::load(ledger.store().clone(), Some("bench-admin-token"))
-        .map_err(|e| anyhow::anyhow!(e.detail))?;
+    let (tokens, _) =
+        Tokens::load(&ledger, Some("bench-admin-token")).map_err(|e| anyhow::anyhow!(e.detail))?;
     let state = AppState {
         ledger: ledger.clone(),
         tokens: Arc::new(tokens),

@@ -169,8 +169,16 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = accrue_store::postgres::PgStore::open(&url)
-            .with_context(|| format!("opening the PostgreSQL store at {url}"))?;
+        // ACCRUE_PG_SCHEMA: one database can hold several ledgers, each in
+        // its own schema (created if needed).
+        let store = match std::env::var("ACCRUE_PG_SCHEMA")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            Some(schema) => accrue_store::postgres::PgStore::open_in_schema(&url, &schema),
+            None => accrue_store::postgres::PgStore::open(&url),
+        }
+        .with_context(|| format!("opening the PostgreSQL store at {url}"))?;
         return Ok(Arc::new(store));
     }
     if url.starts_with("esdb://") || url.starts_with("kurrentdb://") {
@@ -296,7 +304,7 @@ fn serve(
     let ledger = Ledger::open(store.clone(), mode)?;
     let admin = std::env::var("ACCRUE_ADMIN_TOKEN").ok();
     let (tokens, generated) =
-        Tokens::load(store, admin.as_deref()).map_err(|e| anyhow::anyhow!(e.detail))?;
+        Tokens::load(&ledger, admin.as_deref()).map_err(|e| anyhow::anyhow!(e.detail))?;
     if let Some(t) = generated {
         println!("admin token (shown once, store it now): {t}");
     }
