@@ -256,3 +256,76 @@ fn mail_waits_for_smtp_to_come_back_and_a_restart_sends_nothing_twice() {
     );
     assert_eq!(count(&after, "Zahlung fehlgeschlagen"), 1);
 }
+
+/// An SMTP server that refuses one address for good (550) and keeps the
+/// rest in a maildir: aiosmtpd with a handler of its own.
+fn start_bouncing_smtp(port: u16, maildir: &Path) -> Smtp {
+    let script = r#"
+import sys, time, mailbox
+from aiosmtpd.controller import Controller
+class Handler:
+    def __init__(self, d):
+        self.box = mailbox.Maildir(d)
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith('bounce@'):
+            return '550 5.1.1 <%s>: mailbox unavailable' % address
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
+    async def handle_DATA(self, server, session, envelope):
+        self.box.add(envelope.content)
+        return '250 OK'
+c = Controller(Handler(sys.argv[2]), hostname='127.0.0.1', port=int(sys.argv[1]))
+c.start()
+while True:
+    time.sleep(1)
+"#;
+    let child = Command::new(python())
+        .args(["-c", script, &port.to_string()])
+        .arg(maildir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aiosmtpd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "aiosmtpd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Smtp {
+        child,
+        maildir: maildir.to_path_buf(),
+    }
+}
+
+#[test]
+fn one_bouncing_address_never_holds_up_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let smtp = start_bouncing_smtp(port, &dir.path().join("maildir"));
+    let a = start_accrue(&dir.path().join("data"), port);
+    // The bouncing customer first: its invoice mail is the first in line.
+    for (id, email) in [
+        ("bouncy", "bounce@bouncy.test"),
+        ("fine", "billing@fine.test"),
+    ] {
+        let acct = json!({"id": id, "name": id, "billing_email": email,
+                          "plan": {"full_seats": 1, "full_seat_price": "10.00"}});
+        assert_eq!(a.call("POST", "/v1/accounts", acct).0, 201);
+    }
+    assert!(
+        a.mailer_caught_up(Duration::from_secs(30)),
+        "the mailer is stuck behind the bounce"
+    );
+    let all = mails(&smtp.maildir);
+    assert_eq!(
+        count(&all, "To: billing@fine.test"),
+        1,
+        "the other customer's invoice mail went out"
+    );
+    assert_eq!(count(&all, "bounce@bouncy.test"), 0);
+    assert_eq!(a.metric("accrue_mails_bounced_total"), 1);
+    assert_eq!(
+        a.metric("accrue_projector_lag_events{projector=\"mailer\"}"),
+        0
+    );
+}

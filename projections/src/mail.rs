@@ -238,6 +238,9 @@ pub enum MailError {
     Build(String),
     #[error("delivery failed: {0}")]
     Send(String),
+    /// The relay refused the mail for good (SMTP 5xx): retrying is useless.
+    #[error("refused for good: {0}")]
+    Refused(String),
 }
 
 /// Builds the MIME message. `message_id` makes a re-delivery recognisable
@@ -323,10 +326,13 @@ impl MailTransport {
 
     pub fn send(&self, msg: &Message, file_key: &str) -> Result<(), MailError> {
         match self {
-            MailTransport::Smtp(t) => t
-                .send(msg)
-                .map(drop)
-                .map_err(|e| MailError::Send(e.to_string())),
+            MailTransport::Smtp(t) => t.send(msg).map(drop).map_err(|e| {
+                if e.is_permanent() {
+                    MailError::Refused(e.to_string())
+                } else {
+                    MailError::Send(e.to_string())
+                }
+            }),
             MailTransport::Outbox(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| MailError::Send(e.to_string()))?;
                 let path = dir.join(format!("{file_key}.eml"));

@@ -103,6 +103,9 @@ pub struct ReadModels {
     pub invoices: HashMap<String, Box<InvoiceRecord>>,
     /// Double-entry postings of every money event, in log order.
     pub postings: Vec<Posting>,
+    /// Mails refused for good, per account, oldest first (support sees
+    /// them; a fixed address gets later mails).
+    pub mail_bounces: HashMap<String, Vec<accrue_core::events::MailBounced>>,
 }
 
 impl ReadModels {
@@ -136,6 +139,13 @@ impl ReadModels {
             "read models replay in global order"
         );
         self.position = position;
+        if let LedgerEvent::MailBounced(b) = event {
+            self.mail_bounces
+                .entry(b.account_id.clone())
+                .or_default()
+                .push(b.clone());
+            return;
+        }
         let LedgerEvent::Account(event) = event else {
             return;
         };

@@ -326,6 +326,21 @@ pub struct TokenIssued {
     pub account_id: Option<String>,
 }
 
+/// A mail was refused for good (an SMTP 5xx, or an address that cannot be
+/// used): recorded so the mailer moves on and finance and support see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MailBounced {
+    pub account_id: String,
+    /// The global position of the event that caused the mail.
+    pub cause_position: u64,
+    pub kind: String,
+    pub to: String,
+    pub reason: String,
+}
+
+/// The stream that holds bounced mails.
+pub const MAIL_STREAM: &str = "mail";
+
 /// The stream that holds issued API tokens.
 pub const TOKENS_STREAM: &str = "tokens";
 
@@ -344,6 +359,7 @@ pub enum LedgerEvent {
     InvoiceNumberAssigned(InvoiceNumberAssigned),
     ClockAdvanced(ClockAdvanced),
     TokenIssued(TokenIssued),
+    MailBounced(MailBounced),
 }
 
 impl LedgerEvent {
@@ -362,6 +378,9 @@ impl LedgerEvent {
             "TokenIssued" => serde_json::from_slice(payload)
                 .map(LedgerEvent::TokenIssued)
                 .map_err(bad),
+            "MailBounced" => serde_json::from_slice(payload)
+                .map(LedgerEvent::MailBounced)
+                .map_err(bad),
             _ => AccountEvent::decode(type_name, schema, payload).map(LedgerEvent::Account),
         }
     }
@@ -371,6 +390,7 @@ impl LedgerEvent {
             LedgerEvent::InvoiceNumberAssigned(_) => "InvoiceNumberAssigned",
             LedgerEvent::ClockAdvanced(_) => "ClockAdvanced",
             LedgerEvent::TokenIssued(_) => "TokenIssued",
+            LedgerEvent::MailBounced(_) => "MailBounced",
         }
     }
     pub fn encode_payload(&self) -> Vec<u8> {
@@ -379,6 +399,7 @@ impl LedgerEvent {
             LedgerEvent::InvoiceNumberAssigned(e) => serde_json::to_vec(e).expect("serialisable"),
             LedgerEvent::ClockAdvanced(e) => serde_json::to_vec(e).expect("serialisable"),
             LedgerEvent::TokenIssued(e) => serde_json::to_vec(e).expect("serialisable"),
+            LedgerEvent::MailBounced(e) => serde_json::to_vec(e).expect("serialisable"),
         }
     }
 }

@@ -397,6 +397,19 @@ impl Ledger {
         .map(|_| ())
     }
 
+    /// Records a mail refused for good; answers once it is durable.
+    pub fn record_bounce_blocking(
+        &self,
+        bounce: accrue_core::events::MailBounced,
+    ) -> Result<(), LedgerError> {
+        self.call_blocking(|reply| Job::Record {
+            stream: accrue_core::MAIL_STREAM,
+            event: LedgerEvent::MailBounced(bounce),
+            reply,
+        })
+        .map(|_| ())
+    }
+
     /// Moves the manual clock forward, closing every period that ends on the way.
     pub async fn advance_clock(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, LedgerError> {
         self.call(|reply| Job::AdvanceClock { now, reply }).await

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub rejections: [AtomicU64; 6],
     pub commits: AtomicU64,
     pub mails_sent: AtomicU64,
+    pub mails_bounced: AtomicU64,
+    /// Events each side-effect projector is behind the head.
+    projector_lag: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; 12],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -49,6 +52,20 @@ impl Metrics {
             .fetch_add((seconds * 1e6) as u64, Relaxed);
     }
 
+    pub fn set_projector_lag(&self, projector: &'static str, events: u64) {
+        self.projector_lag.lock().insert(projector, events);
+    }
+
+    /// The largest lag of any side-effect projector, in events.
+    pub fn projector_lag_max(&self) -> u64 {
+        self.projector_lag
+            .lock()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -67,6 +84,20 @@ impl Metrics {
             "accrue_mails_sent_total {}\n",
             self.mails_sent.load(Relaxed)
         ));
+        s.push_str("# HELP accrue_mails_bounced_total Mails refused for good (recorded as MailBounced).\n# TYPE accrue_mails_bounced_total counter\n");
+        s.push_str(&format!(
+            "accrue_mails_bounced_total {}\n",
+            self.mails_bounced.load(Relaxed)
+        ));
+        let lags = self.projector_lag.lock().clone();
+        if !lags.is_empty() {
+            s.push_str("# HELP accrue_projector_lag_events Events a side-effect projector is behind the log's head.\n# TYPE accrue_projector_lag_events gauge\n");
+            for (p, lag) in lags {
+                s.push_str(&format!(
+                    "accrue_projector_lag_events{{projector=\"{p}\"}} {lag}\n"
+                ));
+            }
+        }
         s.push_str("# HELP accrue_usage_events_total Usage events by outcome.\n# TYPE accrue_usage_events_total counter\n");
         s.push_str(&format!(
             "accrue_usage_events_total{{outcome=\"accepted\"}} {}\n",

@@ -14,18 +14,56 @@ use accrue_core::events::LedgerEvent;
 use accrue_core::{AccountEvent, Command};
 use accrue_store::RecordedEvent;
 
+use accrue_projections::mail::MailError;
+
 use crate::{Ledger, LedgerError};
 
 /// The longest wait between two attempts at one effect.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Effects waiting for a retry at most; beyond, the projector stops reading
+/// ahead until some succeed (a bound on memory while a relay is down).
+pub const MAX_RETRYING: usize = 10_000;
 
-/// Runs `handle` for every event after the checkpoint `name`, page by page,
-/// until `stop` is set. The checkpoint advances after each handled event.
+/// Why an effect did not happen.
+#[derive(Debug)]
+pub enum EffectError {
+    /// Worth another try later (relay down, disk full, ledger busy).
+    Retry(String),
+}
+
+impl From<LedgerError> for EffectError {
+    fn from(e: LedgerError) -> Self {
+        EffectError::Retry(e.to_string())
+    }
+}
+
+impl From<accrue_store::StoreError> for EffectError {
+    fn from(e: accrue_store::StoreError) -> Self {
+        EffectError::Retry(e.to_string())
+    }
+}
+
+/// One effect waiting for its next attempt.
+struct Retrying {
+    rec: RecordedEvent,
+    event: LedgerEvent,
+    backoff: Duration,
+    due: std::time::Instant,
+}
+
+/// Runs `handle` for every event after the checkpoint `name` whose type
+/// `wants` accepts (others are skipped before they are decoded), until
+/// `stop` is set. Side effects never queue behind each other: an effect
+/// that fails goes to a retry queue with its own backoff and the projector
+/// moves on. The checkpoint is stored once per page and never passes an
+/// effect still waiting for a retry (after a crash it is tried again; the
+/// effects are idempotent, keyed by their causing event).
 pub fn follow(
     ledger: Ledger,
     name: &'static str,
     stop: Arc<AtomicBool>,
-    mut handle: impl FnMut(&Ledger, &RecordedEvent, &LedgerEvent) -> Result<(), LedgerError>
+    wants: fn(&str) -> bool,
+    mut handle: impl FnMut(&Ledger, &RecordedEvent, &LedgerEvent) -> Result<(), EffectError>
         + Send
         + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -34,47 +72,83 @@ pub fn follow(
         crate::priority::lower_current_thread();
         let store = ledger.store().clone();
         let mut after = store.checkpoint(name).unwrap_or(0);
-        let mut backoff = Duration::from_millis(100);
-        while !stop.load(Ordering::Relaxed) {
-            let page = match store.read_all(after, 1000) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(projector = name, error = %e, "read failed");
-                    std::thread::sleep(backoff);
-                    continue;
-                }
-            };
-            if page.is_empty() {
-                let _ = store.wait_for(after, Duration::from_millis(250));
-                continue;
+        let mut stored = after;
+        let mut retrying: std::collections::BTreeMap<u64, Retrying> = Default::default();
+        let mut attempt = |ledger: &Ledger,
+                           rec: RecordedEvent,
+                           event: LedgerEvent,
+                           backoff: Duration,
+                           retrying: &mut std::collections::BTreeMap<u64, Retrying>| {
+            if let Err(EffectError::Retry(err)) = handle(ledger, &rec, &event) {
+                tracing::warn!(projector = name, position = rec.position, error = %err, retry_in_ms = backoff.as_millis() as u64, "effect failed; retrying it on its own");
+                let pos = rec.position;
+                retrying.insert(
+                    pos,
+                    Retrying {
+                        rec,
+                        event,
+                        backoff: (backoff * 2).min(MAX_BACKOFF),
+                        due: std::time::Instant::now() + backoff,
+                    },
+                );
             }
-            for rec in &page {
-                let Ok(e) = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload) else {
-                    after = rec.position;
-                    continue;
-                };
-                // Retry this event with capped exponential backoff until it
-                // succeeds or we are asked to stop.
-                loop {
-                    match handle(&ledger, rec, &e) {
-                        Ok(()) => {
-                            backoff = Duration::from_millis(100);
-                            break;
-                        }
-                        Err(err) => {
-                            tracing::warn!(projector = name, position = rec.position, error = %err, "effect failed; retrying");
-                            if stop.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            std::thread::sleep(backoff);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                        }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            // Retries that are due, each on its own timer.
+            let now = std::time::Instant::now();
+            let due: Vec<u64> = retrying
+                .iter()
+                .filter(|(_, r)| r.due <= now)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in due {
+                if let Some(r) = retrying.remove(&p) {
+                    attempt(&ledger, r.rec, r.event, r.backoff, &mut retrying);
+                }
+            }
+            let page = if retrying.len() >= MAX_RETRYING {
+                Vec::new()
+            } else {
+                match store.read_all(after, 1000) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(projector = name, error = %e, "read failed");
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
                     }
                 }
+            };
+            for rec in page {
                 after = rec.position;
-                if let Err(e) = store.set_checkpoint(name, after) {
-                    tracing::warn!(projector = name, error = %e, "checkpoint failed");
+                if !wants(&rec.type_name) {
+                    continue;
                 }
+                let Ok(e) = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload) else {
+                    continue;
+                };
+                attempt(&ledger, rec, e, Duration::from_millis(100), &mut retrying);
+            }
+            // Done up to (the first effect still waiting) − 1.
+            let done = retrying
+                .keys()
+                .next()
+                .map_or(after, |p| (p - 1).min(after));
+            if done > stored {
+                match store.set_checkpoint(name, done) {
+                    Ok(()) => stored = done,
+                    Err(e) => tracing::warn!(projector = name, error = %e, "checkpoint failed"),
+                }
+            }
+            let head = store.head_position().unwrap_or(after);
+            ledger.metrics().set_projector_lag(name, head.saturating_sub(done));
+            if head <= after || retrying.len() >= MAX_RETRYING {
+                let next_due = retrying
+                    .values()
+                    .map(|r| r.due.saturating_duration_since(std::time::Instant::now()))
+                    .min()
+                    .unwrap_or(Duration::from_millis(250))
+                    .min(Duration::from_millis(250));
+                let _ = store.wait_for(after, next_due.max(Duration::from_millis(1)));
             }
         }
     })
@@ -88,26 +162,34 @@ pub fn spawn_pdf_writer(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&dir)?;
-    follow(ledger, "pdf", stop, move |ledger, rec, e| {
-        let LedgerEvent::Account(AccountEvent::InvoiceIssued(inv)) = e else {
-            return Ok(());
-        };
-        let pdf = accrue_projections::pdf::render(inv)
-            .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-        let sha256 = accrue_projections::pdf::sha256_hex(&pdf);
-        let path = dir.join(format!("{}.pdf", inv.number));
-        std::fs::write(&path, &pdf)
-            .map_err(|e| LedgerError::Store(accrue_store::StoreError::Backend(e.to_string())))?;
-        let account = rec.stream.trim_start_matches("account-");
-        ledger.execute_blocking(
-            account,
-            Command::RecordPdf {
-                number: inv.number.clone(),
-                sha256,
-            },
-        )?;
-        Ok(())
-    })
+    follow(
+        ledger,
+        "pdf",
+        stop,
+        |t| t == "InvoiceIssued",
+        move |ledger, rec, e| {
+            let LedgerEvent::Account(AccountEvent::InvoiceIssued(inv)) = e else {
+                return Ok(());
+            };
+            let pdf = accrue_projections::pdf::render(inv)
+                .map_err(|e| EffectError::Retry(e.to_string()))?;
+            let sha256 = accrue_projections::pdf::sha256_hex(&pdf);
+            let path = dir.join(format!("{}.pdf", inv.number));
+            let tmp = dir.join(format!(".{}.pdf.tmp", inv.number));
+            std::fs::write(&tmp, &pdf)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| EffectError::Retry(e.to_string()))?;
+            let account = rec.stream.trim_start_matches("account-");
+            ledger.execute_blocking(
+                account,
+                Command::RecordPdf {
+                    number: inv.number.clone(),
+                    sha256,
+                },
+            )?;
+            Ok(())
+        },
+    )
 }
 
 /// Sends the mail each event causes (payment failures, invoices with their
@@ -121,49 +203,91 @@ pub fn spawn_mailer(
     from: String,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    follow(ledger, "mailer", stop, move |ledger, rec, e| {
-        let LedgerEvent::Account(event) = e else {
-            return Ok(());
-        };
-        let Some(account) = rec.stream.strip_prefix("account-") else {
-            return Ok(());
-        };
-        let store = ledger.store();
-        let key = format!("mail-sent:{}", rec.position);
-        if store.meta_get(&key)?.is_some() {
-            return Ok(());
-        }
-        let Some(state) = ledger.read().accounts.get(account).cloned() else {
-            return Ok(());
-        };
-        let Some(mail) = accrue_projections::mail::mail_for(event, &state, |i| {
-            accrue_projections::pdf::render(i).ok()
-        }) else {
-            return Ok(());
-        };
-        let id: String = rec.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let msg = match accrue_projections::mail::build(
-            &mail,
-            &from,
-            &format!("<{}.{id}@accrue>", rec.position),
-        ) {
-            Ok(m) => m,
-            Err(err) => {
-                // A bad address never becomes deliverable by retrying.
-                tracing::error!(position = rec.position, error = %err, "mail cannot be built; skipped");
+    follow(
+        ledger,
+        "mailer",
+        stop,
+        mail_causes,
+        move |ledger, rec, e| {
+            let LedgerEvent::Account(event) = e else {
+                return Ok(());
+            };
+            let Some(account) = rec.stream.strip_prefix("account-") else {
+                return Ok(());
+            };
+            let store = ledger.store();
+            let key = format!("mail-sent:{}", rec.position);
+            if store.meta_get(&key)?.is_some() {
                 return Ok(());
             }
-        };
-        transport
-            .send(&msg, &format!("{:012}-{}", rec.position, mail.kind))
-            .map_err(|e| LedgerError::Store(accrue_store::StoreError::Backend(e.to_string())))?;
-        store.meta_put(&key, mail.kind)?;
-        ledger
-            .metrics()
-            .mails_sent
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    })
+            // The store has the event before the read models have applied it
+            // (the committer applies after the append): wait for them, so the
+            // account's state includes its cause.
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while ledger.read().position < rec.position {
+                if std::time::Instant::now() >= deadline {
+                    return Err(EffectError::Retry("the read models are behind".into()));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let Some(state) = ledger.read().accounts.get(account).cloned() else {
+                return Ok(());
+            };
+            let Some(mail) = accrue_projections::mail::mail_for(event, &state, |i| {
+                accrue_projections::pdf::render(i).ok()
+            }) else {
+                return Ok(());
+            };
+            let id: String = rec.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+            let sent = accrue_projections::mail::build(
+                &mail,
+                &from,
+                &format!("<{}.{id}@accrue>", rec.position),
+            )
+            .and_then(|msg| transport.send(&msg, &format!("{:012}-{}", rec.position, mail.kind)));
+            match sent {
+                Ok(()) => {}
+                Err(MailError::Send(e)) => return Err(EffectError::Retry(e)),
+                // Refused for good, or an address that can never be used:
+                // recorded as a fact, and the mailer moves on.
+                Err(err @ (MailError::Refused(_) | MailError::Build(_))) => {
+                    tracing::warn!(position = rec.position, to = %mail.to, error = %err, "mail refused for good; recorded as bounced");
+                    ledger.record_bounce_blocking(accrue_core::events::MailBounced {
+                        account_id: account.to_string(),
+                        cause_position: rec.position,
+                        kind: mail.kind.to_string(),
+                        to: mail.to.clone(),
+                        reason: err.to_string(),
+                    })?;
+                    store.meta_put(&key, "bounced")?;
+                    ledger
+                        .metrics()
+                        .mails_bounced
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+            store.meta_put(&key, mail.kind)?;
+            ledger
+                .metrics()
+                .mails_sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        },
+    )
+}
+
+/// The account events that can cause a mail (see `mail::mail_for`); the
+/// rest, usage above all, are skipped unread.
+fn mail_causes(type_name: &str) -> bool {
+    matches!(
+        type_name,
+        "PaymentFailed"
+            | "InvoiceIssued"
+            | "CreditLimitSet"
+            | "CreditUnsubscribed"
+            | "CreditThresholdReached"
+    )
 }
 
 /// Blocks until projector `name` has handled everything up to the head, or

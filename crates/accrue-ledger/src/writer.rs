@@ -157,7 +157,9 @@ impl State {
                 let s = self.seq.entry(n.year).or_insert(0);
                 *s = (*s).max(n.sequence);
             }
-            LedgerEvent::ClockAdvanced(_) | LedgerEvent::TokenIssued(_) => {}
+            LedgerEvent::ClockAdvanced(_)
+            | LedgerEvent::TokenIssued(_)
+            | LedgerEvent::MailBounced(_) => {}
         }
     }
 
