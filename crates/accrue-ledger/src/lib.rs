@@ -143,6 +143,7 @@ pub(crate) struct Shared {
 #[derive(Default)]
 pub struct Health {
     failed: std::sync::atomic::AtomicBool,
+    stopped: std::sync::atomic::AtomicBool,
     reason: Mutex<Option<String>>,
     notify: tokio::sync::Notify,
 }
@@ -158,6 +159,12 @@ impl Health {
         self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(r);
         self.notify.notify_waiters();
+    }
+
+    /// The writer stopped cleanly: new requests are refused at once.
+    pub(crate) fn stopping(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn failed(&self) -> Option<String> {
@@ -262,6 +269,14 @@ impl Ledger {
     }
 
     fn stopped_error(&self) -> LedgerError {
+        if self
+            .shared
+            .health
+            .stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return LedgerError::Stopped;
+        }
         match self.failure() {
             Some(r) => LedgerError::Failed(r),
             None => LedgerError::Stopped,
@@ -277,6 +292,14 @@ impl Ledger {
     ) -> Result<oneshot::Receiver<Result<T, LedgerError>>, LedgerError> {
         if let Some(r) = self.failure() {
             return Err(LedgerError::Failed(r));
+        }
+        if self
+            .shared
+            .health
+            .stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(LedgerError::Stopped);
         }
         let (reply, rx) = oneshot::channel();
         self.jobs.try_send(job(reply)).map_err(|e| match e {
@@ -298,6 +321,14 @@ impl Ledger {
     fn call_blocking<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, LedgerError> {
         if let Some(r) = self.failure() {
             return Err(LedgerError::Failed(r));
+        }
+        if self
+            .shared
+            .health
+            .stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(LedgerError::Stopped);
         }
         let (reply, rx) = oneshot::channel();
         self.jobs

@@ -439,8 +439,16 @@ pub(crate) fn spawn(
                     .health
                     .fail(&format!("the writer panicked: {}", panic_text(&p)));
             }
-            if let Some(reason) = shared.health.failed() {
-                refuse_queued(&jobs, &reason);
+            match shared.health.failed() {
+                Some(reason) => refuse_queued(&jobs, &reason),
+                // A clean stop: whatever is still queued is answered, so no
+                // caller waits for a reply that never comes.
+                None => {
+                    shared.health.stopping();
+                    while let Ok(job) = jobs.try_recv() {
+                        refuse(job, LedgerError::Stopped);
+                    }
+                }
             }
         })
         .map_err(|e| LedgerError::Corrupt(format!("cannot start the writer: {e}")))
@@ -457,16 +465,23 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 /// arrives before the handles notice) with the fault, until all senders
 /// are gone or a stop is asked.
 fn refuse_queued(jobs: &Receiver<Job>, reason: &str) {
-    let err = || LedgerError::Failed(reason.to_string());
     while let Ok(job) = jobs.recv_timeout(Duration::from_millis(200)) {
-        match job {
-            Job::Usage { reply, .. } => drop(reply.send(Err(err()))),
-            Job::Command { reply, .. }
-            | Job::InvoiceCommand { reply, .. }
-            | Job::Record { reply, .. } => drop(reply.send(Err(err()))),
-            Job::AdvanceClock { reply, .. } => drop(reply.send(Err(err()))),
-            Job::Stop => return,
+        if matches!(job, Job::Stop) {
+            return;
         }
+        refuse(job, LedgerError::Failed(reason.to_string()));
+    }
+}
+
+/// Answers a job the writer will not run.
+fn refuse(job: Job, err: LedgerError) {
+    match job {
+        Job::Usage { reply, .. } => drop(reply.send(Err(err))),
+        Job::Command { reply, .. }
+        | Job::InvoiceCommand { reply, .. }
+        | Job::Record { reply, .. } => drop(reply.send(Err(err))),
+        Job::AdvanceClock { reply, .. } => drop(reply.send(Err(err))),
+        Job::Stop => {}
     }
 }
 

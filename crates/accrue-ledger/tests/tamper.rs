@@ -272,8 +272,11 @@ fn max_pos(db: &Db, stream: &str) -> u64 {
     best
 }
 
+/// One way of tampering with the stored log.
+type Tampering = Box<dyn Fn(&Db)>;
+
 fn each_tampering(backend: Backend) {
-    let cases: Vec<(&str, Box<dyn Fn(&Db)>)> = vec![
+    let cases: Vec<(&str, Tampering)> = vec![
         (
             "deleting a stream's last event",
             Box::new(|db: &Db| {

@@ -546,6 +546,24 @@ pub fn schema_for(dir: &std::path::Path) -> String {
     format!("accrue_t_{}", hex::encode(&d[..12]))
 }
 
+/// Drops a test schema and everything in it (tests call it when done, so
+/// no `accrue_t_…` schema is left behind). Errors are ignored: a schema
+/// that was never created is already gone.
+pub fn drop_schema(url: &str, schema: &str) {
+    let ok = !schema.is_empty()
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ok {
+        return;
+    }
+    off_runtime(|| {
+        if let Ok(mut c) = Client::connect(url, NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,22 +613,4 @@ mod tests {
         assert_eq!(a.head_position().unwrap(), 3);
         assert_eq!(a.stream_head("account-x").unwrap().version, 3);
     }
-}
-
-/// Drops a test schema and everything in it (tests call it when done, so
-/// no `accrue_t_…` schema is left behind). Errors are ignored: a schema
-/// that was never created is already gone.
-pub fn drop_schema(url: &str, schema: &str) {
-    let ok = !schema.is_empty()
-        && schema
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !ok {
-        return;
-    }
-    off_runtime(|| {
-        if let Ok(mut c) = Client::connect(url, NoTls) {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-        }
-    })
 }

@@ -805,6 +805,50 @@ impl EventStore for SqliteStore {
     }
 }
 
+/// The physical bound for benchmarks: inserts `rows` (stream, payload) into
+/// a fresh `events` table at `path` with the same schema and durability, in
+/// transactions of `batch` rows, with no domain logic and no hashing.
+/// Returns rows per second.
+pub fn raw_insert_rows_per_s(
+    path: &Path,
+    rows: impl Iterator<Item = (String, Vec<u8>)>,
+    batch: usize,
+) -> Result<f64, StoreError> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    conn.execute_batch(SCHEMA)?;
+    let started = std::time::Instant::now();
+    let hash = [0u8; 32];
+    let mut pos = 0i64;
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash, chain)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for (stream, payload) in rows.by_ref().take(batch.max(1)) {
+                pos += 1;
+                stmt.execute(params![
+                    pos,
+                    stream,
+                    pos,
+                    "CreditsConsumed",
+                    1,
+                    pos,
+                    pos,
+                    payload,
+                    &hash[..],
+                    &hash[..]
+                ])?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(pos as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -958,48 +1002,4 @@ mod tests {
             .is_err());
         assert!(w.conn.execute("DELETE FROM events", []).is_err());
     }
-}
-
-/// The physical bound for benchmarks: inserts `rows` (stream, payload) into
-/// a fresh `events` table at `path` with the same schema and durability, in
-/// transactions of `batch` rows, with no domain logic and no hashing.
-/// Returns rows per second.
-pub fn raw_insert_rows_per_s(
-    path: &Path,
-    rows: impl Iterator<Item = (String, Vec<u8>)>,
-    batch: usize,
-) -> Result<f64, StoreError> {
-    let conn = Connection::open(path)?;
-    configure(&conn)?;
-    conn.execute_batch(SCHEMA)?;
-    let started = std::time::Instant::now();
-    let hash = [0u8; 32];
-    let mut pos = 0i64;
-    let mut rows = rows.peekable();
-    while rows.peek().is_some() {
-        let tx = conn.unchecked_transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO events (pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash, chain)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for (stream, payload) in rows.by_ref().take(batch.max(1)) {
-                pos += 1;
-                stmt.execute(params![
-                    pos,
-                    stream,
-                    pos,
-                    "CreditsConsumed",
-                    1,
-                    pos,
-                    pos,
-                    payload,
-                    &hash[..],
-                    &hash[..]
-                ])?;
-            }
-        }
-        tx.commit()?;
-    }
-    Ok(pos as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }

@@ -279,8 +279,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // 4. HTTP ingest with overview queries running alongside.
+    let mut effects_out: Option<Effects> = None;
     let http_out = if want("http") {
-        let (http, p99, p50) = http_ingest(
+        let (http, p99, p50, effects) = http_ingest(
             &tmp.path().join("http"),
             pg,
             events,
@@ -289,6 +290,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.connections,
         )?;
         eprintln!("http ingest: {http:.0} events/s; overview p50 {p50:.3} ms, p99 {p99:.3} ms");
+        if let Some(e) = &effects {
+            eprintln!(
+                "projectors during ingest: max lag {} events; {} invoices closed mid-ingest: first PDF and mail {:.3} s, all {:.3} s after the close",
+                e.lag_max_events, e.invoices, e.first_s, e.all_s
+            );
+        }
+        effects_out = effects;
         Some((http, p99, p50))
     } else {
         None
@@ -373,6 +381,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "overview_p99_ms": http_out.map(|h| (h.1 * 1000.0).round() / 1000.0),
         "overview_p50_ms": http_out.map(|h| (h.2 * 1000.0).round() / 1000.0),
         "rebuild_events_per_s": rebuild_out.map(f64::round),
+        "projector_lag_max_events": effects_out.as_ref().map(|e| e.lag_max_events),
+        "invoice_effects_after_close_s": effects_out.as_ref().map(|e| (e.all_s * 1000.0).round() / 1000.0),
+        "invoice_effects_first_after_close_s": effects_out.as_ref().map(|e| (e.first_s * 1000.0).round() / 1000.0),
+        "invoices_closed_during_ingest": effects_out.as_ref().map(|e| e.invoices),
         "pdf_per_s": pdf_out.map(f64::round),
         "close_10k_accounts_s": close_out.map(|c| (c * 1000.0).round() / 1000.0),
         "close_accounts": n_close,
@@ -391,8 +403,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `serve`'s side-effect projectors did while HTTP ingest ran.
+struct Effects {
+    lag_max_events: u64,
+    invoices: usize,
+    /// From the close to the first invoice's PDF file and mail.
+    first_s: f64,
+    /// From the close to every invoice's PDF file and mail.
+    all_s: f64,
+}
+
+fn files_in(dir: &std::path::Path, ext: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(ext))
+            .count()
+    })
+}
+
 /// Runs the real router on loopback and drives it with `connections`
-/// concurrent clients; a separate task queries overviews meanwhile.
+/// concurrent clients; a separate task queries overviews meanwhile, and
+/// `serve`'s PDF writer and mailer (to an outbox) run beside them. Halfway
+/// through, the clock closes every account's period: the time until each
+/// new invoice has its PDF and its mail is measured while ingest goes on.
 fn http_ingest(
     dir: &std::path::Path,
     pg: Option<&str>,
@@ -400,9 +433,24 @@ fn http_ingest(
     accounts: usize,
     batch: usize,
     connections: usize,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64, Option<Effects>)> {
     let ledger = open_ledger(dir, pg)?;
     open_accounts(&ledger, "h", accounts)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (pdf_dir, outbox) = (dir.join("invoices"), dir.join("outbox"));
+    let pdf =
+        accrue_ledger::projectors::spawn_pdf_writer(ledger.clone(), pdf_dir.clone(), stop.clone())?;
+    let mailer = accrue_ledger::projectors::spawn_mailer(
+        ledger.clone(),
+        accrue_projections::mail::MailTransport::Outbox(outbox.clone()),
+        "Billing <billing@bench.example>".into(),
+        stop.clone(),
+    )?;
+    // The opening invoices first, so the close is measured on its own.
+    for p in ["pdf", "mailer"] {
+        accrue_ledger::projectors::wait_caught_up(&ledger, p, Duration::from_secs(300));
+    }
+    let (pdfs_before, mails_before) = (files_in(&pdf_dir, ".pdf"), files_in(&outbox, ".eml"));
     let (tokens, _) =
         Tokens::load(&ledger, Some("bench-admin-token")).map_err(|e| anyhow::anyhow!(e.detail))?;
     let state = AppState {
@@ -481,6 +529,7 @@ fn http_ingest(
         .on_thread_start(accrue_ledger::priority::lower_current_thread)
         .enable_all()
         .build()?;
+    let closer_ledger = ledger.clone();
     let load = rt.block_on(async move {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(connections + 2)
@@ -488,6 +537,42 @@ fn http_ingest(
         let url = format!("http://{addr}/v1/usage");
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = Instant::now();
+        let closer = {
+            let (next, ledger) = (next.clone(), closer_ledger);
+            let (pdf_dir, outbox) = (pdf_dir.clone(), outbox.clone());
+            let half = events.div_ceil(batch) / 2;
+            std::thread::spawn(move || -> anyhow::Result<Option<Effects>> {
+                while next.load(std::sync::atomic::Ordering::Relaxed) < half {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let closed_at = Instant::now();
+                ledger.advance_clock_blocking(start() + chrono::Duration::days(31))?;
+                let want = accounts;
+                let (mut first, mut lag_max) = (None, 0u64);
+                let deadline = closed_at + Duration::from_secs(120);
+                loop {
+                    lag_max = lag_max.max(ledger.metrics().projector_lag_max());
+                    let pdfs = files_in(&pdf_dir, ".pdf") - pdfs_before;
+                    let mails = files_in(&outbox, ".eml") - mails_before;
+                    if first.is_none() && pdfs >= 1 && mails >= 1 {
+                        first = Some(closed_at.elapsed().as_secs_f64());
+                    }
+                    if pdfs >= want && mails >= want {
+                        return Ok(Some(Effects {
+                            lag_max_events: lag_max,
+                            invoices: want,
+                            first_s: first.unwrap_or_default(),
+                            all_s: closed_at.elapsed().as_secs_f64(),
+                        }));
+                    }
+                    if Instant::now() > deadline {
+                        eprintln!("bench: the projectors did not finish within 120 s ({pdfs} PDFs, {mails} mails of {want})");
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
         let workers: Vec<_> = (0..connections)
             .map(|_| {
                 let client = client.clone();
@@ -514,7 +599,11 @@ fn http_ingest(
         for w in workers {
             w.await??;
         }
-        anyhow::Ok(events as f64 / started.elapsed().as_secs_f64())
+        let rate = events as f64 / started.elapsed().as_secs_f64();
+        let effects = closer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the closer panicked"))??;
+        anyhow::Ok((rate, effects))
     });
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let lat = query
@@ -522,13 +611,17 @@ fn http_ingest(
         .map_err(|_| anyhow::anyhow!("query client panicked"))??;
     server.abort();
     drop(server_rt);
-    let result = load.map(|rate| {
+    let result = load.map(|(rate, effects)| {
         (
             rate,
             percentile_ms(lat.clone(), 0.99),
             percentile_ms(lat, 0.5),
+            effects,
         )
     });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = pdf.join();
+    let _ = mailer.join();
     ledger.shutdown();
     result
 }

@@ -364,11 +364,12 @@ fn serve(
         let f = fault.lock().unwrap_or_else(|e| e.into_inner()).take();
         anyhow::Ok(f)
     })?;
+    // The projectors first: they may be waiting for the writer's answer.
     stop.store(true, Ordering::Relaxed);
-    ledger.shutdown();
     let _ = pdf.join();
     let _ = mailer.join();
     let _ = anchors.join();
+    ledger.shutdown();
     if let Some(reason) = fault {
         eprintln!("accrue: the ledger stopped after a fault: {reason}; exiting so a supervisor restarts it");
         std::process::exit(3);

@@ -43,11 +43,7 @@ struct Given(AccountState);
 
 impl Given {
     fn events(events: Vec<AccountEvent>) -> Self {
-        Given(
-            events
-                .iter()
-                .fold(AccountState::default(), |s, e| evolve(s, e)),
-        )
+        Given(events.iter().fold(AccountState::default(), evolve))
     }
     fn opened(base: Decimal, limit: Option<Decimal>, now: &str) -> Self {
         let evs = decide(&AccountState::default(), open_cmd(base, limit), &ctx(now)).unwrap();
@@ -391,7 +387,7 @@ proptest! {
     #[test]
     fn replaying_the_events_gives_the_live_state(ops in arb_history()) {
         let (live, log) = run(&ops);
-        let replayed = log.iter().fold(AccountState::default(), |s, e| evolve(s, e));
+        let replayed = log.iter().fold(AccountState::default(), evolve);
         prop_assert_eq!(replayed, live);
     }
 
