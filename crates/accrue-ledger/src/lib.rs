@@ -15,6 +15,7 @@ pub mod audit;
 pub mod clock;
 pub mod idempotency;
 pub mod idle;
+pub mod keys;
 pub mod metrics;
 pub mod priority;
 pub mod projectors;
@@ -34,6 +35,10 @@ use tokio::sync::oneshot;
 pub use clock::{Clock, ClockMode};
 pub use metrics::Metrics;
 pub use replay::{account_as_of, for_each_decoded, replay_into, Decoded, ReplayStats};
+pub use writer::license::{
+    release_after_days, set_release_after_days, LicenseOutcome, LicenseTarget, ISSUER,
+    MAX_FAILURES_PER_MINUTE,
+};
 
 /// Most events accepted in one ingest request.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
@@ -104,6 +109,11 @@ pub(crate) enum Job {
         now: DateTime<Utc>,
         reply: oneshot::Sender<Result<DateTime<Utc>, LedgerError>>,
     },
+    License {
+        target: writer::license::LicenseTarget,
+        command: accrue_core::license::LicenseCommand,
+        reply: oneshot::Sender<Result<writer::license::LicenseOutcome, LedgerError>>,
+    },
     Stop,
 }
 
@@ -112,6 +122,7 @@ pub(crate) struct Shared {
     pub read: RwLock<ReadModels>,
     pub clock: Clock,
     pub metrics: Metrics,
+    pub license: writer::license::Hot,
 }
 
 /// A handle to the ledger; cheap to clone.
@@ -128,11 +139,13 @@ impl Ledger {
     pub fn open(store: Arc<dyn EventStore>, clock: ClockMode) -> Result<Ledger, LedgerError> {
         let (state, read, stored_clock) = writer::load(store.as_ref())?;
         let clock = Clock::new(clock, stored_clock);
+        let license = writer::license::Hot::load(store.as_ref())?;
         let shared = Arc::new(Shared {
             store,
             read: RwLock::new(read),
             clock,
             metrics: Metrics::default(),
+            license,
         });
         let (tx, rx) = crossbeam_channel::bounded(1024);
         let thread = writer::spawn(shared.clone(), state, rx)?;

@@ -24,6 +24,9 @@ use tokio::sync::oneshot;
 use crate::idempotency::{self, IdempotencyIndex, Slot};
 use crate::{Job, LedgerError, Shared, UsageItem, UsageOutcome};
 
+#[path = "license.rs"]
+pub(crate) mod license;
+
 /// Most events decided into one group before it is committed.
 const MAX_GROUP_EVENTS: usize = 20_000;
 /// How often the writer wakes without work (system-clock period closes).
@@ -43,6 +46,8 @@ pub(crate) struct State {
     pub invoice_owner: InvoiceOwners,
     /// (end of current credit period, account): what closes next.
     pub due: BTreeSet<(DateTime<Utc>, String)>,
+    /// Serial numbers, license deadlines, sync coalescing (`license.rs`).
+    pub license: license::Index,
 }
 
 fn account_of(stream: &str) -> Option<&str> {
@@ -120,6 +125,7 @@ impl State {
         let version_before = st.version;
         let before = st.period_end();
         st.apply(e);
+        self.license.track(account, e, st);
         let after = st.period_end();
         if before != after || matches!(e, AccountEvent::InvoiceIssued(_)) {
             let opened = st.info.clone();
@@ -194,6 +200,10 @@ enum Reply {
         oneshot::Sender<Result<DateTime<Utc>, LedgerError>>,
         DateTime<Utc>,
     ),
+    License(
+        oneshot::Sender<Result<license::LicenseOutcome, LedgerError>>,
+        license::LicenseOutcome,
+    ),
 }
 
 impl Reply {
@@ -202,6 +212,7 @@ impl Reply {
             Reply::Usage(tx, v) => drop(tx.send(Ok(v))),
             Reply::Command(tx, v) => drop(tx.send(Ok(v))),
             Reply::Clock(tx, v) => drop(tx.send(Ok(v))),
+            Reply::License(tx, v) => drop(tx.send(Ok(v))),
         }
     }
     fn send_err(self, e: &str) {
@@ -210,6 +221,7 @@ impl Reply {
             Reply::Usage(tx, _) => drop(tx.send(Err(err()))),
             Reply::Command(tx, _) => drop(tx.send(Err(err()))),
             Reply::Clock(tx, _) => drop(tx.send(Err(err()))),
+            Reply::License(tx, _) => drop(tx.send(Err(err()))),
         }
     }
 }
@@ -383,6 +395,7 @@ pub(crate) fn spawn(
     };
     // Finish any close that came due while we were down, before serving.
     w.close_due(w.shared.clock.now());
+    w.license_issue_missing();
     w.flush_sync();
     std::thread::Builder::new()
         .name("accrue-writer".into())
@@ -503,12 +516,14 @@ impl Writer {
             if !self.shared.clock.is_manual() {
                 self.close_due(self.shared.clock.now());
             }
+            self.license_flush(false);
             if let Some(job) = job {
                 if self.handle(job) {
                     break;
                 }
             }
         }
+        self.license_flush(true);
         self.flush_sync();
         self.to_committer = None;
         if let Some(c) = self.committer.take() {
@@ -551,6 +566,11 @@ impl Writer {
                 }
             }
             Job::AdvanceClock { now, reply } => self.advance_clock(now, reply),
+            Job::License {
+                target,
+                command,
+                reply,
+            } => self.license_job(target, command, reply),
             Job::Stop => return true,
         }
         false
@@ -592,6 +612,7 @@ impl Writer {
 
     /// Closes every credit period that ended at or before `now`, in time order.
     fn close_due(&mut self, now: DateTime<Utc>) {
+        self.license_due(now);
         while let Some((end, account)) = self.state.due.first().cloned() {
             if end > now {
                 break;
@@ -638,7 +659,12 @@ impl Writer {
             }
             other => other,
         };
-        self.decide_and_stage(account, command, &Context { now })
+        let opening = matches!(command, Command::Open(_));
+        let events = self.decide_and_stage(account, command, &Context { now })?;
+        if opening {
+            self.license_issue(account);
+        }
+        Ok(events)
     }
 
     /// Decides against the account's state, applies the events to it, and
