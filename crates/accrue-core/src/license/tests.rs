@@ -58,7 +58,7 @@ impl Given {
     }
     fn and(self, cmd: Command, now: &str) -> Given {
         let evs = self.when(cmd, now).unwrap();
-        Given(evs.iter().fold(self.0, |s, e| evolve(s, e)))
+        Given(evs.iter().fold(self.0, evolve))
     }
     fn license(&self) -> &LicenseState {
         self.0.license.as_deref().unwrap()
