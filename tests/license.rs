@@ -201,6 +201,13 @@ fn uuid_like() -> String {
 fn activate_limit_release_reset_and_restart_on_postgres() {
     let url = fresh_pg_database();
     activate_limit_release_reset_and_restart(&["--store", &url]);
+    let name = url.rsplit('/').next().unwrap();
+    let dropped = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-q", "-c"])
+        .arg(format!("DROP DATABASE {name} WITH (FORCE)"))
+        .status()
+        .expect("psql runs");
+    assert!(dropped.success());
 }
 
 fn activate_limit_release_reset_and_restart(extra: &[&str]) {
