@@ -23,6 +23,9 @@ pub enum Role {
     Ingest,
     Auditor,
     Account,
+    /// A product server, bound to one activation (SPEC §7): its own
+    /// license only.
+    Server,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +53,7 @@ impl Principal {
             Role::Admin | Role::Auditor => Ok(()),
             Role::Account if self.account_id.as_deref() == Some(account_id) => Ok(()),
             Role::Account => Err(ApiError::not_found(format!("no account {account_id:?}"))),
-            Role::Ingest => Err(ApiError::forbidden()),
+            Role::Ingest | Role::Server => Err(ApiError::forbidden()),
         }
     }
 }
@@ -72,7 +75,11 @@ pub struct Tokens {
     ledger: accrue_ledger::Ledger,
     cache: RwLock<HashMap<String, Principal>>,
     admin_hash: Option<String>,
+    /// Looks up `server` tokens (derived per activation, never stored).
+    pub server_lookup: std::sync::OnceLock<ServerLookup>,
 }
+
+pub type ServerLookup = Box<dyn Fn(&str) -> Option<Principal> + Send + Sync>;
 
 impl Tokens {
     /// Loads issued tokens. The admin token is `admin_token` if given
@@ -129,12 +136,16 @@ impl Tokens {
                 ledger: ledger.clone(),
                 cache: RwLock::new(cache),
                 admin_hash,
+                server_lookup: std::sync::OnceLock::new(),
             },
             generated,
         ))
     }
 
     pub fn principal(&self, token: &str) -> Option<Principal> {
+        if let Some(p) = self.server_lookup.get().and_then(|f| f(token)) {
+            return Some(p);
+        }
         let h = hash(token);
         if self.admin_hash.as_deref() == Some(h.as_str()) {
             return Some(Principal {

@@ -73,7 +73,8 @@ impl From<DomainError> for ApiError {
             | DomainError::SeatLimitExceeded { .. }
             | DomainError::InvoiceNotPayable { .. }
             | DomainError::PeriodClosed { .. }
-            | DomainError::Future { .. } => StatusCode::CONFLICT,
+            | DomainError::Future { .. }
+            | DomainError::License(_) => StatusCode::CONFLICT,
         };
         ApiError::new(status, e.reason(), e.to_string())
     }

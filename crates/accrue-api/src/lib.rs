@@ -6,6 +6,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 mod health;
+mod license_routes;
 mod openapi;
 pub mod pan;
 mod routes;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use accrue_ledger::Ledger;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 pub use auth::Tokens;
@@ -38,6 +39,7 @@ pub fn parse_usage_line(line: &str) -> Result<accrue_ledger::UsageItem, String> 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     use routes::*;
+    license_routes::install(&state);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(health::readyz))
@@ -70,6 +72,42 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/anchor", get(anchor_routes::get_anchor))
         .route("/v1/audit/trial-balance", get(trial_balance))
         .route("/v1/clock", post(move_clock).get(get_clock))
+        .route("/v1/activations", post(license_routes::activate))
+        .route("/v1/license", get(license_routes::get_license))
+        .route("/.well-known/jwks.json", get(license_routes::jwks))
+        .route("/v1/activation", delete(license_routes::release_own))
+        .route(
+            "/v1/activation/sessions",
+            put(license_routes::report_sessions),
+        )
+        .route(
+            "/v1/accounts/{id}/activations",
+            get(license_routes::list_activations),
+        )
+        .route(
+            "/v1/accounts/{id}/activations/reset",
+            post(license_routes::reset_activations),
+        )
+        .route(
+            "/v1/accounts/{id}/activations/{server_id}",
+            delete(license_routes::release_server),
+        )
+        .route(
+            "/v1/accounts/{id}/sessions",
+            get(license_routes::list_sessions),
+        )
+        .route(
+            "/v1/accounts/{id}/license",
+            put(license_routes::put_license),
+        )
+        .route(
+            "/v1/accounts/{id}/license-key",
+            get(license_routes::license_key),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            license_routes::decorate_overview,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

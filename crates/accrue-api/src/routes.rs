@@ -119,6 +119,11 @@ pub async fn create_token(
 ) -> ApiResult<Response> {
     p.require(ADMIN)?;
     let account_id = match (req.role, req.account_id) {
+        (Role::Server, _) => {
+            return Err(ApiError::unprocessable(
+                "server tokens come only from POST /v1/activations",
+            ))
+        }
         (Role::Account, Some(id)) => {
             live_overview(&st, &id)?;
             Some(id)

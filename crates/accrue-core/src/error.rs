@@ -39,6 +39,9 @@ pub enum DomainError {
     UnknownInvoice,
     #[error("invoice {number} is {status}")]
     InvoiceNotPayable { number: String, status: String },
+    /// A rule of the license server (SPEC §7).
+    #[error(transparent)]
+    License(crate::license::LicenseError),
 }
 
 impl DomainError {
@@ -56,6 +59,7 @@ impl DomainError {
             DomainError::SeatLimitExceeded { .. } => "seat_limit_exceeded",
             DomainError::UnknownInvoice => "unknown_invoice",
             DomainError::InvoiceNotPayable { .. } => "invoice_not_payable",
+            DomainError::License(e) => e.reason(),
         }
     }
 }

@@ -243,6 +243,16 @@ pub enum AccountEvent {
     PaymentSucceeded(PaymentSucceeded),
     PaymentFailed(PaymentFailed),
     InvoiceVoided(InvoiceVoided),
+    // The license server (SPEC §7), see `crate::license`.
+    ControlNumberIssued(crate::license::ControlNumberIssued),
+    LicenseTermChanged(crate::license::LicenseTermChanged),
+    LicenseExpired(crate::license::LicenseExpired),
+    LicenseReactivated(crate::license::LicenseReactivated),
+    ActivationCreated(crate::license::ActivationCreated),
+    ActivationReleased(crate::license::ActivationReleased),
+    ActivationsReset(crate::license::ActivationsReset),
+    LicenseSynced(crate::license::LicenseSynced),
+    SessionsReported(crate::license::SessionsReported),
 }
 
 macro_rules! event_codec {
@@ -289,6 +299,15 @@ event_codec!(
     PaymentSucceeded,
     PaymentFailed,
     InvoiceVoided,
+    ControlNumberIssued,
+    LicenseTermChanged,
+    LicenseExpired,
+    LicenseReactivated,
+    ActivationCreated,
+    ActivationReleased,
+    ActivationsReset,
+    LicenseSynced,
+    SessionsReported,
 );
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

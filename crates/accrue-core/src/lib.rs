@@ -8,6 +8,7 @@ pub mod account;
 pub mod error;
 pub mod events;
 pub mod invoice;
+pub mod license;
 pub mod money;
 pub mod period;
 pub mod ts;

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod clock;
 pub mod idempotency;
 pub mod idle;
+pub mod keys;
 pub mod metrics;
 pub mod priority;
 pub mod projectors;
@@ -34,6 +35,10 @@ use tokio::sync::oneshot;
 pub use clock::{Clock, ClockMode};
 pub use metrics::Metrics;
 pub use replay::{account_as_of, for_each_decoded, replay_into, Decoded, ReplayStats};
+pub use writer::license::{
+    release_after_days, set_release_after_days, LicenseOutcome, LicenseTarget, ISSUER,
+    MAX_FAILURES_PER_MINUTE,
+};
 
 /// Requests waiting for the writer at most; beyond, 503 with Retry-After.
 pub const JOB_QUEUE: usize = 1024;
@@ -123,6 +128,11 @@ pub(crate) enum Job {
         event: LedgerEvent,
         reply: oneshot::Sender<Result<Vec<AccountEvent>, LedgerError>>,
     },
+    License {
+        target: writer::license::LicenseTarget,
+        command: accrue_core::license::LicenseCommand,
+        reply: oneshot::Sender<Result<writer::license::LicenseOutcome, LedgerError>>,
+    },
     Stop,
 }
 
@@ -134,6 +144,7 @@ pub(crate) struct Shared {
     pub health: Health,
     /// Signs audit anchors (`serve` loads it from the data folder).
     pub anchor_key: RwLock<Option<Arc<audit::AnchorKey>>>,
+    pub license: writer::license::Hot,
 }
 
 /// Whether the writer still takes writes. Set once, never cleared: after a
@@ -190,6 +201,7 @@ impl Ledger {
     pub fn open(store: Arc<dyn EventStore>, clock: ClockMode) -> Result<Ledger, LedgerError> {
         let (state, read, stored_clock) = writer::load(store.as_ref())?;
         let clock = Clock::new(clock, stored_clock);
+        let license = writer::license::Hot::load(store.as_ref())?;
         let shared = Arc::new(Shared {
             store,
             read: RwLock::new(read),
@@ -197,6 +209,7 @@ impl Ledger {
             metrics: Metrics::default(),
             health: Health::default(),
             anchor_key: RwLock::new(None),
+            license,
         });
         let (tx, rx) = crossbeam_channel::bounded(JOB_QUEUE);
         let thread = writer::spawn(shared.clone(), state, rx)?;

@@ -24,6 +24,9 @@ use tokio::sync::oneshot;
 use crate::idempotency::{self, IdempotencyIndex, Slot};
 use crate::{Job, LedgerError, Shared, UsageItem, UsageOutcome};
 
+#[path = "license.rs"]
+pub(crate) mod license;
+
 /// Most events decided into one group before it is committed.
 const MAX_GROUP_EVENTS: usize = 20_000;
 /// How often the writer wakes without work (system-clock period closes).
@@ -46,6 +49,8 @@ pub(crate) struct State {
     /// Versions of the ledger-wide streams (invoice sequence, clock,
     /// tokens): their appends expect exactly these.
     pub globals: HashMap<String, u64>,
+    /// Serial numbers, license deadlines, sync coalescing (`license.rs`).
+    pub license: license::Index,
 }
 
 fn account_of(stream: &str) -> Option<&str> {
@@ -123,6 +128,7 @@ impl State {
         let version_before = st.version;
         let before = st.period_end();
         st.apply(e);
+        self.license.track(account, e, st);
         let after = st.period_end();
         if before != after || matches!(e, AccountEvent::InvoiceIssued(_)) {
             let opened = st.info.clone();
@@ -226,6 +232,10 @@ enum Reply {
         oneshot::Sender<Result<DateTime<Utc>, LedgerError>>,
         DateTime<Utc>,
     ),
+    License(
+        oneshot::Sender<Result<license::LicenseOutcome, LedgerError>>,
+        license::LicenseOutcome,
+    ),
 }
 
 impl Reply {
@@ -234,6 +244,7 @@ impl Reply {
             Reply::Usage(tx, v) => drop(tx.send(Ok(v))),
             Reply::Command(tx, v) => drop(tx.send(Ok(v))),
             Reply::Clock(tx, v) => drop(tx.send(Ok(v))),
+            Reply::License(tx, v) => drop(tx.send(Ok(v))),
         }
     }
     fn send_err(self, e: &str) {
@@ -242,6 +253,7 @@ impl Reply {
             Reply::Usage(tx, _) => drop(tx.send(Err(err()))),
             Reply::Command(tx, _) => drop(tx.send(Err(err()))),
             Reply::Clock(tx, _) => drop(tx.send(Err(err()))),
+            Reply::License(tx, _) => drop(tx.send(Err(err()))),
         }
     }
 }
@@ -424,6 +436,7 @@ pub(crate) fn spawn(
     };
     // Finish any close that came due while we were down, before serving.
     w.close_due(w.shared.clock.now());
+    w.license_issue_missing();
     w.flush_sync();
     if let Some(reason) = w.shared.health.failed() {
         return Err(LedgerError::Failed(reason));
@@ -481,6 +494,7 @@ fn refuse(job: Job, err: LedgerError) {
         | Job::InvoiceCommand { reply, .. }
         | Job::Record { reply, .. } => drop(reply.send(Err(err))),
         Job::AdvanceClock { reply, .. } => drop(reply.send(Err(err))),
+        Job::License { reply, .. } => drop(reply.send(Err(err))),
         Job::Stop => {}
     }
 }
@@ -606,12 +620,14 @@ impl Writer {
             if !self.shared.clock.is_manual() {
                 self.close_due(self.shared.clock.now());
             }
+            self.license_flush(false);
             if let Some(job) = job {
                 if self.handle(job) {
                     break;
                 }
             }
         }
+        self.license_flush(true);
         self.flush_sync();
         self.to_committer = None;
         if let Some(c) = self.committer.take() {
@@ -672,6 +688,11 @@ impl Writer {
                 self.push_global(stream, now, event);
                 self.group.replies.push(Reply::Command(reply, Vec::new()));
             }
+            Job::License {
+                target,
+                command,
+                reply,
+            } => self.license_job(target, command, reply),
             Job::Stop => return true,
         }
         false
@@ -712,6 +733,7 @@ impl Writer {
 
     /// Closes every credit period that ended at or before `now`, in time order.
     fn close_due(&mut self, now: DateTime<Utc>) {
+        self.license_due(now);
         while let Some((end, account)) = self.state.due.first().cloned() {
             if end > now {
                 break;
@@ -758,7 +780,12 @@ impl Writer {
             }
             other => other,
         };
-        self.decide_and_stage(account, command, &Context { now })
+        let opening = matches!(command, Command::Open(_));
+        let events = self.decide_and_stage(account, command, &Context { now })?;
+        if opening {
+            self.license_issue(account);
+        }
+        Ok(events)
     }
 
     /// Decides against the account's state, applies the events to it, and

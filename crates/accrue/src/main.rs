@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod finance;
+mod license_agent;
 mod progress;
 
 use std::net::SocketAddr;
@@ -87,6 +88,9 @@ enum Cmd {
         /// SMTP relay, `smtp://host:port`; without it mails go to DATA/outbox as .eml files.
         #[arg(long, env = "ACCRUE_SMTP")]
         smtp: Option<String>,
+        /// Release an activation that has not synced for this many days (0: never).
+        #[arg(long, default_value_t = 14)]
+        release_after_days: u32,
     },
     /// A whole month for a few accounts on a fresh embedded store: PDFs written, a summary printed.
     Demo {
@@ -131,6 +135,23 @@ enum Cmd {
     },
     /// Measure the performance targets (prints one JSON line last).
     Bench(bench::BenchArgs),
+    /// Signing keys of license definitions.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
+    /// Run the license client as a product server would (prints the definition on change).
+    LicenseAgent(license_agent::AgentArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Add a new signing key; the old one verifies until its definitions expired.
+    Rotate {
+        /// Data folder (or ACCRUE_SIGNING_KEY_FILE) holding signing-keys.json.
+        #[arg(long, default_value = "./accrue-data", env = "ACCRUE_DATA")]
+        data: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -239,7 +260,15 @@ fn main() -> anyhow::Result<()> {
             listen,
             clock,
             smtp,
-        } => serve(store, listen, clock, smtp),
+            release_after_days,
+        } => {
+            accrue_ledger::set_release_after_days(release_after_days);
+            serve(store, listen, clock, smtp)
+        }
+        Cmd::Keys {
+            command: KeysCmd::Rotate { data },
+        } => license_agent::rotate(&data),
+        Cmd::LicenseAgent(args) => license_agent::run(args),
         Cmd::Demo { out } => demo::run(&out),
         Cmd::Rebuild { store } => rebuild(&store),
         Cmd::Audit {
@@ -302,6 +331,9 @@ fn serve(
         None => ClockMode::System,
     };
     let ledger = Ledger::open(store.clone(), mode)?;
+    ledger
+        .use_signing_keys(&license_agent::key_file(&args.data))
+        .map_err(|e| anyhow::anyhow!(e))?;
     let admin = std::env::var("ACCRUE_ADMIN_TOKEN").ok();
     let (tokens, generated) =
         Tokens::load(&ledger, admin.as_deref()).map_err(|e| anyhow::anyhow!(e.detail))?;

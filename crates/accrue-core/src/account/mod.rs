@@ -95,6 +95,8 @@ pub enum Command {
         number: String,
         reason: String,
     },
+    /// The license server's commands (SPEC §7).
+    License(crate::license::LicenseCommand),
 }
 
 /// An invoice as the aggregate needs to know it to decide payments.
@@ -176,6 +178,10 @@ pub struct AccountState {
     pub payment_method: Option<Box<PaymentMethodReplaced>>,
     pub invoices: InvoiceBook,
     pub payment_references: BTreeSet<String>,
+    /// The license (control number, term, activations, sessions), once
+    /// its control number is issued. Boxed: one pointer for accounts
+    /// that never activate a server.
+    pub license: Option<Box<crate::license::LicenseState>>,
 }
 
 impl AccountState {
@@ -293,6 +299,20 @@ impl AccountState {
                     self.payment_status = PaymentStatus::Ok;
                 }
             }
+            AccountEvent::ControlNumberIssued(_)
+            | AccountEvent::LicenseTermChanged(_)
+            | AccountEvent::LicenseExpired(_)
+            | AccountEvent::LicenseReactivated(_)
+            | AccountEvent::ActivationCreated(_)
+            | AccountEvent::ActivationReleased(_)
+            | AccountEvent::ActivationsReset(_)
+            | AccountEvent::LicenseSynced(_)
+            | AccountEvent::SessionsReported(_) => crate::license::apply(self, event),
+        }
+        if crate::license::changes_claims(event) {
+            if let Some(l) = self.license.as_deref_mut() {
+                l.definition_version = self.version;
+            }
         }
     }
 }
@@ -340,6 +360,7 @@ pub fn decide(
             failure_reason,
         } => record_payment(state, invoice_number, reference, succeeded, failure_reason),
         Command::VoidInvoice { number, reason } => void_invoice(state, number, reason),
+        Command::License(c) => crate::license::decide(state, c, ctx),
     }
 }
 
@@ -472,6 +493,7 @@ fn consume(
     ctx: &Context,
 ) -> Result<Vec<AccountEvent>, DomainError> {
     let period = state.credit_period.expect("an open account has a period");
+    crate::license::check_usage(state)?;
     if usage.amount <= Decimal::ZERO {
         return Err(DomainError::Invalid("amount must be positive".into()));
     }
@@ -619,7 +641,9 @@ fn close_period(
     }
     lines.extend(state.pending_proration.iter().cloned());
     if let Some(b) = next_billing_period {
-        lines.extend(invoice::subscription_lines(state, b));
+        // No fee after the license term's end (prorated if it ends inside).
+        let fee = invoice::subscription_lines(state, b);
+        lines.extend(crate::license::limit_to_term(state, b, fee));
     }
     let issued = invoice::issue(
         state,
