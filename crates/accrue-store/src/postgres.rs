@@ -209,12 +209,21 @@ impl PgStore {
             // single-writer decisions depend on it. Held by this session
             // until the store is dropped (or the connection is lost, and
             // then every append fails and the ledger stops).
-            let got: bool = writer
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
-                    &[&WRITER_LOCK_CLASS],
-                )?
-                .get(0);
+            // A writer that just exited may still hold it for a moment
+            // (its session ends after its socket closes): wait briefly.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let got = loop {
+                let got: bool = writer
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                        &[&WRITER_LOCK_CLASS],
+                    )?
+                    .get(0);
+                if got || Instant::now() >= deadline {
+                    break got;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
             if !got {
                 let schema: String = writer.query_one("SELECT current_schema()", &[])?.get(0);
                 return Err(StoreError::Locked(format!(
