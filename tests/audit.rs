@@ -451,3 +451,33 @@ fn a_second_serve_on_the_same_postgres_ledger_refuses_to_start() {
     first.wait().unwrap();
     accrue_store::postgres::drop_schema(&accrue_store::postgres::test_url(), &schema);
 }
+
+#[tokio::test]
+async fn a_token_row_no_event_created_is_refused_and_reported() {
+    let app = spawn_app("2026-01-15T00:00:00Z").await;
+    let real = app.token("auditor", None).await;
+    let ok = accrue_ledger::audit::verify(app.ledger.store().as_ref(), |_, _| {}).unwrap();
+    assert!(ok.ok, "{ok:?}");
+    // Someone with the database adds an admin token row behind the ledger.
+    let forged = "acr_forged_admin_token";
+    let hash: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(forged.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    app.ledger
+        .store()
+        .meta_put(&format!("token:{hash}"), r#"{"role":"admin"}"#)
+        .unwrap();
+    let (tokens, _) = accrue_api::Tokens::load(&app.ledger, Some(ADMIN)).unwrap();
+    assert!(tokens.principal(forged).is_none(), "a forged token works");
+    assert!(tokens.principal(&real).is_some(), "an issued token still works");
+    let r = accrue_ledger::audit::verify(app.ledger.store().as_ref(), |_, _| {}).unwrap();
+    assert!(!r.ok);
+    assert!(
+        r.first_broken.unwrap().reason.contains("TokenIssued"),
+        "verify names the forged token"
+    );
+}

@@ -106,6 +106,9 @@ pub struct ReadModels {
     /// Mails refused for good, per account, oldest first (support sees
     /// them; a fixed address gets later mails).
     pub mail_bounces: HashMap<String, Vec<accrue_core::events::MailBounced>>,
+    /// SHA-256 of every API token a `TokenIssued` event created: a stored
+    /// token row without one is not honoured.
+    pub tokens: std::collections::HashSet<String>,
 }
 
 impl ReadModels {
@@ -139,6 +142,10 @@ impl ReadModels {
             "read models replay in global order"
         );
         self.position = position;
+        if let LedgerEvent::TokenIssued(t) = event {
+            self.tokens.insert(t.token_hash.clone());
+            return;
+        }
         if let LedgerEvent::MailBounced(b) = event {
             self.mail_bounces
                 .entry(b.account_id.clone())

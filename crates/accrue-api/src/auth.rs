@@ -95,8 +95,14 @@ impl Tokens {
             .meta_list("token:")
             .map_err(|e| ApiError::internal(e.to_string()))?
         {
+            let h = k.trim_start_matches("token:").to_string();
+            // Only tokens the log says were issued (`verify` reports the rest).
+            if !ledger.read().tokens.contains(&h) {
+                tracing::warn!(token = &h[..h.len().min(12)], "a stored token no TokenIssued event created is ignored");
+                continue;
+            }
             if let Ok(p) = serde_json::from_str::<Principal>(&v) {
-                cache.insert(k.trim_start_matches("token:").to_string(), p);
+                cache.insert(h, p);
             }
         }
         let mut generated = None;
