@@ -5,6 +5,7 @@ pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod guard;
 mod health;
 mod openapi;
 pub mod pan;
@@ -31,6 +32,9 @@ pub struct AppState {
 /// Parses one usage event (a JSON object, as in `POST /v1/usage`) with the
 /// same rules as the API; `Err` when the line is not such an object.
 pub fn parse_usage_line(line: &str) -> Result<accrue_ledger::UsageItem, String> {
+    // The same door as the API's: an imported line with card data, a
+    // duplicate key or a control character is refused before it is parsed.
+    guard::scan_json(line.as_bytes()).map_err(|e| e.detail)?;
     let dto: dto::UsageEventDto = serde_json::from_str(line).map_err(|e| e.to_string())?;
     Ok(routes::usage_item(dto))
 }
@@ -44,8 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/v1/tokens", post(create_token))
-        .route("/v1/accounts", post(create_account))
-        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/accounts", post(create_account).get(list_accounts))
+        .route("/v1/accounts/{id}", get(get_account).patch(patch_account))
         .route("/v1/accounts/{id}/plan", put(change_plan))
         .route("/v1/accounts/{id}/seats-in-use", put(report_seats))
         .route(
@@ -73,5 +77,19 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Innermost first: the card-data guard sees every write before a
+        // handler does; the limits bound every request; a panic anywhere
+        // inside is answered, never a dropped connection.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(tokio::sync::Semaphore::new(guard::MAX_CONCURRENT_REQUESTS)),
+            guard::limits,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            guard::panic_response,
+        ))
         .with_state(state)
 }

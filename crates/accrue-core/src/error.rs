@@ -39,6 +39,12 @@ pub enum DomainError {
     UnknownInvoice,
     #[error("invoice {number} is {status}")]
     InvoiceNotPayable { number: String, status: String },
+    #[error("payment reference {reference:?} was already recorded for invoice {invoice_number} as {outcome}")]
+    ReferenceConflict {
+        reference: String,
+        invoice_number: String,
+        outcome: &'static str,
+    },
 }
 
 impl DomainError {
@@ -56,6 +62,7 @@ impl DomainError {
             DomainError::SeatLimitExceeded { .. } => "seat_limit_exceeded",
             DomainError::UnknownInvoice => "unknown_invoice",
             DomainError::InvoiceNotPayable { .. } => "invoice_not_payable",
+            DomainError::ReferenceConflict { .. } => "reference_conflict",
         }
     }
 }
