@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use accrue_ledger::Ledger;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use auth::Tokens;
@@ -39,41 +38,41 @@ pub fn parse_usage_line(line: &str) -> Result<accrue_ledger::UsageItem, String> 
     Ok(routes::usage_item(dto))
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API. Every route is registered with its documented
+/// handler (`routes!`), so `/openapi.json` lists exactly what is served.
 pub fn router(state: AppState) -> Router {
+    use anchor_routes::*;
+    use openapi::*;
     use routes::*;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route("/v1/tokens", post(create_token))
-        .route("/v1/accounts", post(create_account).get(list_accounts))
-        .route("/v1/accounts/{id}", get(get_account).patch(patch_account))
-        .route("/v1/accounts/{id}/plan", put(change_plan))
-        .route("/v1/accounts/{id}/seats-in-use", put(report_seats))
-        .route(
-            "/v1/accounts/{id}/credit-subscription",
-            put(subscribe).delete(unsubscribe),
-        )
-        .route(
-            "/v1/accounts/{id}/payment-method",
-            put(replace_payment_method),
-        )
-        .route("/v1/accounts/{id}/invoices", get(list_invoices))
-        .route("/v1/accounts/{id}/events", get(account_events))
-        .route("/v1/usage", post(post_usage))
-        .route("/v1/payments", post(post_payment))
-        .route("/v1/invoices/{number}", get(get_invoice))
-        .route("/v1/invoices/{number}/pdf", get(get_invoice_pdf))
-        .route("/v1/invoices/{number}/void", post(void_invoice))
-        .route(
-            "/v1/audit/verify",
-            get(audit_verify).post(anchor_routes::verify_anchor),
-        )
-        .route("/v1/audit/anchor", get(anchor_routes::get_anchor))
-        .route("/v1/audit/trial-balance", get(trial_balance))
-        .route("/v1/clock", post(move_clock).get(get_clock))
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let (router, doc) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(create_token))
+        .routes(routes!(create_account, list_accounts))
+        .routes(routes!(get_account, patch_account))
+        .routes(routes!(change_plan))
+        .routes(routes!(report_seats))
+        .routes(routes!(subscribe, unsubscribe))
+        .routes(routes!(replace_payment_method))
+        .routes(routes!(list_invoices))
+        .routes(routes!(account_events))
+        .routes(routes!(post_usage))
+        .routes(routes!(post_payment))
+        .routes(routes!(get_invoice))
+        .routes(routes!(get_invoice_pdf))
+        .routes(routes!(void_invoice))
+        .routes(routes!(audit_verify, verify_anchor))
+        .routes(routes!(get_anchor))
+        .routes(routes!(trial_balance))
+        .routes(routes!(move_clock, get_clock))
+        .split_for_parts();
+    openapi::publish(&doc);
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
