@@ -335,6 +335,10 @@ pub async fn create_account(
     Ok((StatusCode::CREATED, Json(live_overview(&st, id.as_str())?)).into_response())
 }
 
+/// As-of replays running at once, all principals together.
+const AS_OF_REPLAYS: usize = 2;
+static AS_OF: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(AS_OF_REPLAYS);
+
 #[derive(Deserialize)]
 pub struct AsOf {
     as_of: Option<String>,
@@ -353,6 +357,15 @@ pub async fn get_account(
         return Ok(Json(live_overview(&st, &id)?));
     };
     let id = parse_account_id(&id)?;
+    // An as-of replay reads a whole stream: at most AS_OF_REPLAYS run at
+    // once, whoever asks, so readers cannot take the cores ingest needs.
+    let Ok(_permit) = AS_OF.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("at most {AS_OF_REPLAYS} as-of queries run at once; retry shortly"),
+        ));
+    };
     let store = st.ledger.store().clone();
     let state =
         blocking(move || accrue_ledger::account_as_of(store.as_ref(), id.as_str(), as_of)).await?;
