@@ -672,6 +672,35 @@ mod tests {
 
     const PAN: &str = "4242424242424242";
 
+    #[tokio::test]
+    async fn a_panic_is_answered_500_problem_and_counted() {
+        use tower::ServiceExt;
+        let app = axum::Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if PAN.len() == 16 {
+                        panic!("a handler bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                panic_response,
+            ));
+        let before = PANICS.load(Ordering::Relaxed);
+        let r = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(PANICS.load(Ordering::Relaxed), before + 1);
+    }
+
     #[test]
     fn finds_card_numbers_in_every_spelling() {
         for s in [
