@@ -176,7 +176,8 @@ async fn usage_is_decided_per_event_in_order() {
             {"id": "i", "account_id": "acme", "amount": "1000000000000"},
             {"id": "j", "account_id": "acme", "amount": "1", "occurred_at": "yesterday"},
             {"id": "x".repeat(129), "account_id": "acme", "amount": "1"},
-            {"id": "pan", "account_id": "acme", "amount": "1", "metadata": {"note": {"card": "4111 1111 1111 1111"}}},
+            // Card data refuses the whole batch before any event is
+            // decided (issue 13; see tests/edge.rs), so it is not here.
             {"id": "k", "account_id": "acme", "amount": "7.00"}
         ]))
         .await;
@@ -200,7 +201,6 @@ async fn usage_is_decided_per_event_in_order() {
         ("rejected", "unknown_account"),
         ("rejected", "period_closed"),
         ("rejected", "future"),
-        ("rejected", "invalid"),
         ("rejected", "invalid"),
         ("rejected", "invalid"),
         ("rejected", "invalid"),
@@ -291,7 +291,8 @@ async fn bad_bodies_are_problems_and_store_nothing() {
     assert_problem(&app.admin("POST", "/v1/accounts", Some(b)).await, 422);
     // Unknown routes and methods are problems too.
     assert_problem(&app.admin("GET", "/v1/nothing", None).await, 404);
-    assert_problem(&app.admin("PATCH", "/v1/accounts/acme", None).await, 405);
+    // (PATCH /v1/accounts/{id} exists since issue 13.)
+    assert_problem(&app.admin("DELETE", "/v1/accounts/acme", None).await, 405);
     assert_eq!(
         app.event_count().await,
         before,

@@ -473,7 +473,10 @@ async fn a_token_row_no_event_created_is_refused_and_reported() {
         .unwrap();
     let (tokens, _) = accrue_api::Tokens::load(&app.ledger, Some(ADMIN)).unwrap();
     assert!(tokens.principal(forged).is_none(), "a forged token works");
-    assert!(tokens.principal(&real).is_some(), "an issued token still works");
+    assert!(
+        tokens.principal(&real).is_some(),
+        "an issued token still works"
+    );
     let r = accrue_ledger::audit::verify(app.ledger.store().as_ref(), |_, _| {}).unwrap();
     assert!(!r.ok);
     assert!(

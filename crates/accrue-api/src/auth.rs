@@ -98,7 +98,10 @@ impl Tokens {
             let h = k.trim_start_matches("token:").to_string();
             // Only tokens the log says were issued (`verify` reports the rest).
             if !ledger.read().tokens.contains(&h) {
-                tracing::warn!(token = &h[..h.len().min(12)], "a stored token no TokenIssued event created is ignored");
+                tracing::warn!(
+                    token = &h[..h.len().min(12)],
+                    "a stored token no TokenIssued event created is ignored"
+                );
                 continue;
             }
             if let Ok(p) = serde_json::from_str::<Principal>(&v) {

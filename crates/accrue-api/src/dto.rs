@@ -60,6 +60,7 @@ pub fn money(d: Decimal) -> Money {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PlanDto {
     #[serde(default)]
     pub full_seats: i64,
@@ -77,6 +78,7 @@ pub struct PlanDto {
 
 /// A plan change: fields left out keep their current value.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PlanChangeDto {
     pub full_seats: Option<i64>,
     pub full_seat_price: Option<Money>,
@@ -130,6 +132,7 @@ pub enum AnchorDto {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     pub id: String,
     pub name: String,
@@ -165,17 +168,20 @@ fn monthly() -> String {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LimitDto {
     pub limit: Money,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SeatsDto {
     pub full: i64,
     pub viewer: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ClockDto {
     pub now: String,
 }
@@ -186,6 +192,7 @@ pub struct ClockResponse {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub role: crate::auth::Role,
     #[serde(default)]
@@ -242,6 +249,13 @@ pub struct SeatCount {
     pub licensed: u32,
     pub in_use: u32,
     pub remaining: u32,
+}
+
+/// What an ingest token is told after a seats report: only what it sent.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SeatsReported {
+    pub full: u32,
+    pub viewer: u32,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -361,6 +375,7 @@ pub fn overview(s: &AccountState, as_of: Option<DateTime<Utc>>) -> Option<Overvi
 /// One usage event as sent. Optional fields are checked per event so that
 /// a missing or bad value rejects that event only.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UsageEventDto {
     #[serde(default)]
     pub id: Option<String>,
@@ -380,6 +395,7 @@ pub struct UsageEventDto {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UsageBatch {
     pub events: Vec<UsageEventDto>,
 }

@@ -72,6 +72,7 @@ impl From<DomainError> for ApiError {
             | DomainError::NotSubscribed
             | DomainError::SeatLimitExceeded { .. }
             | DomainError::InvoiceNotPayable { .. }
+            | DomainError::ReferenceConflict { .. }
             | DomainError::PeriodClosed { .. }
             | DomainError::Future { .. }
             | DomainError::License(_) => StatusCode::CONFLICT,

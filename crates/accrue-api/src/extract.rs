@@ -1,7 +1,7 @@
 //! Extractors whose rejections are problem+json like every other error.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
@@ -62,5 +62,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
             .await
             .map(|q| Q(q.0))
             .map_err(|e| ApiError::unprocessable(e.body_text()))
+    }
+}
+
+/// Path parameters; one that does not decode (`%ff`) → 400 problem+json.
+pub struct P<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for P<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| P(p.0))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_path", e.body_text()))
     }
 }

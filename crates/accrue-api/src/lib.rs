@@ -5,6 +5,7 @@ pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod guard;
 mod health;
 mod license_routes;
 mod openapi;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 
 use accrue_ledger::Ledger;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 pub use auth::Tokens;
@@ -32,78 +32,61 @@ pub struct AppState {
 /// Parses one usage event (a JSON object, as in `POST /v1/usage`) with the
 /// same rules as the API; `Err` when the line is not such an object.
 pub fn parse_usage_line(line: &str) -> Result<accrue_ledger::UsageItem, String> {
+    // The same door as the API's: an imported line with card data, a
+    // duplicate key or a control character is refused before it is parsed.
+    guard::scan_json(line.as_bytes()).map_err(|e| e.detail)?;
     let dto: dto::UsageEventDto = serde_json::from_str(line).map_err(|e| e.to_string())?;
     Ok(routes::usage_item(dto))
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API. Every route is registered with its documented
+/// handler (`routes!`), so `/openapi.json` lists exactly what is served.
 pub fn router(state: AppState) -> Router {
+    use anchor_routes::*;
+    use license_routes::*;
+    use openapi::*;
     use routes::*;
     license_routes::install(&state);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route("/v1/tokens", post(create_token))
-        .route("/v1/accounts", post(create_account))
-        .route("/v1/accounts/{id}", get(get_account))
-        .route("/v1/accounts/{id}/plan", put(change_plan))
-        .route("/v1/accounts/{id}/seats-in-use", put(report_seats))
-        .route(
-            "/v1/accounts/{id}/credit-subscription",
-            put(subscribe).delete(unsubscribe),
-        )
-        .route(
-            "/v1/accounts/{id}/payment-method",
-            put(replace_payment_method),
-        )
-        .route("/v1/accounts/{id}/invoices", get(list_invoices))
-        .route("/v1/accounts/{id}/events", get(account_events))
-        .route("/v1/usage", post(post_usage))
-        .route("/v1/payments", post(post_payment))
-        .route("/v1/invoices/{number}", get(get_invoice))
-        .route("/v1/invoices/{number}/pdf", get(get_invoice_pdf))
-        .route("/v1/invoices/{number}/void", post(void_invoice))
-        .route(
-            "/v1/audit/verify",
-            get(audit_verify).post(anchor_routes::verify_anchor),
-        )
-        .route("/v1/audit/anchor", get(anchor_routes::get_anchor))
-        .route("/v1/audit/trial-balance", get(trial_balance))
-        .route("/v1/clock", post(move_clock).get(get_clock))
-        .route("/v1/activations", post(license_routes::activate))
-        .route("/v1/license", get(license_routes::get_license))
-        .route("/.well-known/jwks.json", get(license_routes::jwks))
-        .route("/v1/activation", delete(license_routes::release_own))
-        .route(
-            "/v1/activation/sessions",
-            put(license_routes::report_sessions),
-        )
-        .route(
-            "/v1/accounts/{id}/activations",
-            get(license_routes::list_activations),
-        )
-        .route(
-            "/v1/accounts/{id}/activations/reset",
-            post(license_routes::reset_activations),
-        )
-        .route(
-            "/v1/accounts/{id}/activations/{server_id}",
-            delete(license_routes::release_server),
-        )
-        .route(
-            "/v1/accounts/{id}/sessions",
-            get(license_routes::list_sessions),
-        )
-        .route(
-            "/v1/accounts/{id}/license",
-            put(license_routes::put_license),
-        )
-        .route(
-            "/v1/accounts/{id}/license-key",
-            get(license_routes::license_key),
-        )
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let (router, doc) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(create_token))
+        .routes(routes!(create_account, list_accounts))
+        .routes(routes!(get_account, patch_account))
+        .routes(routes!(change_plan))
+        .routes(routes!(report_seats))
+        .routes(routes!(subscribe, unsubscribe))
+        .routes(routes!(replace_payment_method))
+        .routes(routes!(list_invoices))
+        .routes(routes!(account_events))
+        .routes(routes!(post_usage))
+        .routes(routes!(post_payment))
+        .routes(routes!(get_invoice))
+        .routes(routes!(get_invoice_pdf))
+        .routes(routes!(void_invoice))
+        .routes(routes!(audit_verify, verify_anchor))
+        .routes(routes!(get_anchor))
+        .routes(routes!(trial_balance))
+        .routes(routes!(move_clock, get_clock))
+        .routes(routes!(activate))
+        .routes(routes!(get_license))
+        .routes(routes!(jwks))
+        .routes(routes!(release_own))
+        .routes(routes!(report_sessions))
+        .routes(routes!(list_activations))
+        .routes(routes!(reset_activations))
+        .routes(routes!(release_server))
+        .routes(routes!(list_sessions))
+        .routes(routes!(put_license))
+        .routes(routes!(license_key))
+        .split_for_parts();
+    openapi::publish(&doc);
+    router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             license_routes::decorate_overview,
@@ -111,5 +94,19 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Innermost first: the card-data guard sees every write before a
+        // handler does; the limits bound every request; a panic anywhere
+        // inside is answered, never a dropped connection.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(tokio::sync::Semaphore::new(guard::MAX_CONCURRENT_REQUESTS)),
+            guard::limits,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            guard::panic_response,
+        ))
         .with_state(state)
 }

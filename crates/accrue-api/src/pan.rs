@@ -1,72 +1,26 @@
 //! Card data detection. A payment method carries a processor token, never a
 //! card number (PAN) or a CVC; a body containing either is refused whole.
+//! The detection itself lives in [`crate::guard`], which every write passes.
 
 use serde_json::Value;
 
-/// Field names that can only mean a card verification code.
-const CVC_KEYS: [&str; 8] = [
-    "cvc",
-    "cvv",
-    "cvc2",
-    "cvv2",
-    "cid",
-    "csc",
-    "security_code",
-    "card_verification",
-];
+pub use crate::guard::contains_pan;
 
-/// True when `digits` (13–19 of them) passes the Luhn check.
-pub fn luhn(digits: &[u8]) -> bool {
-    let mut sum = 0u32;
-    for (i, d) in digits.iter().rev().enumerate() {
-        let mut v = u32::from(*d);
-        if i % 2 == 1 {
-            v *= 2;
-            if v > 9 {
-                v -= 9;
-            }
-        }
-        sum += v;
-    }
-    sum.is_multiple_of(10)
-}
-
-/// Finds a card number in text: a run of 13–19 digits (spaces and dashes
-/// between digits allowed) that passes Luhn.
-pub fn contains_pan(text: &str) -> bool {
-    let mut digits: Vec<u8> = Vec::new();
-    let check = |digits: &mut Vec<u8>| -> bool {
-        let found = (13..=19).contains(&digits.len()) && luhn(digits)
-            // Any 13–19 window of a longer run.
-            || (digits.len() > 19 && (0..=digits.len() - 13).any(|s| (13..=19).any(|n| s + n <= digits.len() && luhn(&digits[s..s + n]))));
-        digits.clear();
-        found
-    };
-    let bytes = text.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        if b.is_ascii_digit() {
-            digits.push(b - b'0');
-        } else if (*b == b' ' || *b == b'-')
-            && !digits.is_empty()
-            && bytes.get(i + 1).is_some_and(|n| n.is_ascii_digit())
-        {
-            continue;
-        } else if check(&mut digits) {
-            return true;
-        }
-    }
-    check(&mut digits)
-}
-
-/// Describes the first card data found anywhere in the value, keys included.
+/// Describes the first card data found anywhere in the value, keys
+/// included (the same rules as the write guard, [`crate::guard`]).
 pub fn find_card_data(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) => contains_pan(s).then(|| "a card number".to_string()),
+        Value::String(s) => {
+            if contains_pan(s) {
+                Some("a card number".to_string())
+            } else {
+                crate::guard::contains_cvc_text(s).then(|| "a CVC".to_string())
+            }
+        }
         Value::Number(n) => contains_pan(&n.to_string()).then(|| "a card number".to_string()),
         Value::Array(a) => a.iter().find_map(find_card_data),
         Value::Object(m) => m.iter().find_map(|(k, v)| {
-            let key = k.to_ascii_lowercase().replace('-', "_");
-            if CVC_KEYS.contains(&key.as_str()) {
+            if crate::guard::is_cvc_key(k) {
                 return Some(format!("a CVC in field {k:?}"));
             }
             if contains_pan(k) {

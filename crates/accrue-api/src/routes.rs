@@ -9,7 +9,7 @@ use accrue_core::{
 };
 use accrue_ledger::{UsageItem, UsageOutcome, MAX_BATCH_EVENTS};
 use accrue_projections::InvoiceRecord;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::auth::{Principal, Role};
 use crate::dto::*;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_json, Body, RawBody, Q};
+use crate::extract::{parse_json, Body, RawBody, P, Q};
 use crate::AppState;
 
 const ADMIN: &[Role] = &[Role::Admin];
@@ -34,10 +34,17 @@ const MAX_CLOCK_MOVE_DAYS: i64 = 3660;
 /// Largest metadata object accepted per usage event, serialised.
 const MAX_METADATA_BYTES: usize = 4096;
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "ready to take writes", body = Object), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn ready(st: State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    crate::health::readyz(st).await
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "alive", body = Object)))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(st): State<AppState>) -> Response {
     let mut text = st.ledger.metrics().render();
     let store = st.ledger.store();
@@ -51,6 +58,11 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             "accrue_projector_checkpoint{{name=\"{name}\"}} {cp}\n"
         ));
     }
+    text.push_str("# HELP accrue_http_panics_total Handler panics answered 500 since start.\n# TYPE accrue_http_panics_total counter\n");
+    text.push_str(&format!(
+        "accrue_http_panics_total {}\n",
+        crate::guard::PANICS.load(std::sync::atomic::Ordering::Relaxed)
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -98,12 +110,41 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// Years a date or instant parameter may name: date arithmetic near
+/// chrono's limits would overflow, and no billing fact lies outside them.
+pub const YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
+
+fn in_years(name: &str, d: NaiveDate) -> ApiResult<NaiveDate> {
+    if YEARS.contains(&chrono::Datelike::year(&d)) {
+        Ok(d)
+    } else {
+        Err(ApiError::unprocessable(format!(
+            "{name} must lie in the years {}..={}",
+            YEARS.start(),
+            YEARS.end()
+        )))
+    }
+}
+
+/// An RFC 3339 instant in [`YEARS`].
+pub fn bounded_instant(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| YEARS.contains(&chrono::Datelike::year(t)))
+}
+
 fn parse_instant(name: &str, s: &str) -> ApiResult<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
+        let t = t.with_timezone(&Utc);
+        in_years(name, t.date_naive())?;
+        return Ok(t);
     }
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+        return Ok(in_years(name, d)?
+            .and_hms_opt(0, 0, 0)
+            .unwrap_or_default()
+            .and_utc());
     }
     Err(ApiError::unprocessable(format!(
         "{name} must be an RFC 3339 timestamp, got {s:?}"
@@ -112,6 +153,7 @@ fn parse_instant(name: &str, s: &str) -> ApiResult<DateTime<Utc>> {
 
 // ---------------------------------------------------------------- tokens
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body(content = crate::dto::TokenRequest, content_type = "application/json"), responses((status = 201, description = "token issued (shown once)", body = crate::dto::TokenResponse), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn create_token(
     State(st): State<AppState>,
     p: Principal,
@@ -200,7 +242,8 @@ fn check_email(e: &str) -> ApiResult<()> {
     let ok = e.len() <= 254
         && e.split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-        && !e.contains(char::is_whitespace);
+        && !e.contains(char::is_whitespace)
+        && !e.chars().any(crate::guard::forbidden_in_line);
     if ok {
         Ok(())
     } else {
@@ -208,6 +251,20 @@ fn check_email(e: &str) -> ApiResult<()> {
             "billing_email {e:?} is not an email address"
         )))
     }
+}
+
+/// A one-line value (an id, a name, a reference): [`check_text`] and no
+/// control characters at all, tab and line breaks included.
+fn check_line(name: &str, s: &str, max: usize) -> ApiResult<()> {
+    check_text(name, s, max)?;
+    if s.chars().any(crate::guard::forbidden_in_line) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "control_character",
+            format!("{name} must be one line without control characters"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_text(name: &str, s: &str, max: usize) -> ApiResult<()> {
@@ -219,27 +276,15 @@ fn check_text(name: &str, s: &str, max: usize) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body(content = crate::dto::CreateAccount, content_type = "application/json"), responses((status = 201, description = "created", body = crate::dto::Overview), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn create_account(
     State(st): State<AppState>,
     p: Principal,
     Body(req): Body<CreateAccount>,
 ) -> ApiResult<Response> {
     p.require(ADMIN)?;
-    for (field, v) in [
-        ("name", Some(&req.name)),
-        ("address", req.address.as_ref()),
-        ("billing_email", Some(&req.billing_email)),
-    ] {
-        if v.is_some_and(|s| crate::pan::contains_pan(s)) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "card_data_refused",
-                format!("{field} contains a card number"),
-            ));
-        }
-    }
     let id = AccountId::parse(&req.id).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    check_text("name", &req.name, 200)?;
+    check_line("name", &req.name, 200)?;
     check_email(&req.billing_email)?;
     if let Some(a) = &req.address {
         check_text("address", a, 500)?;
@@ -298,15 +343,20 @@ pub async fn create_account(
     Ok((StatusCode::CREATED, Json(live_overview(&st, id.as_str())?)).into_response())
 }
 
+/// As-of replays running at once, all principals together.
+const AS_OF_REPLAYS: usize = 2;
+static AS_OF: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(AS_OF_REPLAYS);
+
 #[derive(Deserialize)]
 pub struct AsOf {
     as_of: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "account id"), ("as_of" = Option<String>, Query, description = "RFC 3339 instant, not after the clock")), responses((status = 200, description = "overview", body = crate::dto::Overview), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn get_account(
     State(st): State<AppState>,
     p: Principal,
-    Path(id): Path<String>,
+    P(id): P<String>,
     Q(q): Q<AsOf>,
 ) -> ApiResult<Json<Overview>> {
     p.require(READERS)?;
@@ -315,6 +365,15 @@ pub async fn get_account(
         return Ok(Json(live_overview(&st, &id)?));
     };
     let id = parse_account_id(&id)?;
+    // An as-of replay reads a whole stream: at most AS_OF_REPLAYS run at
+    // once, whoever asks, so readers cannot take the cores ingest needs.
+    let Ok(_permit) = AS_OF.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("at most {AS_OF_REPLAYS} as-of queries run at once; retry shortly"),
+        ));
+    };
     let store = st.ledger.store().clone();
     let state =
         blocking(move || accrue_ledger::account_as_of(store.as_ref(), id.as_str(), as_of)).await?;
@@ -323,36 +382,166 @@ pub async fn get_account(
         .ok_or_else(|| ApiError::not_found("the account did not exist at that instant"))
 }
 
+#[utoipa::path(put, path = "/v1/accounts/{id}/plan", tag = "accounts", request_body(content = crate::dto::PlanChangeDto, content_type = "application/json"), params(("id" = String, Path, description = "account id")), responses((status = 200, description = "plan changed (prorated); fields left out keep their value", body = crate::dto::Overview), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn change_plan(
     State(st): State<AppState>,
     p: Principal,
-    Path(id): Path<String>,
+    P(id): P<String>,
     Body(req): Body<PlanChangeDto>,
 ) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
-    let current = st
-        .ledger
-        .read()
-        .accounts
-        .get(&id)
-        .and_then(|a| a.plan().cloned())
-        .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))?;
-    // Fields left out keep the value read here; the writer still decides
-    // concurrent changes one after the other.
-    let plan = plan_from(&req.over(&current))?;
+    let seats = |name: &str, n: Option<i64>| -> ApiResult<Option<u32>> {
+        n.map(|n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= 1_000_000)
+                .ok_or_else(|| {
+                    ApiError::unprocessable(format!(
+                        "{name} must be between 0 and 1000000, got {n}"
+                    ))
+                })
+        })
+        .transpose()
+    };
+    let price = |name: &str, m: Option<Money>| -> ApiResult<Option<Decimal>> {
+        match m {
+            Some(m) if m.0 < Decimal::ZERO => Err(ApiError::unprocessable(format!(
+                "{name} must not be negative"
+            ))),
+            m => Ok(m.map(|m| m.0)),
+        }
+    };
+    // Only the fields given travel to the writer, which merges them with
+    // the plan it holds: two concurrent partial changes both take effect.
+    let change = accrue_core::PlanChange {
+        full_seats: seats("full_seats", req.full_seats)?,
+        full_seat_price: price("full_seat_price", req.full_seat_price)?,
+        viewer_seats: seats("viewer_seats", req.viewer_seats)?,
+        viewer_seat_price: price("viewer_seat_price", req.viewer_seat_price)?,
+        data_management: req.data_management,
+        data_management_price: price("data_management_price", req.data_management_price)?,
+    };
     let id = parse_account_id(&id)?;
     st.ledger
-        .execute(id.as_str(), Command::ChangePlan(plan))
+        .execute(id.as_str(), Command::ChangePlanPartial(change))
         .await?;
     Ok(Json(live_overview(&st, id.as_str())?))
 }
 
+/// `PATCH /v1/accounts/{id}`: fields left out keep their value.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountPatch {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, alias = "email")]
+    billing_email: Option<String>,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default, alias = "language")]
+    email_language: Option<String>,
+}
+
+#[utoipa::path(patch, path = "/v1/accounts/{id}", tag = "accounts", request_body(content = AccountPatch, content_type = "application/json"), params(("id" = String, Path, description = "account id")), responses((status = 200, description = "details changed (one AccountDetailsChanged event)", body = crate::dto::Overview), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn patch_account(
+    State(st): State<AppState>,
+    p: Principal,
+    P(id): P<String>,
+    Body(req): Body<AccountPatch>,
+) -> ApiResult<Json<Overview>> {
+    p.require(ADMIN)?;
+    if let Some(n) = &req.name {
+        check_line("name", n, 200)?;
+    }
+    if let Some(e) = &req.billing_email {
+        check_email(e)?;
+    }
+    if let Some(a) = &req.address {
+        check_text("address", a, 500)?;
+    }
+    if let Some(l) = &req.email_language {
+        check_line("email_language", l, 35)?;
+    }
+    let id = parse_account_id(&id)?;
+    let change = accrue_core::events::AccountDetailsChanged {
+        name: req.name.map(|n| n.trim().to_string()),
+        billing_email: req.billing_email,
+        address: req.address,
+        email_language: req.email_language,
+    };
+    st.ledger
+        .execute(id.as_str(), Command::ChangeDetails(change))
+        .await?;
+    Ok(Json(live_overview(&st, id.as_str())?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsPage {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A page of account overviews in id order.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AccountList {
+    pub accounts: Vec<Overview>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// Largest page of accounts returned at once.
+const MAX_ACCOUNT_PAGE: usize = 500;
+
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", params(("after" = Option<String>, Query, description = "the last id of the previous page"), ("limit" = Option<usize>, Query, description = "1..=500, default 100")), responses((status = 200, description = "a page of overviews in id order", body = AccountList), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn list_accounts(
+    State(st): State<AppState>,
+    p: Principal,
+    Q(q): Q<AccountsPage>,
+) -> ApiResult<Json<AccountList>> {
+    p.require(AUDIT)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_ACCOUNT_PAGE {
+        return Err(ApiError::unprocessable(format!(
+            "limit must be 1..={MAX_ACCOUNT_PAGE}"
+        )));
+    }
+    let read = st.ledger.read();
+    // The read model is a hash map: sort the ids after `after` (one pass,
+    // bounded by the number of accounts), then take a page.
+    let after = q.after.unwrap_or_default();
+    let mut ids: Vec<&String> = read
+        .accounts
+        .iter()
+        .filter(|(k, a)| k.as_str() > after.as_str() && a.is_open())
+        .map(|(k, _)| k)
+        .collect();
+    ids.sort_unstable();
+    let more = ids.len() > limit;
+    let accounts: Vec<Overview> = ids
+        .into_iter()
+        .take(limit)
+        .filter_map(|k| read.accounts.get(k).and_then(|a| overview(a, None)))
+        .collect();
+    let next_after = if more {
+        accounts.last().map(|a| a.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(AccountList {
+        accounts,
+        next_after,
+    }))
+}
+
+#[utoipa::path(put, path = "/v1/accounts/{id}/seats-in-use", tag = "accounts", request_body(content = crate::dto::SeatsDto, content_type = "application/json"), params(("id" = String, Path, description = "account id")), responses((status = 200, description = "recorded; admin sees the seats, ingest only what it sent (SeatsReported)", body = crate::dto::SeatsView), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn report_seats(
     State(st): State<AppState>,
     p: Principal,
-    Path(id): Path<String>,
+    P(id): P<String>,
     Body(req): Body<SeatsDto>,
-) -> ApiResult<Json<SeatsView>> {
+) -> ApiResult<Response> {
     p.require(&[Role::Admin, Role::Ingest])?;
     let n = |name: &str, v: i64| -> ApiResult<u32> {
         u32::try_from(v).map_err(|_| {
@@ -364,16 +553,38 @@ pub async fn report_seats(
         viewer: n("viewer", req.viewer)?,
     };
     let id = parse_account_id(&id)?;
-    st.ledger
+    let done = st
+        .ledger
         .execute(id.as_str(), Command::ReportSeats(seats))
-        .await?;
-    Ok(Json(live_overview(&st, id.as_str())?.seats))
+        .await;
+    if p.role == Role::Ingest {
+        // An ingest token reads nothing: neither licensed counts in the
+        // answer nor in a refusal's detail.
+        return match done {
+            Ok(_) => Ok(Json(SeatsReported {
+                full: seats.full,
+                viewer: seats.viewer,
+            })
+            .into_response()),
+            Err(accrue_ledger::LedgerError::Domain(
+                e @ accrue_core::DomainError::SeatLimitExceeded { .. },
+            )) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                e.reason(),
+                "the seats in use are above the licensed count",
+            )),
+            Err(e) => Err(e.into()),
+        };
+    }
+    done?;
+    Ok(Json(live_overview(&st, id.as_str())?.seats).into_response())
 }
 
+#[utoipa::path(put, path = "/v1/accounts/{id}/credit-subscription", tag = "credits", request_body(content = crate::dto::LimitDto, content_type = "application/json"), params(("id" = String, Path, description = "account id")), responses((status = 200, description = "subscribed or limit changed", body = crate::dto::Overview), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn subscribe(
     State(st): State<AppState>,
     p: Principal,
-    Path(id): Path<String>,
+    P(id): P<String>,
     Body(req): Body<LimitDto>,
 ) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
@@ -384,10 +595,11 @@ pub async fn subscribe(
     Ok(Json(live_overview(&st, id.as_str())?))
 }
 
+#[utoipa::path(delete, path = "/v1/accounts/{id}/credit-subscription", tag = "credits", params(("id" = String, Path, description = "account id")), responses((status = 200, description = "unsubscribed from the next period", body = crate::dto::Overview), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn unsubscribe(
     State(st): State<AppState>,
     p: Principal,
-    Path(id): Path<String>,
+    P(id): P<String>,
 ) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
     let id = parse_account_id(&id)?;
@@ -397,56 +609,123 @@ pub async fn unsubscribe(
 
 // ---------------------------------------------------------------- payments
 
-#[derive(Deserialize)]
-struct PaymentMethodDto {
-    billing_email: String,
-    #[serde(default = "en")]
-    email_language: String,
+/// The card fields, flat or nested under `card` as processors send them.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CardDto {
+    token: Option<String>,
+    brand: Option<String>,
+    last4: Option<String>,
+    exp_month: Option<u32>,
+    exp_year: Option<u32>,
+}
+
+/// `PUT …/payment-method`: the flat shape of SPEC §4, or the card fields
+/// nested as `card: {token, brand, last4, exp_month, exp_year}`. Fields
+/// left out of a replacement keep the saved method's value (an omitted
+/// `email_language` never switches a customer to English).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethodDto {
+    #[serde(default, alias = "email")]
+    billing_email: Option<String>,
+    #[serde(default, alias = "language")]
+    email_language: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     address: Option<serde_json::Value>,
-    token: String,
-    brand: String,
-    last4: String,
-    exp_month: u32,
-    exp_year: u32,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    brand: Option<String>,
+    #[serde(default)]
+    last4: Option<String>,
+    #[serde(default)]
+    exp_month: Option<u32>,
+    #[serde(default)]
+    exp_year: Option<u32>,
+    #[serde(default)]
+    card: Option<CardDto>,
 }
 
-fn en() -> String {
-    "en".into()
-}
-
+#[utoipa::path(put, path = "/v1/accounts/{id}/payment-method", tag = "payments", request_body(content = PaymentMethodDto, content_type = "application/json"), params(("id" = String, Path, description = "account id")), responses((status = 200, description = "replaced", body = crate::dto::Overview), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn replace_payment_method(
     State(st): State<AppState>,
     p: Principal,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
+    P(id): P<String>,
+    Body(req): Body<PaymentMethodDto>,
 ) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
-    let raw: serde_json::Value = parse_json(&body)?;
-    // Card data must never reach an event, a log, a PDF or an email: refuse
-    // the whole body before anything is parsed further or stored.
-    if let Some(why) = crate::pan::find_card_data(&raw) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "card_data_refused",
-            format!("{why}: send the processor's card token, never a card number or CVC"),
+    let (current, info) = {
+        let read = st.ledger.read();
+        let a = read
+            .accounts
+            .get(&id)
+            .filter(|a| a.is_open())
+            .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))?;
+        (a.payment_method.clone(), a.info.clone())
+    };
+    let card = req.card.unwrap_or_default();
+    let both = |a: Option<String>, b: Option<String>, name: &str| -> ApiResult<Option<String>> {
+        match (a, b) {
+            (Some(_), Some(_)) => Err(ApiError::unprocessable(format!(
+                "{name} is given both flat and in card"
+            ))),
+            (a, b) => Ok(a.or(b)),
+        }
+    };
+    let token = both(req.token, card.token, "token")?;
+    let brand = both(req.brand, card.brand, "brand")?;
+    let last4 = both(req.last4, card.last4, "last4")?;
+    if req.exp_month.is_some() && card.exp_month.is_some()
+        || req.exp_year.is_some() && card.exp_year.is_some()
+    {
+        return Err(ApiError::unprocessable(
+            "exp_month and exp_year are given both flat and in card",
         ));
     }
-    let req: PaymentMethodDto =
-        serde_json::from_value(raw).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    check_email(&req.billing_email)?;
-    check_text("token", &req.token, 200)?;
-    check_text("brand", &req.brand, 40)?;
-    if req.last4.len() != 4 || !req.last4.bytes().all(|b| b.is_ascii_digit()) {
+    let cur = current.as_deref();
+    let required = |v: Option<String>, keep: Option<&String>, name: &str| -> ApiResult<String> {
+        v.or_else(|| keep.cloned())
+            .ok_or_else(|| ApiError::unprocessable(format!("{name} is required")))
+    };
+    let token = required(token, cur.map(|m| &m.token), "token")?;
+    let brand = required(brand, cur.map(|m| &m.brand), "brand")?;
+    let last4 = required(last4, cur.map(|m| &m.last4), "last4")?;
+    let exp_month = req
+        .exp_month
+        .or(card.exp_month)
+        .or(cur.map(|m| m.exp_month))
+        .ok_or_else(|| ApiError::unprocessable("exp_month is required"))?;
+    let exp_year = req
+        .exp_year
+        .or(card.exp_year)
+        .or(cur.map(|m| m.exp_year))
+        .ok_or_else(|| ApiError::unprocessable("exp_year is required"))?;
+    let billing_email = req
+        .billing_email
+        .or_else(|| cur.map(|m| m.billing_email.clone()))
+        .or_else(|| info.as_ref().map(|i| i.billing_email.clone()))
+        .ok_or_else(|| ApiError::unprocessable("billing_email is required"))?;
+    let email_language = req
+        .email_language
+        .or_else(|| cur.map(|m| m.email_language.clone()))
+        .or_else(|| info.as_ref().map(|i| i.email_language.to_string()))
+        .unwrap_or_else(|| "en".to_string());
+    check_email(&billing_email)?;
+    check_line("token", &token, 200)?;
+    check_line("brand", &brand, 40)?;
+    if last4.len() != 4 || !last4.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::unprocessable("last4 must be exactly 4 digits"));
     }
-    if !(1..=12).contains(&req.exp_month) || !(2000..=2100).contains(&req.exp_year) {
+    if !(1..=12).contains(&exp_month) || !(2000..=2100).contains(&exp_year) {
         return Err(ApiError::unprocessable(
             "exp_month must be 1..=12 and exp_year a four-digit year",
         ));
     }
     let address = match req.address {
-        None | Some(serde_json::Value::Null) => None,
+        None => cur.and_then(|m| m.address.clone()),
+        Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(s),
         Some(v @ serde_json::Value::Object(_)) => Some(crate::pan::address_text(&v)),
         Some(_) => {
@@ -456,14 +735,14 @@ pub async fn replace_payment_method(
         }
     };
     let m = PaymentMethodReplaced {
-        billing_email: req.billing_email,
-        email_language: accrue_core::email_language(&req.email_language).to_string(),
+        billing_email,
+        email_language: accrue_core::email_language(&email_language).to_string(),
         address,
-        token: req.token,
-        brand: req.brand.to_lowercase(),
-        last4: req.last4,
-        exp_month: req.exp_month,
-        exp_year: req.exp_year,
+        token,
+        brand: brand.to_lowercase(),
+        last4,
+        exp_month,
+        exp_year,
     };
     let id = parse_account_id(&id)?;
     st.ledger
@@ -473,6 +752,7 @@ pub async fn replace_payment_method(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PaymentDto {
     invoice_number: String,
     /// `succeeded` or `failed`.
@@ -482,6 +762,7 @@ pub struct PaymentDto {
     failure_reason: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body(content = PaymentDto, content_type = "application/json"), responses((status = 200, description = "recorded (a retry of the same outcome changes nothing)", body = InvoiceDto), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn post_payment(
     State(st): State<AppState>,
     p: Principal,
@@ -497,16 +778,10 @@ pub async fn post_payment(
             )))
         }
     };
-    check_text("reference", &req.reference, 200)?;
+    check_line("reference", &req.reference, 200)?;
+    check_line("invoice_number", &req.invoice_number, 64)?;
     if let Some(r) = &req.failure_reason {
         check_text("failure_reason", r, 500)?;
-        if crate::pan::find_card_data(&serde_json::Value::String(r.clone())).is_some() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "card_data_refused",
-                "failure_reason contains card data",
-            ));
-        }
     }
     let cmd = Command::RecordPayment {
         invoice_number: req.invoice_number.clone(),
@@ -542,6 +817,9 @@ pub fn usage_item(e: UsageEventDto) -> UsageItem {
     if id.len() > MAX_ID_LEN {
         return invalid(format!("id is longer than {MAX_ID_LEN} characters"));
     }
+    if id.chars().any(crate::guard::forbidden_in_line) || crate::guard::contains_pan(&id) {
+        return invalid("id must be one line without control characters or card data");
+    }
     let Some(account) = e.account_id else {
         return invalid("account_id is required");
     };
@@ -558,14 +836,25 @@ pub fn usage_item(e: UsageEventDto) -> UsageItem {
     };
     let (occurred_at, given) = match e.occurred_at {
         None => (Utc::now(), false),
-        Some(s) => match DateTime::parse_from_rfc3339(&s) {
-            Ok(t) => (accrue_ledger::clock::truncate(t.with_timezone(&Utc)), true),
-            Err(_) => return invalid(format!("occurred_at {s:?} is not an RFC 3339 timestamp")),
+        Some(s) => match bounded_instant(&s) {
+            Some(t) => (accrue_ledger::clock::truncate(t), true),
+            None => {
+                return invalid(format!(
+                    "occurred_at {s:?} is not an RFC 3339 timestamp in the years 1970..=9999"
+                ))
+            }
         },
     };
     for (name, v) in [("product", &e.product), ("feature", &e.feature)] {
         if v.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
             return invalid(format!("{name} is longer than {MAX_ID_LEN} characters"));
+        }
+        if v.as_ref()
+            .is_some_and(|s| s.chars().any(crate::guard::forbidden_in_line))
+        {
+            return invalid(format!(
+                "{name} must be one line without control characters"
+            ));
         }
         if v.as_ref().is_some_and(|s| crate::pan::contains_pan(s)) {
             return invalid(format!("{name} contains a card number; it is never stored"));
@@ -606,6 +895,7 @@ pub fn usage_item(e: UsageEventDto) -> UsageItem {
 /// Parsing, checking and answering a batch run on the low-priority bulk
 /// pool ([`accrue_ledger::priority`]), so balance queries on the async
 /// threads never queue behind a 10,000-event body.
+#[utoipa::path(post, path = "/v1/usage", tag = "usage", request_body(content = crate::dto::UsageBatch, content_type = "application/json"), responses((status = 200, description = "one result per event, in order", body = crate::dto::UsageResponse), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn post_usage(
     State(st): State<AppState>,
     p: Principal,
@@ -641,14 +931,18 @@ pub async fn post_usage(
         .metrics()
         .observe_ingest(started.elapsed().as_secs_f64());
     let body = pool
-        .run(move || serde_json::to_vec(&usage_response(outcomes, ids)))
+        .run(move || serde_json::to_vec(&usage_response(outcomes, ids, p.role)))
         .await
         .ok_or_else(stopped)?
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn usage_response(outcomes: Vec<UsageOutcome>, ids: Vec<Option<String>>) -> UsageResponse {
+fn usage_response(
+    outcomes: Vec<UsageOutcome>,
+    ids: Vec<Option<String>>,
+    role: Role,
+) -> UsageResponse {
     let mut resp = UsageResponse {
         accepted: 0,
         duplicate: 0,
@@ -667,6 +961,12 @@ fn usage_response(outcomes: Vec<UsageOutcome>, ids: Vec<Option<String>>) -> Usag
             }
             UsageOutcome::Rejected { reason, detail } => {
                 resp.rejected += 1;
+                // Balances are not the ingest role's to read.
+                let detail = if role == Role::Ingest && reason == "credit_limit_exceeded" {
+                    "the event would take the account above its credits".to_string()
+                } else {
+                    detail
+                };
                 ("rejected", Some(reason), Some(detail))
             }
         };
@@ -833,17 +1133,19 @@ pub struct Range {
 }
 
 fn parse_date(name: &str, s: &str) -> ApiResult<NaiveDate> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .or_else(|_| DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc).date_naive()))
         .map_err(|_| {
             ApiError::unprocessable(format!("{name} must be a date YYYY-MM-DD, got {s:?}"))
-        })
+        })?;
+    in_years(name, d)
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{id}/invoices", tag = "invoices", params(("id" = String, Path, description = "account id"), ("from" = Option<String>, Query, description = "YYYY-MM-DD"), ("to" = Option<String>, Query, description = "YYYY-MM-DD"), ("as_of" = Option<String>, Query, description = "RFC 3339 instant")), responses((status = 200, description = "newest first", body = InvoiceList), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn list_invoices(
     State(st): State<AppState>,
     p: Principal,
-    Path(id): Path<String>,
+    P(id): P<String>,
     Q(q): Q<Range>,
 ) -> ApiResult<Json<InvoiceList>> {
     p.require(READERS)?;
@@ -912,19 +1214,21 @@ fn invoice_for(st: &AppState, p: &Principal, number: &str) -> ApiResult<InvoiceR
     Ok((**rec).clone())
 }
 
+#[utoipa::path(get, path = "/v1/invoices/{number}", tag = "invoices", params(("number" = String, Path, description = "invoice number")), responses((status = 200, description = "invoice with lines", body = InvoiceDto), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn get_invoice(
     State(st): State<AppState>,
     p: Principal,
-    Path(number): Path<String>,
+    P(number): P<String>,
 ) -> ApiResult<Json<InvoiceDto>> {
     let rec = invoice_for(&st, &p, &number)?;
     invoice_json(&st, rec).await
 }
 
+#[utoipa::path(get, path = "/v1/invoices/{number}/pdf", tag = "invoices", params(("number" = String, Path, description = "invoice number")), responses((status = 200, description = "the PDF as issued", body = Vec<u8>, content_type = "application/pdf"), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn get_invoice_pdf(
     State(st): State<AppState>,
     p: Principal,
-    Path(number): Path<String>,
+    P(number): P<String>,
 ) -> ApiResult<Response> {
     let rec = invoice_for(&st, &p, &number)?;
     let ledger = st.ledger.clone();
@@ -980,10 +1284,11 @@ pub struct EventPage {
 /// Largest page of events returned at once.
 const MAX_EVENT_PAGE: usize = 1000;
 
+#[utoipa::path(get, path = "/v1/accounts/{id}/events", tag = "audit", params(("id" = String, Path, description = "account id"), ("after" = Option<u64>, Query, description = "stream version"), ("limit" = Option<usize>, Query, description = "1..=1000")), responses((status = 200, description = "the account's events with hashes", body = EventPage), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn account_events(
     State(st): State<AppState>,
     p: Principal,
-    Path(id): Path<String>,
+    P(id): P<String>,
     Q(q): Q<Page>,
 ) -> ApiResult<Json<EventPage>> {
     p.require(AUDIT)?;
@@ -1041,6 +1346,7 @@ pub struct VerifyDto {
     pub first_broken: Option<BrokenDto>,
 }
 
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", responses((status = 200, description = "hash chain verified", body = VerifyDto), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn audit_verify(State(st): State<AppState>, p: Principal) -> ApiResult<Json<VerifyDto>> {
     p.require(AUDIT)?;
     let store = st.ledger.store().clone();
@@ -1061,6 +1367,7 @@ pub async fn audit_verify(State(st): State<AppState>, p: Principal) -> ApiResult
 
 // ---------------------------------------------------------------- clock
 
+#[utoipa::path(post, path = "/v1/clock", tag = "clock", request_body(content = crate::dto::ClockDto, content_type = "application/json"), responses((status = 200, description = "moved; every period on the way closed", body = crate::dto::ClockResponse), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn move_clock(
     State(st): State<AppState>,
     p: Principal,
@@ -1081,6 +1388,7 @@ pub async fn move_clock(
     Ok(Json(ClockResponse { now }))
 }
 
+#[utoipa::path(get, path = "/v1/clock", tag = "clock", responses((status = 200, description = "the ledger's clock", body = Object), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn get_clock(
     State(st): State<AppState>,
     p: Principal,
@@ -1118,6 +1426,7 @@ pub struct TrialBalanceDto {
     pub balanced: bool,
 }
 
+#[utoipa::path(get, path = "/v1/audit/trial-balance", tag = "audit", params(("as_of" = Option<String>, Query, description = "RFC 3339 instant")), responses((status = 200, description = "balanced ledger accounts", body = TrialBalanceDto), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn trial_balance(
     State(st): State<AppState>,
     p: Principal,
@@ -1146,14 +1455,16 @@ pub async fn trial_balance(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VoidDto {
     reason: String,
 }
 
+#[utoipa::path(post, path = "/v1/invoices/{number}/void", tag = "invoices", request_body(content = VoidDto, content_type = "application/json"), params(("number" = String, Path, description = "invoice number")), responses((status = 200, description = "voided", body = InvoiceDto), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn void_invoice(
     State(st): State<AppState>,
     p: Principal,
-    Path(number): Path<String>,
+    P(number): P<String>,
     Body(req): Body<VoidDto>,
 ) -> ApiResult<Json<InvoiceDto>> {
     p.require(ADMIN)?;

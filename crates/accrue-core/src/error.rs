@@ -42,6 +42,12 @@ pub enum DomainError {
     /// A rule of the license server (SPEC §7).
     #[error(transparent)]
     License(crate::license::LicenseError),
+    #[error("payment reference {reference:?} was already recorded for invoice {invoice_number} as {outcome}")]
+    ReferenceConflict {
+        reference: String,
+        invoice_number: String,
+        outcome: &'static str,
+    },
 }
 
 impl DomainError {
@@ -60,6 +66,7 @@ impl DomainError {
             DomainError::UnknownInvoice => "unknown_invoice",
             DomainError::InvoiceNotPayable { .. } => "invoice_not_payable",
             DomainError::License(e) => e.reason(),
+            DomainError::ReferenceConflict { .. } => "reference_conflict",
         }
     }
 }

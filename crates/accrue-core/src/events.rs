@@ -222,6 +222,22 @@ pub struct InvoiceVoided {
     pub reason: String,
 }
 
+/// An admin corrected an account's details. Only the fields that changed
+/// are set; each is the new value. Applied to the account's facts (the
+/// overview, invoices issued later, mails) from this event on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountDetailsChanged {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_email: Option<String>,
+    /// `Some(None)` is not used: an address is replaced, never removed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_language: Option<String>,
+}
+
 /// Every event of an `account-<id>` stream.
 // Usage events dominate; boxing the large, rare variants is not worth an
 // indirection in every match.
@@ -253,6 +269,7 @@ pub enum AccountEvent {
     ActivationsReset(crate::license::ActivationsReset),
     LicenseSynced(crate::license::LicenseSynced),
     SessionsReported(crate::license::SessionsReported),
+    AccountDetailsChanged(AccountDetailsChanged),
 }
 
 macro_rules! event_codec {
@@ -308,6 +325,7 @@ event_codec!(
     ActivationsReset,
     LicenseSynced,
     SessionsReported,
+    AccountDetailsChanged,
 );
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -15,7 +15,7 @@ pub mod ts;
 
 pub use account::{
     decide, evolve, total_of, AccountState, Command, Context, InvoiceState, OpenAccount,
-    PaymentStatus, SeatsInUse, UsageInput, FUTURE_TOLERANCE_SECS,
+    PaymentRef, PaymentStatus, PlanChange, SeatsInUse, UsageInput, FUTURE_TOLERANCE_SECS,
 };
 pub use error::DomainError;
 pub use events::{

@@ -1,7 +1,7 @@
 //! The account aggregate: `decide` turns a command into events (or a rule
 //! violation), `evolve` folds an event into the state. Both are pure.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
@@ -97,6 +97,46 @@ pub enum Command {
     },
     /// The license server's commands (SPEC §7).
     License(crate::license::LicenseCommand),
+    /// A partial plan change: fields left `None` keep the current value,
+    /// merged here against the state the writer holds, so two concurrent
+    /// partial changes each keep the other's fields.
+    ChangePlanPartial(PlanChange),
+    /// Correct the account's details; `None` keeps a field.
+    ChangeDetails(AccountDetailsChanged),
+}
+
+/// The fields of a plan change that were given.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PlanChange {
+    pub full_seats: Option<u32>,
+    pub full_seat_price: Option<Decimal>,
+    pub viewer_seats: Option<u32>,
+    pub viewer_seat_price: Option<Decimal>,
+    pub data_management: Option<bool>,
+    pub data_management_price: Option<Decimal>,
+}
+
+impl PlanChange {
+    /// This change over `current`.
+    pub fn over(&self, current: &Plan) -> Plan {
+        Plan {
+            full_seats: self.full_seats.unwrap_or(current.full_seats),
+            full_seat_price: self.full_seat_price.unwrap_or(current.full_seat_price),
+            viewer_seats: self.viewer_seats.unwrap_or(current.viewer_seats),
+            viewer_seat_price: self.viewer_seat_price.unwrap_or(current.viewer_seat_price),
+            data_management: self.data_management.unwrap_or(current.data_management),
+            data_management_price: self
+                .data_management_price
+                .unwrap_or(current.data_management_price),
+        }
+    }
+}
+
+/// What a payment reference was first recorded as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRef {
+    pub invoice_number: String,
+    pub succeeded: bool,
 }
 
 /// An invoice as the aggregate needs to know it to decide payments.
@@ -177,7 +217,9 @@ pub struct AccountState {
     pub payment_status: PaymentStatus,
     pub payment_method: Option<Box<PaymentMethodReplaced>>,
     pub invoices: InvoiceBook,
-    pub payment_references: BTreeSet<String>,
+    /// Every payment reference recorded, with its invoice and outcome: a
+    /// retry of the same outcome changes nothing, any other use conflicts.
+    pub payment_references: BTreeMap<String, PaymentRef>,
     /// The license (control number, term, activations, sessions), once
     /// its control number is issued. Boxed: one pointer for accounts
     /// that never activate a server.
@@ -277,14 +319,26 @@ impl AccountState {
                 self.payment_method = Some(Box::new(e.clone()))
             }
             AccountEvent::PaymentSucceeded(e) => {
-                self.payment_references.insert(e.reference.clone());
+                self.payment_references.insert(
+                    e.reference.clone(),
+                    PaymentRef {
+                        invoice_number: e.invoice_number.clone(),
+                        succeeded: true,
+                    },
+                );
                 if let Some(i) = self.invoices.get_mut(&e.invoice_number) {
                     i.status = InvoiceStatus::Paid;
                 }
                 self.payment_status = PaymentStatus::Ok;
             }
             AccountEvent::PaymentFailed(e) => {
-                self.payment_references.insert(e.reference.clone());
+                self.payment_references.insert(
+                    e.reference.clone(),
+                    PaymentRef {
+                        invoice_number: e.invoice_number.clone(),
+                        succeeded: false,
+                    },
+                );
                 self.payment_status = PaymentStatus::Failed;
             }
             AccountEvent::InvoiceVoided(e) => {
@@ -308,6 +362,33 @@ impl AccountState {
             | AccountEvent::ActivationsReset(_)
             | AccountEvent::LicenseSynced(_)
             | AccountEvent::SessionsReported(_) => crate::license::apply(self, event),
+            AccountEvent::AccountDetailsChanged(e) => {
+                if let Some(info) = self.info.as_mut() {
+                    let info = std::sync::Arc::make_mut(info);
+                    if let Some(n) = &e.name {
+                        info.name = n.clone();
+                    }
+                    if let Some(m) = &e.billing_email {
+                        info.billing_email = m.clone();
+                    }
+                    if let Some(a) = &e.address {
+                        info.address = Some(a.clone());
+                    }
+                    if let Some(l) = &e.email_language {
+                        info.email_language = l.as_str().into();
+                    }
+                }
+                // The saved payment method carries its own email and
+                // language (what mails and the overview use): the newer fact wins.
+                if let Some(m) = self.payment_method.as_mut() {
+                    if let Some(v) = &e.billing_email {
+                        m.billing_email = v.clone();
+                    }
+                    if let Some(l) = &e.email_language {
+                        m.email_language = l.clone();
+                    }
+                }
+            }
         }
         if crate::license::changes_claims(event) {
             if let Some(l) = self.license.as_deref_mut() {
@@ -361,6 +442,12 @@ pub fn decide(
         } => record_payment(state, invoice_number, reference, succeeded, failure_reason),
         Command::VoidInvoice { number, reason } => void_invoice(state, number, reason),
         Command::License(c) => crate::license::decide(state, c, ctx),
+        Command::ChangePlanPartial(change) => {
+            let current = state.plan().expect("an open account has a plan");
+            let plan = change.over(current);
+            change_plan(state, plan, ctx)
+        }
+        Command::ChangeDetails(change) => change_details(state, change),
     }
 }
 
@@ -687,9 +774,22 @@ fn record_payment(
         .invoices
         .get(&invoice_number)
         .ok_or(DomainError::UnknownInvoice)?;
-    if state.payment_references.contains(&reference) {
-        // The processor retried an outcome we already recorded.
-        return Ok(vec![]);
+    if let Some(seen) = state.payment_references.get(&reference) {
+        if seen.invoice_number == invoice_number && seen.succeeded == succeeded {
+            // The processor retried an outcome we already recorded.
+            return Ok(vec![]);
+        }
+        // The same reference for another invoice or another outcome is not
+        // a retry: answering "done" would hide it from the processor.
+        return Err(DomainError::ReferenceConflict {
+            reference,
+            invoice_number: seen.invoice_number.clone(),
+            outcome: if seen.succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            },
+        });
     }
     if invoice.status != InvoiceStatus::Unpaid {
         return Err(DomainError::InvoiceNotPayable {
@@ -733,6 +833,41 @@ fn void_invoice(
         number,
         reason,
     })])
+}
+
+/// Keeps only the fields that differ from the current details; nothing
+/// differs → no event.
+fn change_details(
+    state: &AccountState,
+    change: AccountDetailsChanged,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    let info = state.info.as_ref().expect("an open account has details");
+    let method = state.payment_method.as_deref();
+    let email_now = method.map_or(info.billing_email.as_str(), |m| m.billing_email.as_str());
+    let lang_now = method.map_or(&*info.email_language, |m| m.email_language.as_str());
+    let name = change.name.filter(|n| *n != info.name);
+    if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(DomainError::Invalid("name must not be empty".into()));
+    }
+    let changed = AccountDetailsChanged {
+        name,
+        billing_email: change.billing_email.filter(|m| m != email_now),
+        address: change
+            .address
+            .filter(|a| info.address.as_deref() != Some(a.as_str())),
+        email_language: change
+            .email_language
+            .map(|l| crate::email_language(&l).to_string())
+            .filter(|l| l != lang_now),
+    };
+    if changed.name.is_none()
+        && changed.billing_email.is_none()
+        && changed.address.is_none()
+        && changed.email_language.is_none()
+    {
+        return Ok(vec![]);
+    }
+    Ok(vec![AccountEvent::AccountDetailsChanged(changed)])
 }
 
 /// Rounds every line and sums the rounded amounts (the invoice rule).

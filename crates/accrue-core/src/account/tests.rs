@@ -326,6 +326,78 @@ fn a_payment_retry_changes_nothing_twice() {
     assert_eq!(g.when(pay(), T0), Ok(vec![]));
 }
 
+#[test]
+fn a_payment_reference_used_for_another_outcome_or_invoice_conflicts() {
+    let pay = |invoice: &str, succeeded: bool| Command::RecordPayment {
+        invoice_number: invoice.into(),
+        reference: "ch_1".into(),
+        succeeded,
+        failure_reason: None,
+    };
+    let g = Given::opened(dec!(0), None, T0).and(pay("INV-2026-000001", false), T0);
+    assert_eq!(g.when(pay("INV-2026-000001", false), T0), Ok(vec![]));
+    assert!(matches!(
+        g.when(pay("INV-2026-000001", true), T0),
+        Err(DomainError::ReferenceConflict { .. })
+    ));
+    // Another invoice of this account (unknown here, so looked up first).
+    assert_eq!(
+        g.when(pay("INV-2026-000009", false), T0),
+        Err(DomainError::UnknownInvoice)
+    );
+}
+
+#[test]
+fn partial_plan_changes_merge_against_the_current_plan() {
+    let g = Given::opened(dec!(0), None, T0)
+        .and(
+            Command::ChangePlanPartial(PlanChange {
+                full_seats: Some(7),
+                ..PlanChange::default()
+            }),
+            T0,
+        )
+        .and(
+            Command::ChangePlanPartial(PlanChange {
+                viewer_seats: Some(30),
+                ..PlanChange::default()
+            }),
+            T0,
+        );
+    let p = g.0.plan().unwrap();
+    assert_eq!((p.full_seats, p.viewer_seats), (7, 30));
+}
+
+#[test]
+fn details_change_records_only_what_differs_and_applies_everywhere() {
+    let g = Given::opened(dec!(0), None, T0);
+    let change = |name: &str| {
+        Command::ChangeDetails(AccountDetailsChanged {
+            name: Some(name.into()),
+            billing_email: None,
+            address: None,
+            email_language: Some("de-DE".into()),
+        })
+    };
+    assert_eq!(
+        g.when(
+            Command::ChangeDetails(AccountDetailsChanged {
+                name: Some("Acme".into()),
+                billing_email: None,
+                address: None,
+                email_language: Some("en".into()),
+            }),
+            T0
+        ),
+        Ok(vec![])
+    );
+    let g = g.and(change("Acme GmbH"), T0);
+    let info = g.0.info.as_ref().unwrap();
+    assert_eq!(info.name, "Acme GmbH");
+    assert_eq!(&*info.email_language, "de");
+    assert_eq!(g.when(change("Acme GmbH"), T0), Ok(vec![]));
+}
+
 fn arb_history() -> impl Strategy<Value = Vec<(u8, u32)>> {
     prop::collection::vec((0u8..6, 1u32..2_000), 1..120)
 }
