@@ -237,15 +237,35 @@ pub fn serve_binary(
         .env("ACCRUE_ADMIN_TOKEN", token)
         .env("ACCRUE_LOG", "error")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start accrue");
+    // Stderr is kept (and drained) so a server that does not start says why.
+    let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let err = err.clone();
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut e = err.lock().unwrap();
+                if e.len() < 64 * 1024 {
+                    e.push_str(&l);
+                    e.push('\n');
+                }
+            }
+        });
+    }
     let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
     let base = loop {
-        let line = lines
-            .next()
-            .expect("accrue printed its address")
-            .expect("stdout is UTF-8");
+        let Some(line) = lines.next() else {
+            let status = child.wait();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            panic!(
+                "accrue did not print its address ({status:?}); stderr:\n{}",
+                err.lock().unwrap()
+            );
+        };
+        let line = line.expect("stdout is UTF-8");
         if let Some(addr) = line.strip_prefix("accrue listening on ") {
             break addr.trim().to_string();
         }

@@ -211,7 +211,7 @@ impl PgStore {
             // then every append fails and the ledger stops).
             // A writer that just exited may still hold it for a moment
             // (its session ends after its socket closes): wait briefly.
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(15);
             let got = loop {
                 let got: bool = writer
                     .query_one(
