@@ -230,8 +230,17 @@ pub fn serve_binary(
             "2026-01-15T00:00:00Z",
         ])
         .args(extra)
-        .args(store_args(data).0)
-        .envs(store_args(data).1)
+        // A test that names its own store keeps it.
+        .args(if extra.contains(&"--store") {
+            Vec::new()
+        } else {
+            store_args(data).0
+        })
+        .envs(if extra.contains(&"--store") {
+            Vec::new()
+        } else {
+            store_args(data).1
+        })
         .arg("--data")
         .arg(data)
         .env("ACCRUE_ADMIN_TOKEN", token)
