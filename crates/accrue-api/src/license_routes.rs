@@ -230,7 +230,7 @@ pub async fn activate(
     security(("bearer" = [])),
     params(("If-None-Match" = Option<String>, Header, description = "the definition version last seen")),
     responses(
-        (status = 200, description = "the signed definition (compact JWS); ETag is its version", body = String, content_type = "application/jwt"),
+        (status = 200, description = "the signed definition (compact JWS); ETag is its version", body = Vec<u8>, content_type = "application/jwt"),
         (status = 304, description = "unchanged since the version in If-None-Match"),
         (status = 401, description = "no, or a released, server token", body = Problem, content_type = "application/problem+json"),
     )
@@ -733,7 +733,7 @@ pub async fn put_license(
     security(("bearer" = [])),
     params(("id" = String, Path, description = "account id")),
     responses(
-        (status = 200, description = "the signed definition without an activation, to paste into an offline product", body = String, content_type = "application/jwt"),
+        (status = 200, description = "the signed definition without an activation, to paste into an offline product", body = Vec<u8>, content_type = "application/jwt"),
         (status = 404, description = "no such account", body = Problem, content_type = "application/problem+json"),
     )
 )]
