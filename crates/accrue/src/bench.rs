@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// Concurrent HTTP connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Run only these workloads (comma-separated: store, inproc, rebuild,
+    /// Run only these workloads (comma-separated: store, inproc, rebuild, license,
     /// http, close, pdf); the others' keys are null. For profiling one.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -302,6 +302,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None
     };
 
+    // 5. The license server: activations, then 304 polls (keep-alive).
+    let license_out = if want("license") {
+        let (act, poll) =
+            license_bench(&tmp.path().join("license"), pg, accounts, args.connections)?;
+        eprintln!("license: {act:.0} activations/s; {poll:.0} polls/s answered 304");
+        Some((act, poll))
+    } else {
+        None
+    };
+
     let n_close = if args.quick {
         args.close_accounts.min(10_000)
     } else {
@@ -386,6 +396,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "invoice_effects_first_after_close_s": effects_out.as_ref().map(|e| (e.first_s * 1000.0).round() / 1000.0),
         "invoices_closed_during_ingest": effects_out.as_ref().map(|e| e.invoices),
         "pdf_per_s": pdf_out.map(f64::round),
+        "activations_per_s": license_out.map(|l| l.0.round()),
+        "license_poll_304_per_s": license_out.map(|l| l.1.round()),
         "close_10k_accounts_s": close_out.map(|c| (c * 1000.0).round() / 1000.0),
         "close_accounts": n_close,
         "rss_mb": rss_out.map(|r| (r * 10.0).round() / 10.0),
@@ -622,6 +634,134 @@ fn http_ingest(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = pdf.join();
     let _ = mailer.join();
+    ledger.shutdown();
+    result
+}
+
+/// Activates one server on each of up to 1,000 accounts over HTTP, then
+/// polls the signed definition with `If-None-Match` from `connections`
+/// keep-alive clients for 3 s: (activations/s, 304 answers/s).
+fn license_bench(
+    dir: &std::path::Path,
+    pg: Option<&str>,
+    accounts: usize,
+    connections: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let ledger = open_ledger(dir, pg)?;
+    let n = accounts.clamp(1, 1000);
+    open_accounts(&ledger, "l", n)?;
+    let (tokens, _) =
+        Tokens::load(&ledger, Some("bench-admin-token")).map_err(|e| anyhow::anyhow!(e.detail))?;
+    let state = AppState {
+        ledger: ledger.clone(),
+        tokens: Arc::new(tokens),
+    };
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-server")
+        .on_thread_start(accrue_ledger::priority::pin_serving)
+        .worker_threads(crate::SERVER_THREADS.max(crate::cores()))
+        .enable_all()
+        .build()?;
+    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let server = server_rt.spawn(async move {
+        axum::serve(crate::no_delay(listener), accrue_api::router(state)).await
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-load")
+        .on_thread_start(accrue_ledger::priority::lower_current_thread)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async move {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections + 2)
+            .build()?;
+        let base = format!("http://{addr}");
+        let mut creds = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = client
+                .get(format!("{base}/v1/accounts/l{i}"))
+                .bearer_auth("bench-admin-token")
+                .send()
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
+            let serial = v["serial_number"].as_str().unwrap_or_default().to_string();
+            let control = v["license"]["control_number"].as_str().unwrap_or_default().to_string();
+            anyhow::ensure!(!control.is_empty(), "no control number in the overview: {v}");
+            creds.push((serial, control));
+        }
+        let creds = Arc::new(creds);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..connections)
+            .map(|_| {
+                let (client, base, creds, next) = (client.clone(), base.clone(), creds.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut tokens = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((serial, control)) = creds.get(i) else { break };
+                        let body = serde_json::json!({"serial_number": serial, "control_number": control, "server_id": format!("srv-{i}")});
+                        let r = client
+                            .post(format!("{base}/v1/activations"))
+                            .header("content-type", "application/json")
+                            .body(body.to_string())
+                            .send()
+                            .await?;
+                        anyhow::ensure!(r.status().as_u16() == 201, "activation answered {}", r.status());
+                        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
+                        tokens.push(v["token"].as_str().unwrap_or_default().to_string());
+                    }
+                    anyhow::Ok(tokens)
+                })
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for w in workers {
+            tokens.extend(w.await??);
+        }
+        let activations = n as f64 / started.elapsed().as_secs_f64();
+        // Each client polls with its own server's token and version.
+        let polls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let until = Instant::now() + Duration::from_secs(3);
+        let started = Instant::now();
+        let pollers: Vec<_> = (0..connections)
+            .map(|c| {
+                let (client, base, polls) = (client.clone(), base.clone(), polls.clone());
+                let token = tokens[c % tokens.len()].clone();
+                tokio::spawn(async move {
+                    let r = client.get(format!("{base}/v1/license")).bearer_auth(&token).send().await?;
+                    let etag = r
+                        .headers()
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = r.bytes().await?;
+                    while Instant::now() < until {
+                        let r = client
+                            .get(format!("{base}/v1/license"))
+                            .bearer_auth(&token)
+                            .header("if-none-match", &etag)
+                            .send()
+                            .await?;
+                        anyhow::ensure!(r.status().as_u16() == 304, "a poll answered {}", r.status());
+                        let _ = r.bytes().await?;
+                        polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for p in pollers {
+            p.await??;
+        }
+        let poll = polls.load(std::sync::atomic::Ordering::Relaxed) as f64
+            / started.elapsed().as_secs_f64();
+        anyhow::Ok((activations, poll))
+    });
+    server.abort();
+    drop(server_rt);
     ledger.shutdown();
     result
 }
