@@ -829,6 +829,7 @@ pub fn raw_insert_rows_per_s(
     let conn = Connection::open(path)?;
     configure(&conn)?;
     conn.execute_batch(SCHEMA)?;
+    add_global_chain(&conn)?;
     let started = std::time::Instant::now();
     let hash = [0u8; 32];
     let mut pos = 0i64;
