@@ -124,7 +124,9 @@ impl Tokens {
                     };
                     let h = hash(&t);
                     ledger
-                        .record_token_blocking(issued_event(&h, &p))
+                        .record_blocking(accrue_core::LedgerEvent::TokenIssued(issued_event(
+                            &h, &p,
+                        )))
                         .map_err(ApiError::from)?;
                     store
                         .meta_put(
@@ -171,7 +173,9 @@ impl Tokens {
         let t = new_token();
         let h = hash(&t);
         self.ledger
-            .record_token(issued_event(&h, &principal))
+            .record(accrue_core::LedgerEvent::TokenIssued(issued_event(
+                &h, &principal,
+            )))
             .await?;
         let store = self.store.clone();
         let (key, value) = (

@@ -414,41 +414,25 @@ impl Ledger {
         })
     }
 
-    /// Records that an API token was issued (its hash, role and account);
-    /// answers once it is durable.
-    pub async fn record_token(
-        &self,
-        token: accrue_core::events::TokenIssued,
-    ) -> Result<(), LedgerError> {
+    /// Records a ledger-wide fact outside account streams (an issued
+    /// token, a bounced mail) in its stream; answers once it is durable.
+    pub async fn record(&self, event: LedgerEvent) -> Result<(), LedgerError> {
+        let stream = fact_stream(&event)?;
         self.call(|reply| Job::Record {
-            stream: accrue_core::TOKENS_STREAM,
-            event: LedgerEvent::TokenIssued(token),
+            stream,
+            event,
             reply,
         })
         .await
         .map(|_| ())
     }
 
-    pub fn record_token_blocking(
-        &self,
-        token: accrue_core::events::TokenIssued,
-    ) -> Result<(), LedgerError> {
+    /// [`Ledger::record`] for callers outside an async runtime.
+    pub fn record_blocking(&self, event: LedgerEvent) -> Result<(), LedgerError> {
+        let stream = fact_stream(&event)?;
         self.call_blocking(|reply| Job::Record {
-            stream: accrue_core::TOKENS_STREAM,
-            event: LedgerEvent::TokenIssued(token),
-            reply,
-        })
-        .map(|_| ())
-    }
-
-    /// Records a mail refused for good; answers once it is durable.
-    pub fn record_bounce_blocking(
-        &self,
-        bounce: accrue_core::events::MailBounced,
-    ) -> Result<(), LedgerError> {
-        self.call_blocking(|reply| Job::Record {
-            stream: accrue_core::MAIL_STREAM,
-            event: LedgerEvent::MailBounced(bounce),
+            stream,
+            event,
             reply,
         })
         .map(|_| ())
@@ -469,6 +453,18 @@ impl Ledger {
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The stream of a ledger-wide fact [`Ledger::record`] takes.
+fn fact_stream(e: &LedgerEvent) -> Result<&'static str, LedgerError> {
+    match e {
+        LedgerEvent::TokenIssued(_) => Ok(accrue_core::TOKENS_STREAM),
+        LedgerEvent::MailBounced(_) => Ok(accrue_core::MAIL_STREAM),
+        other => Err(LedgerError::Domain(DomainError::Invalid(format!(
+            "{} is not recorded on its own",
+            other.type_name()
+        )))),
     }
 }
 

@@ -252,13 +252,15 @@ pub fn spawn_mailer(
                 // recorded as a fact, and the mailer moves on.
                 Err(err @ (MailError::Refused(_) | MailError::Build(_))) => {
                     tracing::warn!(position = rec.position, to = %mail.to, error = %err, "mail refused for good; recorded as bounced");
-                    ledger.record_bounce_blocking(accrue_core::events::MailBounced {
-                        account_id: account.to_string(),
-                        cause_position: rec.position,
-                        kind: mail.kind.to_string(),
-                        to: mail.to.clone(),
-                        reason: err.to_string(),
-                    })?;
+                    ledger.record_blocking(LedgerEvent::MailBounced(
+                        accrue_core::events::MailBounced {
+                            account_id: account.to_string(),
+                            cause_position: rec.position,
+                            kind: mail.kind.to_string(),
+                            to: mail.to.clone(),
+                            reason: err.to_string(),
+                        },
+                    ))?;
                     store.meta_put(&key, "bounced")?;
                     ledger
                         .metrics()
