@@ -484,3 +484,49 @@ async fn a_token_row_no_event_created_is_refused_and_reported() {
         "verify names the forged token"
     );
 }
+
+#[tokio::test]
+async fn anchors_over_http_sign_the_head_and_catch_a_forged_one() {
+    let app = spawn_app("2026-01-15T00:00:00Z").await;
+    let r = app.admin("GET", "/v1/audit/anchor", None).await;
+    assert_problem(&r, 503);
+    app.ledger
+        .set_anchor_key(Arc::new(accrue_ledger::audit::AnchorKey::from_seed(
+            [9; 32],
+        )));
+    assert_eq!(app.create("acme", "0.00", Some("5.00")).await.status, 201);
+    let auditor = app.token("auditor", None).await;
+    let r = app
+        .req("GET", "/v1/audit/anchor", Some(&auditor), None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let anchor = r.body.clone();
+    assert_eq!(anchor["position"], app.event_count().await);
+    // The log grows after the anchor: it still holds.
+    app.usage(json!([{"id": "u1", "account_id": "acme", "amount": "1.00"}]))
+        .await;
+    let r = app
+        .req(
+            "POST",
+            "/v1/audit/verify",
+            Some(&auditor),
+            Some(json!({ "anchor": anchor })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["ok"], true, "{:?}", r.body);
+    assert_eq!(r.body["anchor_ok"], true);
+    // An anchor whose head was altered does not verify.
+    let mut forged = anchor.clone();
+    forged["head_hash"] = json!("00".repeat(32));
+    let r = app
+        .req(
+            "POST",
+            "/v1/audit/verify",
+            Some(&auditor),
+            Some(json!({ "anchor": forged })),
+        )
+        .await;
+    assert_eq!(r.body["ok"], false, "{:?}", r.body);
+    assert_eq!(r.body["anchor_ok"], false);
+}
