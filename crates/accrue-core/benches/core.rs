@@ -33,7 +33,7 @@ fn opened(now: DateTime<Utc>) -> AccountState {
         credit_limit: Some(Decimal::new(500, 0)),
         invoice_number: "INV-2026-000001".into(),
     }));
-    decide(&AccountState::default(), open, &Context { now })
+    decide(&AccountState::default(), open, &Context::at(now))
         .unwrap()
         .iter()
         .fold(AccountState::default(), accrue_core::evolve)
@@ -53,7 +53,7 @@ fn usage(now: DateTime<Utc>) -> Command {
 fn benches(c: &mut Criterion) {
     let now: DateTime<Utc> = "2026-01-15T00:00:00Z".parse().unwrap();
     let state = opened(now);
-    let ctx = Context { now };
+    let ctx = Context::at(now);
     c.bench_function("decide_consume", |b| {
         b.iter(|| decide(black_box(&state), usage(now), &ctx).unwrap())
     });

@@ -48,6 +48,24 @@ pub enum DomainError {
         invoice_number: String,
         outcome: &'static str,
     },
+    #[error("a credit note of {requested} exceeds what is left to credit on invoice {number} ({available})")]
+    ExceedsInvoice {
+        number: String,
+        requested: Decimal,
+        available: Decimal,
+    },
+    #[error("a refund of {requested} exceeds what was paid on invoice {number} and not refunded ({refundable})")]
+    ExceedsPayment {
+        number: String,
+        requested: Decimal,
+        refundable: Decimal,
+    },
+    #[error("usage event {usage_id:?} is already cancelled")]
+    AlreadyCancelled { usage_id: String },
+    #[error("no usage event {usage_id:?} was accepted for this account")]
+    UnknownUsage { usage_id: String },
+    #[error("the license is suspended for an unpaid invoice")]
+    LicenseSuspended,
 }
 
 impl DomainError {
@@ -67,6 +85,11 @@ impl DomainError {
             DomainError::InvoiceNotPayable { .. } => "invoice_not_payable",
             DomainError::License(e) => e.reason(),
             DomainError::ReferenceConflict { .. } => "reference_conflict",
+            DomainError::ExceedsInvoice { .. } => "exceeds_invoice",
+            DomainError::ExceedsPayment { .. } => "exceeds_payment",
+            DomainError::AlreadyCancelled { .. } => "duplicate",
+            DomainError::UnknownUsage { .. } => "unknown_event",
+            DomainError::LicenseSuspended => "license_suspended",
         }
     }
 }

@@ -55,12 +55,17 @@ pub enum LineKind {
     Proration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InvoiceStatus {
+    #[default]
     Unpaid,
     Paid,
     Void,
+    /// Credit notes cover the whole total.
+    Credited,
+    /// Credit notes cover part of the total and the rest is not yet paid.
+    PartiallyCredited,
 }
 
 impl InvoiceStatus {
@@ -69,6 +74,8 @@ impl InvoiceStatus {
             InvoiceStatus::Unpaid => "unpaid",
             InvoiceStatus::Paid => "paid",
             InvoiceStatus::Void => "void",
+            InvoiceStatus::Credited => "credited",
+            InvoiceStatus::PartiallyCredited => "partially_credited",
         }
     }
 }
@@ -238,6 +245,90 @@ pub struct AccountDetailsChanged {
     pub email_language: Option<String>,
 }
 
+/// One line of a credit note: a positive amount credited (a negative one
+/// offsets, as when a close nets a charge against a larger credit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditNoteLine {
+    pub description: String,
+    pub amount: Decimal,
+    /// The cancelled usage event this line credits, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_id: Option<String>,
+}
+
+/// A credit note (`CN-YYYY-NNNNNN`): a correction of an issued invoice, a
+/// document of its own; the invoice is never edited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditNoteIssued {
+    pub number: String,
+    /// The invoice it credits.
+    pub invoice_number: String,
+    pub issued_at: DateTime<Utc>,
+    pub reason: String,
+    pub lines: Vec<CreditNoteLine>,
+    pub total: Decimal,
+    pub currency: String,
+    pub customer_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_address: Option<String>,
+    pub serial_number: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditNotePdfRendered {
+    pub number: String,
+    pub sha256: String,
+}
+
+/// A usage event stops counting. In the open period its credits are
+/// available again at once; in an invoiced period `credit` (what the
+/// invoice charged for it) is credited on the next close.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageCancelled {
+    pub usage_id: String,
+    pub amount: Decimal,
+    #[serde(with = "crate::ts")]
+    pub occurred_at: DateTime<Utc>,
+    pub reason: String,
+    /// The invoice that billed the usage's period, when it was invoiced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_number: Option<String>,
+    /// What will be credited on the next close (0 in the open period, or
+    /// when the usage was within the base credits).
+    pub credit: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub invoice_number: String,
+    pub reference: String,
+    pub amount: Decimal,
+}
+
+/// The first failed payment of an invoice starts dunning: the retry dates
+/// and the suspension date are fixed here, by the policy then in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DunningStarted {
+    pub invoice_number: String,
+    pub first_failed_at: DateTime<Utc>,
+    pub retries: Vec<DateTime<Utc>>,
+    pub suspends_at: DateTime<Utc>,
+}
+
+/// Unpaid past the grace period: usage is refused, the license says
+/// `suspended`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenseSuspended {
+    pub invoice_numbers: Vec<String>,
+    pub suspended_at: DateTime<Utc>,
+}
+
+/// Every overdue invoice is settled: the suspension ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenseReinstated {
+    pub reinstated_at: DateTime<Utc>,
+}
+
 /// Every event of an `account-<id>` stream.
 // Usage events dominate; boxing the large, rare variants is not worth an
 // indirection in every match.
@@ -270,6 +361,14 @@ pub enum AccountEvent {
     LicenseSynced(crate::license::LicenseSynced),
     SessionsReported(crate::license::SessionsReported),
     AccountDetailsChanged(AccountDetailsChanged),
+    // Corrections and dunning (SPEC §8, §9), see `crate::correction`.
+    CreditNoteIssued(CreditNoteIssued),
+    CreditNotePdfRendered(CreditNotePdfRendered),
+    UsageCancelled(UsageCancelled),
+    PaymentRefunded(PaymentRefunded),
+    DunningStarted(DunningStarted),
+    LicenseSuspended(LicenseSuspended),
+    LicenseReinstated(LicenseReinstated),
 }
 
 macro_rules! event_codec {
@@ -326,6 +425,13 @@ event_codec!(
     LicenseSynced,
     SessionsReported,
     AccountDetailsChanged,
+    CreditNoteIssued,
+    CreditNotePdfRendered,
+    UsageCancelled,
+    PaymentRefunded,
+    DunningStarted,
+    LicenseSuspended,
+    LicenseReinstated,
 );
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -346,6 +452,10 @@ pub struct InvoiceNumberAssigned {
     pub sequence: u64,
     pub account_id: String,
 }
+
+/// A credit note's number, from its own gapless series (the same mechanism
+/// as invoice numbers, in the `credit-note-sequence` stream).
+pub type CreditNoteNumberAssigned = InvoiceNumberAssigned;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClockAdvanced {
@@ -383,6 +493,8 @@ pub const TOKENS_STREAM: &str = "tokens";
 
 /// The stream that holds the invoice-number sequence.
 pub const INVOICE_SEQUENCE_STREAM: &str = "invoice-sequence";
+/// The stream that holds the credit-note-number sequence.
+pub const CREDIT_NOTE_SEQUENCE_STREAM: &str = "credit-note-sequence";
 /// The stream that holds the manual clock's position.
 pub const CLOCK_STREAM: &str = "clock";
 
@@ -394,6 +506,7 @@ pub const CLOCK_STREAM: &str = "clock";
 pub enum LedgerEvent {
     Account(AccountEvent),
     InvoiceNumberAssigned(InvoiceNumberAssigned),
+    CreditNoteNumberAssigned(CreditNoteNumberAssigned),
     ClockAdvanced(ClockAdvanced),
     TokenIssued(TokenIssued),
     MailBounced(MailBounced),
@@ -408,6 +521,9 @@ impl LedgerEvent {
         match type_name {
             "InvoiceNumberAssigned" => serde_json::from_slice(payload)
                 .map(LedgerEvent::InvoiceNumberAssigned)
+                .map_err(bad),
+            "CreditNoteNumberAssigned" => serde_json::from_slice(payload)
+                .map(LedgerEvent::CreditNoteNumberAssigned)
                 .map_err(bad),
             "ClockAdvanced" => serde_json::from_slice(payload)
                 .map(LedgerEvent::ClockAdvanced)
@@ -425,6 +541,7 @@ impl LedgerEvent {
         match self {
             LedgerEvent::Account(e) => e.type_name(),
             LedgerEvent::InvoiceNumberAssigned(_) => "InvoiceNumberAssigned",
+            LedgerEvent::CreditNoteNumberAssigned(_) => "CreditNoteNumberAssigned",
             LedgerEvent::ClockAdvanced(_) => "ClockAdvanced",
             LedgerEvent::TokenIssued(_) => "TokenIssued",
             LedgerEvent::MailBounced(_) => "MailBounced",
@@ -434,6 +551,9 @@ impl LedgerEvent {
         match self {
             LedgerEvent::Account(e) => e.encode_payload(),
             LedgerEvent::InvoiceNumberAssigned(e) => serde_json::to_vec(e).expect("serialisable"),
+            LedgerEvent::CreditNoteNumberAssigned(e) => {
+                serde_json::to_vec(e).expect("serialisable")
+            }
             LedgerEvent::ClockAdvanced(e) => serde_json::to_vec(e).expect("serialisable"),
             LedgerEvent::TokenIssued(e) => serde_json::to_vec(e).expect("serialisable"),
             LedgerEvent::MailBounced(e) => serde_json::to_vec(e).expect("serialisable"),

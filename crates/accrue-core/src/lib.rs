@@ -5,6 +5,7 @@
 //! which is what makes replay, as-of queries and audits possible.
 
 pub mod account;
+pub mod correction;
 pub mod error;
 pub mod events;
 pub mod invoice;
@@ -17,10 +18,11 @@ pub use account::{
     decide, evolve, total_of, AccountState, Command, Context, InvoiceState, OpenAccount,
     PaymentRef, PaymentStatus, PlanChange, SeatsInUse, UsageInput, FUTURE_TOLERANCE_SECS,
 };
+pub use correction::{DunningPolicy, PaymentOutcome};
 pub use error::DomainError;
 pub use events::{
     AccountEvent, InvoiceLine, InvoiceStatus, LedgerEvent, LineKind, Plan, CLOCK_STREAM,
-    INVOICE_SEQUENCE_STREAM, MAIL_STREAM, SCHEMA_VERSION, TOKENS_STREAM,
+    CREDIT_NOTE_SEQUENCE_STREAM, INVOICE_SEQUENCE_STREAM, MAIL_STREAM, SCHEMA_VERSION, TOKENS_STREAM,
 };
 pub use money::{parse_money, round_cents, Money, MoneyError, MAX_LIMIT_USD};
 pub use period::{add_months, period_containing, BillingFrequency, Period};

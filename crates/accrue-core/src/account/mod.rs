@@ -16,9 +16,21 @@ use crate::period::{period_containing, period_from, BillingFrequency, Period};
 pub const FUTURE_TOLERANCE_SECS: i64 = 300;
 
 /// What the caller knows that the domain must not find out by itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Context {
     pub now: DateTime<Utc>,
+    /// The dunning policy in force (`serve --dunning`, `--grace-days`).
+    pub dunning: crate::correction::DunningPolicy,
+}
+
+impl Context {
+    /// At `now`, with the default dunning policy.
+    pub fn at(now: DateTime<Utc>) -> Context {
+        Context {
+            now,
+            dunning: crate::correction::DEFAULT_DUNNING,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,8 +100,7 @@ pub enum Command {
     RecordPayment {
         invoice_number: String,
         reference: String,
-        succeeded: bool,
-        failure_reason: Option<String>,
+        outcome: crate::correction::PaymentOutcome,
     },
     VoidInvoice {
         number: String,
@@ -103,6 +114,25 @@ pub enum Command {
     ChangePlanPartial(PlanChange),
     /// Correct the account's details; `None` keeps a field.
     ChangeDetails(AccountDetailsChanged),
+    /// A credit note against an issued invoice; `lines: None` credits all
+    /// that is left (SPEC §9).
+    IssueCreditNote {
+        invoice_number: String,
+        reason: String,
+        lines: Option<Vec<CreditNoteLine>>,
+    },
+    RecordCreditNotePdf {
+        number: String,
+        sha256: String,
+    },
+    /// Cancel a usage event; `found` is the event the writer looked up.
+    CancelUsage {
+        usage_id: String,
+        reason: String,
+        found: Option<CreditsConsumed>,
+    },
+    /// The clock passed a suspension date (SPEC §8).
+    SuspendDue,
 }
 
 /// The fields of a plan change that were given.
@@ -136,17 +166,60 @@ impl PlanChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRef {
     pub invoice_number: String,
-    pub succeeded: bool,
+    /// `succeeded`, `failed` or `refunded`.
+    pub outcome: &'static str,
 }
 
 /// An invoice as the aggregate needs to know it to decide payments.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct InvoiceState {
     pub total: Decimal,
     pub status: InvoiceStatus,
     /// Whether its PDF's hash is recorded (the hash itself is in the log
     /// and the read models).
     pub pdf_recorded: bool,
+    /// Credit notes against it, in total.
+    pub credited: Decimal,
+    /// Payments received (before refunds).
+    pub paid: Decimal,
+    pub refunded: Decimal,
+    /// The credit period it billed usage of, and what it charged for it
+    /// (its AI-credit lines), so a cancellation credits at most that.
+    pub credit_period: Option<Period>,
+    pub usage_charge: Decimal,
+    pub usage_credited: Decimal,
+}
+
+impl InvoiceState {
+    /// `total − credited − paid`, never below zero.
+    pub fn amount_due(&self) -> Decimal {
+        if self.status == InvoiceStatus::Void {
+            return Decimal::ZERO;
+        }
+        (self.total - self.credited - self.paid).max(Decimal::ZERO)
+    }
+    /// What credit notes may still credit.
+    pub fn uncredited(&self) -> Decimal {
+        if self.status == InvoiceStatus::Void {
+            return Decimal::ZERO;
+        }
+        (self.total - self.credited).max(Decimal::ZERO)
+    }
+    /// The status from the amounts (a void stays void).
+    pub fn refresh_status(&mut self) {
+        if self.status == InvoiceStatus::Void {
+            return;
+        }
+        self.status = if self.credited >= self.total {
+            InvoiceStatus::Credited
+        } else if self.amount_due().is_zero() {
+            InvoiceStatus::Paid
+        } else if self.credited > Decimal::ZERO {
+            InvoiceStatus::PartiallyCredited
+        } else {
+            InvoiceStatus::Unpaid
+        };
+    }
 }
 
 /// An account's invoices by number, in number order. A sorted vector, not a
@@ -224,6 +297,8 @@ pub struct AccountState {
     /// its control number is issued. Boxed: one pointer for accounts
     /// that never activate a server.
     pub license: Option<Box<crate::license::LicenseState>>,
+    /// Credit notes, cancellations and dunning (SPEC §8, §9), once any.
+    pub corrections: Option<Box<crate::correction::Corrections>>,
 }
 
 impl AccountState {
@@ -297,6 +372,10 @@ impl AccountState {
                 self.pending_unsubscribe = false;
                 self.thresholds_reached = 0;
                 self.pending_proration.clear();
+                // The close issues their credit notes in the same decision.
+                if let Some(c) = self.corrections.as_deref_mut() {
+                    c.pending_credits.clear();
+                }
             }
             AccountEvent::InvoiceIssued(e) => {
                 self.invoices.insert(
@@ -305,6 +384,17 @@ impl AccountState {
                         total: e.total,
                         status: InvoiceStatus::Unpaid,
                         pdf_recorded: false,
+                        credited: Decimal::ZERO,
+                        paid: Decimal::ZERO,
+                        refunded: Decimal::ZERO,
+                        credit_period: e.credit_period,
+                        usage_charge: e
+                            .lines
+                            .iter()
+                            .filter(|l| l.kind == LineKind::AiCredits)
+                            .map(|l| l.amount)
+                            .sum(),
+                        usage_credited: Decimal::ZERO,
                     },
                 );
                 // The opening invoice carries pending prorations too.
@@ -323,32 +413,41 @@ impl AccountState {
                     e.reference.clone(),
                     PaymentRef {
                         invoice_number: e.invoice_number.clone(),
-                        succeeded: true,
+                        outcome: "succeeded",
                     },
                 );
                 if let Some(i) = self.invoices.get_mut(&e.invoice_number) {
-                    i.status = InvoiceStatus::Paid;
+                    i.paid += e.amount;
+                    i.refresh_status();
                 }
-                self.payment_status = PaymentStatus::Ok;
+                crate::correction::settle(self);
+                self.payment_status = if self.dunning().is_some() {
+                    PaymentStatus::Failed
+                } else {
+                    PaymentStatus::Ok
+                };
             }
             AccountEvent::PaymentFailed(e) => {
                 self.payment_references.insert(
                     e.reference.clone(),
                     PaymentRef {
                         invoice_number: e.invoice_number.clone(),
-                        succeeded: false,
+                        outcome: "failed",
                     },
                 );
+                crate::correction::count_failure(self, &e.invoice_number);
                 self.payment_status = PaymentStatus::Failed;
             }
             AccountEvent::InvoiceVoided(e) => {
                 if let Some(i) = self.invoices.get_mut(&e.number) {
                     i.status = InvoiceStatus::Void;
                 }
+                crate::correction::settle(self);
                 if !self
                     .invoices
                     .values()
                     .any(|i| i.status == InvoiceStatus::Unpaid)
+                    && self.dunning().is_none()
                 {
                     self.payment_status = PaymentStatus::Ok;
                 }
@@ -362,6 +461,33 @@ impl AccountState {
             | AccountEvent::ActivationsReset(_)
             | AccountEvent::LicenseSynced(_)
             | AccountEvent::SessionsReported(_) => crate::license::apply(self, event),
+            AccountEvent::PaymentRefunded(e) => {
+                self.payment_references.insert(
+                    e.reference.clone(),
+                    PaymentRef {
+                        invoice_number: e.invoice_number.clone(),
+                        outcome: "refunded",
+                    },
+                );
+                crate::correction::apply(self, event);
+            }
+            AccountEvent::CreditNoteIssued(_)
+            | AccountEvent::CreditNotePdfRendered(_)
+            | AccountEvent::UsageCancelled(_)
+            | AccountEvent::DunningStarted(_)
+            | AccountEvent::LicenseSuspended(_)
+            | AccountEvent::LicenseReinstated(_) => {
+                crate::correction::apply(self, event);
+                if matches!(event, AccountEvent::CreditNoteIssued(_))
+                    && self.dunning().is_none()
+                    && !self
+                        .invoices
+                        .values()
+                        .any(|i| i.status == InvoiceStatus::Unpaid)
+                {
+                    self.payment_status = PaymentStatus::Ok;
+                }
+            }
             AccountEvent::AccountDetailsChanged(e) => {
                 if let Some(info) = self.info.as_mut() {
                     let info = std::sync::Arc::make_mut(info);
@@ -437,10 +563,33 @@ pub fn decide(
         Command::RecordPayment {
             invoice_number,
             reference,
-            succeeded,
-            failure_reason,
-        } => record_payment(state, invoice_number, reference, succeeded, failure_reason),
-        Command::VoidInvoice { number, reason } => void_invoice(state, number, reason),
+            outcome,
+        } => crate::correction::record_payment(state, invoice_number, reference, outcome, ctx),
+        Command::VoidInvoice { number, reason } => {
+            crate::correction::void_invoice(state, number, reason, ctx)
+        }
+        Command::IssueCreditNote {
+            invoice_number,
+            reason,
+            lines,
+        } => crate::correction::issue_credit_note(state, invoice_number, reason, lines, ctx),
+        Command::RecordCreditNotePdf { number, sha256 } => {
+            let known = state
+                .corrections()
+                .is_some_and(|c| c.credit_notes.iter().any(|(n, _, _)| *n == number));
+            if !known {
+                return Err(DomainError::UnknownInvoice);
+            }
+            Ok(vec![AccountEvent::CreditNotePdfRendered(
+                CreditNotePdfRendered { number, sha256 },
+            )])
+        }
+        Command::CancelUsage {
+            usage_id,
+            reason,
+            found,
+        } => crate::correction::cancel_usage(state, usage_id, reason, found),
+        Command::SuspendDue => crate::correction::suspend_due(state, ctx),
         Command::License(c) => crate::license::decide(state, c, ctx),
         Command::ChangePlanPartial(change) => {
             let current = state.plan().expect("an open account has a plan");
@@ -581,6 +730,9 @@ fn consume(
 ) -> Result<Vec<AccountEvent>, DomainError> {
     let period = state.credit_period.expect("an open account has a period");
     crate::license::check_usage(state)?;
+    if state.suspended() {
+        return Err(DomainError::LicenseSuspended);
+    }
     if usage.amount <= Decimal::ZERO {
         return Err(DomainError::Invalid("amount must be positive".into()));
     }
@@ -697,16 +849,9 @@ fn close_period(
         )));
     }
     let info = state.info.as_ref().expect("open");
-    let billing = state.billing_period.expect("open");
     let next_period = period_containing(info.anchor_day, period.end);
-    let next_billing_period = (billing.end <= period.end).then(|| {
-        period_from(
-            info.anchor_day,
-            billing.end,
-            info.billing_frequency.months(),
-        )
-    });
     let charge = (state.used - state.base).max(Decimal::ZERO);
+    let (lines, next_billing_period) = close_lines(state, period);
     let next_limit = if state.pending_unsubscribe {
         Decimal::ZERO
     } else {
@@ -722,6 +867,49 @@ fn close_period(
         next_limit,
         next_billing_period,
     };
+    // A close that totals below zero (a downgrade's credit larger than
+    // what else it bills) issues a credit note, never a negative invoice.
+    let negative = total_of(&lines) < Decimal::ZERO;
+    let credit_notes = crate::correction::close_credit_notes(
+        state,
+        negative.then_some(lines.as_slice()),
+        period.end,
+    );
+    let issued = if negative {
+        None
+    } else {
+        invoice::issue(
+            state,
+            invoice_number,
+            period.end,
+            Some(period),
+            next_billing_period,
+            lines,
+        )
+    };
+    let mut events = vec![AccountEvent::PeriodClosed(closed)];
+    if let Some(i) = issued {
+        events.push(AccountEvent::InvoiceIssued(i));
+    }
+    events.extend(credit_notes);
+    Ok(crate::correction::with_reinstatement(
+        state, events, period.end,
+    ))
+}
+
+/// The lines a close of `period` issues, and the billing period it starts
+/// (if it starts one). Shared by the close and the upcoming invoice.
+pub(crate) fn close_lines(state: &AccountState, period: Period) -> (Vec<InvoiceLine>, Option<Period>) {
+    let info = state.info.as_ref().expect("open");
+    let billing = state.billing_period.expect("open");
+    let next_billing_period = (billing.end <= period.end).then(|| {
+        period_from(
+            info.anchor_day,
+            billing.end,
+            info.billing_frequency.months(),
+        )
+    });
+    let charge = (state.used - state.base).max(Decimal::ZERO);
     let mut lines = Vec::new();
     if !charge.is_zero() {
         lines.push(invoice::credit_line(period, charge));
@@ -732,19 +920,7 @@ fn close_period(
         let fee = invoice::subscription_lines(state, b);
         lines.extend(crate::license::limit_to_term(state, b, fee));
     }
-    let issued = invoice::issue(
-        state,
-        invoice_number,
-        period.end,
-        Some(period),
-        next_billing_period,
-        lines,
-    );
-    let mut events = vec![AccountEvent::PeriodClosed(closed)];
-    if let Some(i) = issued {
-        events.push(AccountEvent::InvoiceIssued(i));
-    }
-    Ok(events)
+    (lines, next_billing_period)
 }
 
 fn record_pdf(
@@ -761,78 +937,6 @@ fn record_pdf(
             sha256,
         })]),
     }
-}
-
-fn record_payment(
-    state: &AccountState,
-    invoice_number: String,
-    reference: String,
-    succeeded: bool,
-    failure_reason: Option<String>,
-) -> Result<Vec<AccountEvent>, DomainError> {
-    let invoice = state
-        .invoices
-        .get(&invoice_number)
-        .ok_or(DomainError::UnknownInvoice)?;
-    if let Some(seen) = state.payment_references.get(&reference) {
-        if seen.invoice_number == invoice_number && seen.succeeded == succeeded {
-            // The processor retried an outcome we already recorded.
-            return Ok(vec![]);
-        }
-        // The same reference for another invoice or another outcome is not
-        // a retry: answering "done" would hide it from the processor.
-        return Err(DomainError::ReferenceConflict {
-            reference,
-            invoice_number: seen.invoice_number.clone(),
-            outcome: if seen.succeeded {
-                "succeeded"
-            } else {
-                "failed"
-            },
-        });
-    }
-    if invoice.status != InvoiceStatus::Unpaid {
-        return Err(DomainError::InvoiceNotPayable {
-            number: invoice_number,
-            status: invoice.status.as_str().to_string(),
-        });
-    }
-    let event = if succeeded {
-        AccountEvent::PaymentSucceeded(PaymentSucceeded {
-            invoice_number,
-            reference,
-            amount: invoice.total,
-        })
-    } else {
-        AccountEvent::PaymentFailed(PaymentFailed {
-            invoice_number,
-            reference,
-            amount_due: invoice.total,
-            reason: failure_reason.unwrap_or_else(|| "payment declined".to_string()),
-        })
-    };
-    Ok(vec![event])
-}
-
-fn void_invoice(
-    state: &AccountState,
-    number: String,
-    reason: String,
-) -> Result<Vec<AccountEvent>, DomainError> {
-    let invoice = state
-        .invoices
-        .get(&number)
-        .ok_or(DomainError::UnknownInvoice)?;
-    if invoice.status != InvoiceStatus::Unpaid {
-        return Err(DomainError::InvoiceNotPayable {
-            number,
-            status: invoice.status.as_str().to_string(),
-        });
-    }
-    Ok(vec![AccountEvent::InvoiceVoided(InvoiceVoided {
-        number,
-        reason,
-    })])
 }
 
 /// Keeps only the fields that differ from the current details; nothing

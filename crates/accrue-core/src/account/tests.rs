@@ -1,6 +1,7 @@
 //! Given/when/then over `decide`: rule violations as much as happy paths.
 
 use super::*;
+use crate::correction::PaymentOutcome;
 use crate::period::BillingFrequency;
 use proptest::prelude::*;
 use rust_decimal_macros::dec;
@@ -62,7 +63,7 @@ impl Given {
 }
 
 fn ctx(now: &str) -> Context {
-    Context { now: at(now) }
+    Context::at(at(now))
 }
 
 fn usage(id: &str, amount: Decimal, occurred: &str) -> Command {
@@ -318,8 +319,9 @@ fn a_payment_retry_changes_nothing_twice() {
     let pay = || Command::RecordPayment {
         invoice_number: "INV-2026-000001".into(),
         reference: "ch_1".into(),
-        succeeded: false,
-        failure_reason: Some("card declined".into()),
+        outcome: PaymentOutcome::Failed {
+            reason: Some("card declined".into()),
+        },
     };
     let g = g.and(pay(), T0);
     assert_eq!(g.0.payment_status, PaymentStatus::Failed);
@@ -331,8 +333,11 @@ fn a_payment_reference_used_for_another_outcome_or_invoice_conflicts() {
     let pay = |invoice: &str, succeeded: bool| Command::RecordPayment {
         invoice_number: invoice.into(),
         reference: "ch_1".into(),
-        succeeded,
-        failure_reason: None,
+        outcome: if succeeded {
+            PaymentOutcome::Succeeded
+        } else {
+            PaymentOutcome::Failed { reason: None }
+        },
     };
     let g = Given::opened(dec!(0), None, T0).and(pay("INV-2026-000001", false), T0);
     assert_eq!(g.when(pay("INV-2026-000001", false), T0), Ok(vec![]));
@@ -421,7 +426,7 @@ fn run(ops: &[(u8, u32)]) -> (AccountState, Vec<AccountEvent>) {
     apply(&mut state, &mut log, r);
     for (i, (op, n)) in ops.iter().enumerate() {
         let amount = Decimal::new(*n as i64, 2);
-        let c = Context { now };
+        let c = Context::at(now);
         let r = match op {
             0..=2 => decide(
                 &state,
@@ -438,7 +443,7 @@ fn run(ops: &[(u8, u32)]) -> (AccountState, Vec<AccountEvent>) {
                     Command::ClosePeriod {
                         invoice_number: format!("INV-2026-{seq:06}"),
                     },
-                    &Context { now },
+                    &Context::at(now),
                 )
             }
         };
@@ -488,8 +493,7 @@ proptest! {
 fn the_invoice_book_keeps_number_order_and_replaces_in_place() {
     let st = |total: i64| InvoiceState {
         total: Decimal::from(total),
-        status: InvoiceStatus::Unpaid,
-        pdf_recorded: false,
+        ..Default::default()
     };
     let mut book = InvoiceBook::default();
     for (n, t) in [
@@ -535,4 +539,276 @@ fn the_invoice_book_keeps_number_order_and_replaces_in_place() {
 #[test]
 fn account_opened_fits_its_allocation_class() {
     assert!(std::mem::size_of::<crate::events::AccountOpened>() + 16 <= 320);
+}
+
+// ------------------------------------------------ corrections and dunning
+
+fn fail(reference: &str) -> Command {
+    Command::RecordPayment {
+        invoice_number: "INV-2026-000001".into(),
+        reference: reference.into(),
+        outcome: PaymentOutcome::Failed {
+            reason: Some("card declined".into()),
+        },
+    }
+}
+
+fn credit(lines: Option<Vec<(&str, Decimal)>>) -> Command {
+    Command::IssueCreditNote {
+        invoice_number: "INV-2026-000001".into(),
+        reason: "goodwill".into(),
+        lines: lines.map(|ls| {
+            ls.into_iter()
+                .map(|(d, a)| crate::events::CreditNoteLine {
+                    description: d.into(),
+                    amount: a,
+                    usage_id: None,
+                })
+                .collect()
+        }),
+    }
+}
+
+fn invoice(g: &Given) -> &InvoiceState {
+    g.0.invoices.get("INV-2026-000001").unwrap()
+}
+
+#[test]
+fn credit_notes_credit_up_to_the_invoice_and_set_its_status() {
+    // The opening invoice: 5 × 10 + 20 × 2 = 90.00.
+    let g = Given::opened(dec!(0), None, T0).and(credit(Some(vec![("seat", dec!(30.00))])), T0);
+    assert_eq!(invoice(&g).status, InvoiceStatus::PartiallyCredited);
+    assert_eq!(invoice(&g).amount_due(), dec!(60.00));
+    assert!(matches!(
+        g.when(credit(Some(vec![("too much", dec!(60.01))])), T0),
+        Err(DomainError::ExceedsInvoice { .. })
+    ));
+    let evs = g.when(credit(None), T0).unwrap();
+    let AccountEvent::CreditNoteIssued(cn) = &evs[0] else {
+        panic!("a credit note: {evs:?}")
+    };
+    assert_eq!(cn.total, dec!(60.00));
+    let g = g.and(credit(None), T0);
+    assert_eq!(invoice(&g).status, InvoiceStatus::Credited);
+    assert_eq!(invoice(&g).amount_due(), Decimal::ZERO);
+    assert!(matches!(
+        g.when(credit(None), T0),
+        Err(DomainError::ExceedsInvoice { .. })
+    ));
+}
+
+#[test]
+fn a_void_is_a_full_credit_note_then_the_void() {
+    let g = Given::opened(dec!(0), None, T0).and(credit(Some(vec![("x", dec!(10))])), T0);
+    let evs = g
+        .when(
+            Command::VoidInvoice {
+                number: "INV-2026-000001".into(),
+                reason: "duplicate".into(),
+            },
+            T0,
+        )
+        .unwrap();
+    assert!(matches!(&evs[0], AccountEvent::CreditNoteIssued(c) if c.total == dec!(80.00)));
+    assert!(matches!(&evs[1], AccountEvent::InvoiceVoided(_)));
+}
+
+#[test]
+fn dunning_retries_then_suspends_and_a_payment_reinstates() {
+    let g = Given::opened(dec!(0), Some(dec!(10)), T0);
+    let evs = g.when(fail("ch_1"), T0).unwrap();
+    let AccountEvent::DunningStarted(d) = &evs[0] else {
+        panic!("dunning starts: {evs:?}")
+    };
+    assert_eq!(
+        d.retries,
+        vec![
+            at("2026-01-16T00:00:00Z"),
+            at("2026-01-18T00:00:00Z"),
+            at("2026-01-22T00:00:00Z")
+        ]
+    );
+    assert_eq!(d.suspends_at, at("2026-01-29T00:00:00Z"));
+    let g = g.and(fail("ch_1"), T0);
+    let case = g.0.dunning().unwrap();
+    assert_eq!((case.attempt(), case.next_retry_at()), (2, Some(d.retries[0])));
+    // A second failure counts, it does not start again.
+    let g = g.and(fail("ch_2"), "2026-01-16T00:00:00Z");
+    assert_eq!(g.0.dunning().unwrap().attempt(), 3);
+    assert_eq!(g.0.dunning().unwrap().next_retry_at(), Some(d.retries[1]));
+    assert_eq!(g.when(Command::SuspendDue, "2026-01-28T23:59:59Z"), Ok(vec![]));
+    let g = g.and(Command::SuspendDue, "2026-01-29T00:00:00Z");
+    assert!(g.0.suspended());
+    assert_eq!(
+        g.when(usage("u1", dec!(1), "2026-01-29T00:00:00Z"), "2026-01-29T00:00:00Z"),
+        Err(DomainError::LicenseSuspended)
+    );
+    let paid = g
+        .when(
+            Command::RecordPayment {
+                invoice_number: "INV-2026-000001".into(),
+                reference: "ch_3".into(),
+                outcome: PaymentOutcome::Succeeded,
+            },
+            "2026-01-30T00:00:00Z",
+        )
+        .unwrap();
+    assert!(matches!(paid.last(), Some(AccountEvent::LicenseReinstated(_))));
+}
+
+#[test]
+fn refunds_are_bounded_by_what_was_paid() {
+    let pay = |reference: &str, outcome: PaymentOutcome| Command::RecordPayment {
+        invoice_number: "INV-2026-000001".into(),
+        reference: reference.into(),
+        outcome,
+    };
+    let g = Given::opened(dec!(0), None, T0);
+    assert!(matches!(
+        g.when(pay("re_0", PaymentOutcome::Refunded { amount: dec!(1) }), T0),
+        Err(DomainError::ExceedsPayment { .. })
+    ));
+    let g = g
+        .and(pay("ch_1", PaymentOutcome::Succeeded), T0)
+        .and(pay("re_1", PaymentOutcome::Refunded { amount: dec!(40) }), T0);
+    assert_eq!(invoice(&g).refunded, dec!(40));
+    assert_eq!(
+        g.when(pay("re_1", PaymentOutcome::Refunded { amount: dec!(40) }), T0),
+        Ok(vec![])
+    );
+    assert!(matches!(
+        g.when(pay("re_2", PaymentOutcome::Refunded { amount: dec!(50.01) }), T0),
+        Err(DomainError::ExceedsPayment { .. })
+    ));
+}
+
+fn consumed(g: &Given, id: &str) -> Option<CreditsConsumed> {
+    // What the writer would look up: here, rebuilt from the decision.
+    let _ = g;
+    Some(CreditsConsumed {
+        usage_id: id.into(),
+        amount: dec!(30),
+        occurred_at: at("2026-01-20T00:00:00Z"),
+        product: None,
+        feature: None,
+        metadata: None,
+        period_used: dec!(30),
+    })
+}
+
+fn cancel(id: &str, found: Option<CreditsConsumed>) -> Command {
+    Command::CancelUsage {
+        usage_id: id.into(),
+        reason: "wrong meter".into(),
+        found,
+    }
+}
+
+#[test]
+fn a_cancellation_in_the_open_period_gives_the_credits_back_at_once() {
+    let g = Given::opened(dec!(10), Some(dec!(100)), T0).and(
+        usage("u1", dec!(30), "2026-01-20T00:00:00Z"),
+        "2026-01-20T00:00:00Z",
+    );
+    assert_eq!(g.0.available(), dec!(80));
+    let found = consumed(&g, "u1");
+    let g = g.and(cancel("u1", found.clone()), "2026-01-21T00:00:00Z");
+    assert_eq!(g.0.available(), dec!(110));
+    assert_eq!(
+        g.when(cancel("u1", found), "2026-01-21T00:00:00Z"),
+        Err(DomainError::AlreadyCancelled {
+            usage_id: "u1".into()
+        })
+    );
+    assert_eq!(
+        g.when(cancel("nope", None), "2026-01-21T00:00:00Z"),
+        Err(DomainError::UnknownUsage {
+            usage_id: "nope".into()
+        })
+    );
+}
+
+#[test]
+fn a_cancellation_in_an_invoiced_period_is_credited_on_the_next_close() {
+    let close = |n: &str| Command::ClosePeriod {
+        invoice_number: n.into(),
+    };
+    let g = Given::opened(dec!(10), Some(dec!(100)), T0)
+        .and(
+            usage("u1", dec!(30), "2026-01-20T00:00:00Z"),
+            "2026-01-20T00:00:00Z",
+        )
+        .and(close("INV-2026-000002"), "2026-02-15T00:00:00Z");
+    // Charged 30 − 10 base = 20; cancelling the 30 credits the 20.
+    let found = consumed(&g, "u1");
+    let g = g.and(cancel("u1", found), "2026-02-16T00:00:00Z");
+    let evs = g.when(close("INV-2026-000003"), "2026-03-15T00:00:00Z").unwrap();
+    let cn = evs
+        .iter()
+        .find_map(|e| match e {
+            AccountEvent::CreditNoteIssued(c) => Some(c),
+            _ => None,
+        })
+        .expect("a credit note on the next close");
+    assert_eq!(cn.invoice_number, "INV-2026-000002");
+    assert_eq!(cn.total, dec!(20.00));
+    assert_eq!(cn.lines[0].usage_id.as_deref(), Some("u1"));
+}
+
+#[test]
+fn a_close_below_zero_issues_a_credit_note_not_a_negative_invoice() {
+    // Yearly, so the close after the downgrade bills no new fee.
+    let mut open = open_cmd(dec!(0), None);
+    if let Command::Open(o) = &mut open {
+        o.billing_frequency = BillingFrequency::Yearly;
+    }
+    let g = Given::events(decide(&AccountState::default(), open, &ctx(T0)).unwrap());
+    let g = g.and(Command::ChangePlan(plan(0, 0)), "2026-01-20T00:00:00Z");
+    let evs = g
+        .when(
+            Command::ClosePeriod {
+                invoice_number: "INV-2026-000002".into(),
+            },
+            "2026-02-15T00:00:00Z",
+        )
+        .unwrap();
+    assert!(!evs.iter().any(|e| matches!(e, AccountEvent::InvoiceIssued(_))));
+    let cn = evs
+        .iter()
+        .find_map(|e| match e {
+            AccountEvent::CreditNoteIssued(c) => Some(c),
+            _ => None,
+        })
+        .expect("a credit note for the difference");
+    assert!(cn.total > Decimal::ZERO);
+    assert_eq!(cn.invoice_number, "INV-2026-000001");
+}
+
+proptest! {
+    /// The preview taken just before a close is the invoice it issues.
+    #[test]
+    fn the_upcoming_invoice_is_what_the_close_issues(
+        amounts in proptest::collection::vec(1u32..5_000, 0..12),
+        seats in 0u32..8,
+    ) {
+        let mut g = Given::opened(dec!(10), Some(dec!(500)), T0);
+        for (i, a) in amounts.iter().enumerate() {
+            let cmd = usage(&format!("u{i}"), Decimal::new(i64::from(*a), 2), "2026-01-20T00:00:00Z");
+            if let Ok(evs) = g.when(cmd, "2026-01-20T00:00:00Z") {
+                for e in &evs { g.0.apply(e); }
+            }
+        }
+        if seats > 0 {
+            g = g.and(Command::ChangePlan(plan(5 + seats, 20)), "2026-01-25T00:00:00Z");
+        }
+        let preview = crate::correction::upcoming(&g.0).unwrap();
+        let evs = g.when(Command::ClosePeriod { invoice_number: "INV-2026-000002".into() }, "2026-02-15T00:00:00Z").unwrap();
+        let issued = evs.iter().find_map(|e| match e {
+            AccountEvent::InvoiceIssued(i) => Some(i.clone()),
+            _ => None,
+        }).unwrap();
+        prop_assert_eq!(preview.lines, issued.lines);
+        prop_assert_eq!(preview.total, issued.total);
+        prop_assert_eq!(preview.issued_at, issued.issued_at);
+    }
 }

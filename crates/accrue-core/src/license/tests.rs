@@ -11,7 +11,7 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 fn ctx(now: &str) -> Context {
-    Context { now: at(now) }
+    Context::at(at(now))
 }
 
 fn date(s: &str) -> NaiveDate {
