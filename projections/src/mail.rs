@@ -51,6 +51,14 @@ struct Texts {
     threshold_body: &'static str,
     greeting: &'static str,
     closing: &'static str,
+    retry_line: &'static str,
+    last_line: &'static str,
+    refund_subject: &'static str,
+    refund_body: &'static str,
+    suspended_subject: &'static str,
+    suspended_body: &'static str,
+    reinstated_subject: &'static str,
+    reinstated_body: &'static str,
 }
 
 // Placeholders: {name} {number} {amount} {reason} {limit} {date} {percent} {used} {capacity}
@@ -69,6 +77,14 @@ fn texts(lang: &str) -> Texts {
             threshold_body: "Sie haben {used} von {capacity} Ihrer KI-Credits in diesem Zeitraum verbraucht ({percent} %).",
             greeting: "Guten Tag {name},",
             closing: "Mit freundlichen Grüßen\nIhr accrue-Abrechnungsteam",
+            retry_line: "Wir versuchen die Zahlung am {retry} erneut. Ist die Rechnung am {suspend} noch offen, wird Ihre Lizenz gesperrt.",
+            last_line: "Ist die Rechnung am {suspend} noch offen, wird Ihre Lizenz gesperrt.",
+            refund_subject: "Erstattung zu Rechnung {number}",
+            refund_body: "wir haben Ihnen {amount} zu Rechnung {number} erstattet.",
+            suspended_subject: "Ihre Lizenz ist gesperrt",
+            suspended_body: "da Rechnung {number} seit dem {date} unbezahlt ist, wurde Ihre Lizenz gesperrt. Nach Zahlung aller offenen Rechnungen wird sie sofort wieder freigeschaltet.",
+            reinstated_subject: "Ihre Lizenz ist wieder aktiv",
+            reinstated_body: "vielen Dank für Ihre Zahlung. Ihre Lizenz ist seit dem {date} wieder aktiv.",
         },
         "fr" => Texts {
             failure_subject: "Échec du paiement : facture {number}",
@@ -83,6 +99,14 @@ fn texts(lang: &str) -> Texts {
             threshold_body: "Vous avez utilisé {used} sur {capacity} de vos crédits IA pour cette période ({percent} %).",
             greeting: "Bonjour {name},",
             closing: "Cordialement,\nL'équipe facturation accrue",
+            retry_line: "Nous réessaierons le paiement le {retry}. Si la facture est toujours impayée le {suspend}, votre licence sera suspendue.",
+            last_line: "Si la facture est toujours impayée le {suspend}, votre licence sera suspendue.",
+            refund_subject: "Remboursement de la facture {number}",
+            refund_body: "nous vous avons remboursé {amount} sur la facture {number}.",
+            suspended_subject: "Votre licence est suspendue",
+            suspended_body: "la facture {number} étant impayée depuis le {date}, votre licence a été suspendue. Elle sera rétablie dès le paiement de toutes les factures en retard.",
+            reinstated_subject: "Votre licence est rétablie",
+            reinstated_body: "merci pour votre paiement. Votre licence est de nouveau active depuis le {date}.",
         },
         "es" => Texts {
             failure_subject: "Pago fallido: factura {number}",
@@ -97,6 +121,14 @@ fn texts(lang: &str) -> Texts {
             threshold_body: "Ha usado {used} de {capacity} de sus créditos de IA en este período ({percent} %).",
             greeting: "Hola {name}:",
             closing: "Atentamente,\nEl equipo de facturación de accrue",
+            retry_line: "Volveremos a intentar el cobro el {retry}. Si la factura sigue impagada el {suspend}, su licencia se suspenderá.",
+            last_line: "Si la factura sigue impagada el {suspend}, su licencia se suspenderá.",
+            refund_subject: "Reembolso de la factura {number}",
+            refund_body: "le hemos reembolsado {amount} de la factura {number}.",
+            suspended_subject: "Su licencia está suspendida",
+            suspended_body: "como la factura {number} sigue impagada desde el {date}, su licencia ha sido suspendida. Se reactivará en cuanto se paguen todas las facturas vencidas.",
+            reinstated_subject: "Su licencia vuelve a estar activa",
+            reinstated_body: "gracias por su pago. Su licencia vuelve a estar activa desde el {date}.",
         },
         "ja" => Texts {
             failure_subject: "お支払いに失敗しました：請求書 {number}",
@@ -111,6 +143,14 @@ fn texts(lang: &str) -> Texts {
             threshold_body: "今期のAIクレジット {capacity} のうち {used} を使用しました（{percent}%）。",
             greeting: "{name} 様",
             closing: "accrue 請求チーム",
+            retry_line: "{retry} にお支払いを再試行します。{suspend} までにお支払いがない場合、ライセンスは停止されます。",
+            last_line: "{suspend} までにお支払いがない場合、ライセンスは停止されます。",
+            refund_subject: "請求書 {number} の返金",
+            refund_body: "請求書 {number} について {amount} を返金いたしました。",
+            suspended_subject: "ライセンスが停止されました",
+            suspended_body: "請求書 {number} が {date} 以降未払いのため、ライセンスを停止しました。未払いの請求書がすべて支払われ次第、再開されます。",
+            reinstated_subject: "ライセンスが再開されました",
+            reinstated_body: "お支払いありがとうございます。{date} よりライセンスは再び有効です。",
         },
         _ => Texts {
             failure_subject: "Payment failed: invoice {number}",
@@ -125,6 +165,14 @@ fn texts(lang: &str) -> Texts {
             threshold_body: "You have used {used} of {capacity} of your AI credits this period ({percent}%).",
             greeting: "Hello {name},",
             closing: "Kind regards,\nThe accrue billing team",
+            retry_line: "We will retry the payment on {retry}. If the invoice is still unpaid on {suspend}, your license will be suspended.",
+            last_line: "If the invoice is still unpaid on {suspend}, your license will be suspended.",
+            refund_subject: "Refund for invoice {number}",
+            refund_body: "we have refunded {amount} for invoice {number}.",
+            suspended_subject: "Your license is suspended",
+            suspended_body: "as invoice {number} is unpaid since {date}, your license has been suspended. It is reinstated as soon as every overdue invoice is paid.",
+            reinstated_subject: "Your license is active again",
+            reinstated_body: "thank you for your payment. Your license is active again since {date}.",
         },
     }
 }
@@ -165,7 +213,62 @@ pub fn mail_for(
                 ("amount", money(cur, p.amount_due)),
                 ("reason", p.reason.clone()),
             ]);
-            ("payment_failed", t.failure_subject, t.failure_body, None)
+            // The dunning reminder: the next retry and the suspension date.
+            let case = account
+                .corrections()
+                .and_then(|c| c.dunning.iter().find(|d| d.invoice_number == p.invoice_number));
+            let body = match case {
+                Some(d) => {
+                    vars.push(("suspend", day(d.suspends_at)));
+                    let line = match d.next_retry_at() {
+                        Some(r) => {
+                            vars.push(("retry", day(r)));
+                            t.retry_line
+                        }
+                        None => t.last_line,
+                    };
+                    format!("{}\n{line}", t.failure_body)
+                }
+                None => t.failure_body.to_string(),
+            };
+            return finish(
+                "payment_failed",
+                t.failure_subject,
+                &body,
+                None,
+                &vars,
+                &t,
+                to,
+                language,
+            );
+        }
+        AccountEvent::PaymentRefunded(r) => {
+            vars.extend([
+                ("number", r.invoice_number.clone()),
+                ("amount", money(cur, r.amount)),
+            ]);
+            ("payment_refunded", t.refund_subject, t.refund_body, None)
+        }
+        AccountEvent::LicenseSuspended(e) => {
+            vars.extend([
+                ("number", e.invoice_numbers.join(", ")),
+                ("date", day(e.suspended_at)),
+            ]);
+            (
+                "license_suspended",
+                t.suspended_subject,
+                t.suspended_body,
+                None,
+            )
+        }
+        AccountEvent::LicenseReinstated(e) => {
+            vars.push(("date", day(e.reinstated_at)));
+            (
+                "license_reinstated",
+                t.reinstated_subject,
+                t.reinstated_body,
+                None,
+            )
         }
         AccountEvent::InvoiceIssued(i) => {
             vars.extend([
@@ -209,17 +312,31 @@ pub fn mail_for(
         }
         _ => return None,
     };
+    finish(kind, subject, body, attachment, &vars, &t, to, language)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    kind: &'static str,
+    subject: &str,
+    body: &str,
+    attachment: Option<(String, Vec<u8>)>,
+    vars: &[(&str, String)],
+    t: &Texts,
+    to: String,
+    language: &'static str,
+) -> Option<Mail> {
     let text = format!(
         "{}\n\n{}\n\n{}\n",
-        fill(t.greeting, &vars),
-        fill(body, &vars),
+        fill(t.greeting, vars),
+        fill(body, vars),
         t.closing
     );
     Some(Mail {
         kind,
         to,
         language,
-        subject: fill(subject, &vars),
+        subject: fill(subject, vars),
         text,
         attachment,
     })

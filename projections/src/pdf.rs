@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use accrue_core::events::InvoiceIssued;
+use accrue_core::events::{CreditNoteIssued, InvoiceIssued};
 use accrue_core::money::display;
 use chrono::Duration;
 use printpdf::{
@@ -142,8 +142,139 @@ fn wrap(s: &str, max: usize) -> Vec<String> {
     out
 }
 
+/// One line as printed.
+struct DocLine {
+    description: String,
+    quantity: String,
+    unit_price: String,
+    amount: String,
+}
+
+/// What a document prints: an invoice or a credit note, from its event.
+struct Doc {
+    title: &'static str,
+    /// The PDF's title metadata ("Invoice INV-…").
+    doc_title: String,
+    number: String,
+    issued_at: chrono::DateTime<chrono::Utc>,
+    customer_name: String,
+    customer_address: Option<String>,
+    serial_number: String,
+    facts: Vec<(&'static str, String)>,
+    lines: Vec<DocLine>,
+    currency: String,
+    total: rust_decimal::Decimal,
+    terms: Vec<String>,
+}
+
+impl Doc {
+    fn invoice(inv: &InvoiceIssued) -> Doc {
+        let mut facts = vec![
+            ("Invoice number", inv.number.clone()),
+            ("Issue date", day(inv.issued_at)),
+            ("Due date", day(inv.due_date)),
+            ("Currency", inv.currency.clone()),
+        ];
+        if let Some(b) = &inv.billing_period {
+            facts.push(("Subscription period", period_text(b)));
+        }
+        if let Some(c) = &inv.credit_period {
+            facts.push(("AI-credit period", period_text(c)));
+        }
+        Doc {
+            title: "INVOICE",
+            doc_title: format!("Invoice {}", inv.number),
+            number: inv.number.clone(),
+            issued_at: inv.issued_at,
+            customer_name: inv.customer_name.clone(),
+            customer_address: inv.customer_address.clone(),
+            serial_number: inv.serial_number.clone(),
+            facts,
+            lines: inv
+                .lines
+                .iter()
+                .map(|l| DocLine {
+                    description: l.description.clone(),
+                    quantity: l.quantity.normalize().to_string(),
+                    unit_price: display(l.unit_price),
+                    amount: display(l.amount),
+                })
+                .collect(),
+            currency: inv.currency.clone(),
+            total: inv.total,
+            terms: vec![
+                format!(
+                    "Payment terms: net {} days. Please pay {} {} by {}.",
+                    accrue_core::invoice::PAYMENT_TERMS_DAYS,
+                    inv.currency,
+                    display(inv.total),
+                    day(inv.due_date)
+                ),
+                format!(
+                    "Please quote invoice number {} with your payment.",
+                    inv.number
+                ),
+                "AI credits are billed in arrears (usage beyond the included base credits);"
+                    .to_string(),
+                "seats and add-ons are billed in advance for the subscription period."
+                    .to_string(),
+            ],
+        }
+    }
+
+    fn credit_note(cn: &CreditNoteIssued) -> Doc {
+        Doc {
+            title: "CREDIT NOTE",
+            doc_title: format!("Credit note {}", cn.number),
+            number: cn.number.clone(),
+            issued_at: cn.issued_at,
+            customer_name: cn.customer_name.clone(),
+            customer_address: cn.customer_address.clone(),
+            serial_number: cn.serial_number.clone(),
+            facts: vec![
+                ("Credit note number", cn.number.clone()),
+                ("Issue date", day(cn.issued_at)),
+                ("Credits invoice", cn.invoice_number.clone()),
+                ("Currency", cn.currency.clone()),
+            ],
+            lines: cn
+                .lines
+                .iter()
+                .map(|l| DocLine {
+                    description: l.description.clone(),
+                    quantity: "1".into(),
+                    unit_price: display(l.amount),
+                    amount: display(l.amount),
+                })
+                .collect(),
+            currency: cn.currency.clone(),
+            total: cn.total,
+            terms: vec![
+                format!("Reason: {}", cn.reason),
+                format!(
+                    "This credit note reduces invoice {} by {} {}.",
+                    cn.invoice_number,
+                    cn.currency,
+                    display(cn.total)
+                ),
+                "An amount already paid is refunded or set against the next invoice.".into(),
+            ],
+        }
+    }
+}
+
 /// Renders the invoice as issued. Pure: same event, same bytes.
 pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
+    render_doc(&Doc::invoice(inv))
+}
+
+/// Renders a credit note as issued: the invoice's layout, titled "Credit
+/// note", naming the invoice it credits. Pure like [`render`].
+pub fn render_credit_note(cn: &CreditNoteIssued) -> Result<Vec<u8>, PdfError> {
+    render_doc(&Doc::credit_note(cn))
+}
+
+fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     let font = font()?;
     let mut pages = vec![Page { ops: Vec::new() }];
     let mut p = pages.last_mut().expect("one page");
@@ -153,7 +284,7 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
     for (i, l) in ISSUER[1..].iter().enumerate() {
         p.text(LEFT, 269.0 - 4.5 * i as f32, 9.0, l);
     }
-    p.text_right(RIGHT, 275.0, 20.0, "INVOICE");
+    p.text_right(RIGHT, 275.0, 20.0, inv.title);
     p.text_right(RIGHT, 268.0, 11.0, &inv.number);
     p.rule(252.0, 0.6);
 
@@ -174,26 +305,11 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
         &format!("Serial number: {}", inv.serial_number),
     );
 
-    let facts = [
-        ("Invoice number", inv.number.clone()),
-        ("Issue date", day(inv.issued_at)),
-        ("Due date", day(inv.due_date)),
-        ("Currency", inv.currency.clone()),
-    ];
     let mut fy = 244.0;
-    for (k, v) in facts.iter() {
+    for (k, v) in inv.facts.iter() {
         p.text(108.0, fy, 9.0, k);
         p.text_right(RIGHT, fy, 9.0, v);
         fy -= 5.0;
-    }
-    if let Some(b) = &inv.billing_period {
-        p.text(108.0, fy, 9.0, "Subscription period");
-        p.text_right(RIGHT, fy, 9.0, &period_text(b));
-        fy -= 5.0;
-    }
-    if let Some(c) = &inv.credit_period {
-        p.text(108.0, fy, 9.0, "AI-credit period");
-        p.text_right(RIGHT, fy, 9.0, &period_text(c));
     }
 
     // Lines.
@@ -216,9 +332,9 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
             header(p, y);
             y -= 8.0;
         }
-        p.text_right(135.0, y, 9.0, &line.quantity.normalize().to_string());
-        p.text_right(162.0, y, 9.0, &display(line.unit_price));
-        p.text_right(RIGHT, y, 9.0, &display(line.amount));
+        p.text_right(135.0, y, 9.0, &line.quantity);
+        p.text_right(162.0, y, 9.0, &line.unit_price);
+        p.text_right(RIGHT, y, 9.0, &line.amount);
         for d in desc {
             p.text(LEFT, y, 9.0, &d);
             y -= 4.5;
@@ -237,22 +353,8 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
     y -= 14.0;
 
     // Terms.
-    let terms = [
-        format!(
-            "Payment terms: net {} days. Please pay {} {} by {}.",
-            accrue_core::invoice::PAYMENT_TERMS_DAYS,
-            inv.currency,
-            display(inv.total),
-            day(inv.due_date)
-        ),
-        format!(
-            "Please quote invoice number {} with your payment.",
-            inv.number
-        ),
-        "AI credits are billed in arrears (usage beyond the included base credits);".to_string(),
-        "seats and add-ons are billed in advance for the subscription period.".to_string(),
-    ];
-    for t in &terms {
+    let terms = &inv.terms;
+    for t in terms {
         p.text(LEFT, y, 8.5, t);
         y -= 4.5;
     }
@@ -272,7 +374,7 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
         );
     }
 
-    let mut doc = PdfDocument::new(&format!("Invoice {}", inv.number));
+    let mut doc = PdfDocument::new(&inv.doc_title);
     doc.resources
         .fonts
         .map
@@ -285,7 +387,7 @@ pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
     doc.metadata.info.author = ISSUER[0].to_string();
     doc.metadata.info.creator = "accrue".to_string();
     doc.metadata.info.producer = "accrue".to_string();
-    doc.metadata.info.subject = format!("Invoice {} for {}", inv.number, inv.customer_name);
+    doc.metadata.info.subject = format!("{} for {}", inv.doc_title, inv.customer_name);
     doc.pages = pages
         .into_iter()
         .map(|p| PdfPage::new(Mm(PAGE_W), Mm(PAGE_H), p.ops))

@@ -8,7 +8,13 @@
 //!   revenue account of the line's kind (a negative line — a downgrade
 //!   credit — posts the other way round).
 //! - `PaymentSucceeded`: debit cash, credit accounts receivable.
-//! - `InvoiceVoided`: debit invoice voids (contra-revenue), credit receivables.
+//! - `InvoiceVoided`: debit invoice voids (contra-revenue), credit receivables
+//!   with what no credit note credited yet (a void today issues a full
+//!   credit note first, so this is 0; older logs voided without one).
+//! - `CreditNoteIssued`: debit credit notes (contra-revenue), credit
+//!   receivables with its total.
+//! - `PaymentRefunded`: debit receivables, credit cash (the money goes back;
+//!   what the customer was owed after a credit note is settled).
 
 use accrue_core::events::{InvoiceIssued, LineKind};
 use accrue_core::AccountEvent;
@@ -16,13 +22,14 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 /// The chart of accounts, in report order.
-pub const CHART: [(&str, &str); 6] = [
+pub const CHART: [(&str, &str); 7] = [
     ("accounts_receivable", "asset"),
     ("cash", "asset"),
     ("revenue_subscription", "revenue"),
     ("revenue_ai_credits", "revenue"),
     ("proration_adjustments", "revenue"),
     ("invoice_voids", "contra-revenue"),
+    ("credit_notes", "contra-revenue"),
 ];
 
 /// One balanced entry: `amount` debited to one chart account and credited
@@ -82,9 +89,10 @@ fn revenue_account(kind: LineKind) -> &'static str {
 }
 
 /// The entries of one event (empty for events that move no money).
+/// `uncredited` gives an invoice's total less its credit notes.
 pub fn entries(
     event: &AccountEvent,
-    invoice_total: impl Fn(&str) -> Option<Decimal>,
+    uncredited: impl Fn(&str) -> Option<Decimal>,
 ) -> Vec<(&'static str, &'static str, Decimal)> {
     // (debit account, credit account, amount ≥ 0)
     let pair = |dr: &'static str, cr: &'static str, amount: Decimal| {
@@ -101,9 +109,16 @@ pub fn entries(
             .map(|l| pair("accounts_receivable", revenue_account(l.kind), l.amount))
             .collect(),
         AccountEvent::PaymentSucceeded(p) => vec![pair("cash", "accounts_receivable", p.amount)],
-        AccountEvent::InvoiceVoided(v) => invoice_total(&v.number)
+        AccountEvent::InvoiceVoided(v) => uncredited(&v.number)
+            .filter(|t| !t.is_zero())
             .map(|t| vec![pair("invoice_voids", "accounts_receivable", t)])
             .unwrap_or_default(),
+        AccountEvent::CreditNoteIssued(c) => {
+            vec![pair("credit_notes", "accounts_receivable", c.total)]
+        }
+        AccountEvent::PaymentRefunded(r) => {
+            vec![pair("accounts_receivable", "cash", r.amount)]
+        }
         _ => vec![],
     }
 }

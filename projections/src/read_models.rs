@@ -109,6 +109,25 @@ pub struct ReadModels {
     /// SHA-256 of every API token a `TokenIssued` event created: a stored
     /// token row without one is not honoured.
     pub tokens: std::collections::HashSet<String>,
+    /// Every credit note by number (lines are read from the log).
+    pub credit_notes: HashMap<String, Box<CreditNoteRecord>>,
+    /// Accounts with an invoice in dunning (`GET /v1/dunning`).
+    pub in_dunning: std::collections::BTreeSet<String>,
+}
+
+/// What the read models keep of a credit note; its lines stay in the log
+/// at `position`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreditNoteRecord {
+    pub account_id: String,
+    pub position: u64,
+    pub number: String,
+    pub invoice_number: String,
+    pub issued_at: DateTime<Utc>,
+    pub total: Decimal,
+    pub currency: String,
+    pub reason: String,
+    pub pdf_sha256: Option<String>,
 }
 
 impl ReadModels {
@@ -164,10 +183,10 @@ impl ReadModels {
         }
         let state = self.accounts.get_mut(account).expect("just ensured");
         state.apply(event);
-        let invoices = &self.invoices;
-        for (dr, cr, amount) in
-            crate::postings::entries(event, |n| invoices.get(n).map(|r| r.issued.total))
-        {
+        let st = &**state;
+        for (dr, cr, amount) in crate::postings::entries(event, |n| {
+            st.invoices.get(n).map(|i| i.total - i.credited)
+        }) {
             self.postings
                 .push(Posting::new(position, recorded_at, dr, cr, amount));
         }
@@ -228,7 +247,77 @@ impl ReadModels {
                     });
                 }
             }
+            AccountEvent::CreditNoteIssued(c) => {
+                self.credit_notes.insert(
+                    c.number.clone(),
+                    Box::new(CreditNoteRecord {
+                        account_id: account.to_string(),
+                        position,
+                        number: c.number.clone(),
+                        invoice_number: c.invoice_number.clone(),
+                        issued_at: c.issued_at,
+                        total: c.total,
+                        currency: c.currency.clone(),
+                        reason: c.reason.clone(),
+                        pdf_sha256: None,
+                    }),
+                );
+                let status = state.invoices.get(&c.invoice_number).map(|i| i.status);
+                if let (Some(r), Some(status)) = (self.invoices.get_mut(&c.invoice_number), status)
+                {
+                    r.status = status;
+                    r.changes.push(StatusChange {
+                        status,
+                        at: recorded_at,
+                        position,
+                        event: "CreditNoteIssued",
+                        reference: Some(c.number.clone()),
+                    });
+                }
+            }
+            AccountEvent::CreditNotePdfRendered(e) => {
+                if let Some(r) = self.credit_notes.get_mut(&e.number) {
+                    r.pdf_sha256 = Some(e.sha256.clone());
+                }
+            }
+            AccountEvent::PaymentRefunded(e) => {
+                if let Some(r) = self.invoices.get_mut(&e.invoice_number) {
+                    r.changes.push(StatusChange {
+                        status: r.status,
+                        at: recorded_at,
+                        position,
+                        event: "PaymentRefunded",
+                        reference: Some(e.reference.clone()),
+                    });
+                }
+            }
             _ => {}
+        }
+        // A payment on a partly credited invoice settles it as `paid`, a
+        // credit note may settle it too: the status is the state's.
+        if let AccountEvent::PaymentSucceeded(e) = event {
+            if let (Some(r), Some(i)) = (
+                self.invoices.get_mut(&e.invoice_number),
+                state.invoices.get(&e.invoice_number),
+            ) {
+                r.status = i.status;
+                if let Some(last) = r.changes.last_mut() {
+                    last.status = i.status;
+                }
+            }
+        }
+        if matches!(
+            event,
+            AccountEvent::DunningStarted(_)
+                | AccountEvent::PaymentSucceeded(_)
+                | AccountEvent::CreditNoteIssued(_)
+                | AccountEvent::InvoiceVoided(_)
+        ) {
+            if state.dunning().is_some() {
+                self.in_dunning.insert(account.to_string());
+            } else {
+                self.in_dunning.remove(account);
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use accrue_core::events::{LedgerEvent, Plan};
 use accrue_core::{
+    PaymentOutcome,
     decide, AccountState, BillingFrequency, Command, Context, InvoiceStatus, OpenAccount,
     UsageInput,
 };
@@ -31,7 +32,7 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
     let mut seq = 0u64;
     let mut run =
         |state: &mut AccountState, models: &mut ReadModels, cmd: Command, now: DateTime<Utc>| {
-            if let Ok(events) = decide(state, cmd, &Context { now }) {
+            if let Ok(events) = decide(state, cmd, &Context::at(now)) {
                 for e in events {
                     state.apply(&e);
                     pos += 1;
@@ -67,7 +68,7 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
                 .cloned()
                 .unwrap_or_default()
         };
-        let cmd = match op % 6 {
+        let cmd = match op % 8 {
             0 | 1 => Command::Consume(UsageInput {
                 usage_id: format!("u{i}"),
                 amount: Decimal::new(i64::from(*n) + 1, 4),
@@ -85,8 +86,29 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
             3 => Command::RecordPayment {
                 invoice_number: pick(),
                 reference: format!("r{i}"),
-                succeeded: n % 3 != 0,
-                failure_reason: None,
+                outcome: if n % 3 != 0 {
+                    PaymentOutcome::Succeeded
+                } else {
+                    PaymentOutcome::Failed { reason: None }
+                },
+            },
+            6 => Command::IssueCreditNote {
+                invoice_number: pick(),
+                reason: "test".into(),
+                lines: (n % 4 != 0).then(|| {
+                    vec![accrue_core::events::CreditNoteLine {
+                        description: "part".into(),
+                        amount: Decimal::new(i64::from(*n) + 1, 2),
+                        usage_id: None,
+                    }]
+                }),
+            },
+            7 => Command::RecordPayment {
+                invoice_number: pick(),
+                reference: format!("r{i}"),
+                outcome: PaymentOutcome::Refunded {
+                    amount: Decimal::new(i64::from(*n) + 1, 2),
+                },
             },
             4 => Command::VoidInvoice {
                 number: pick(),
@@ -107,13 +129,26 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
 
 proptest! {
     #[test]
-    fn books_balance_and_receivables_match_unpaid_invoices(ops in prop::collection::vec((0u8..6, 0u16..2000), 1..80)) {
+    fn books_balance_and_receivables_match_unpaid_invoices(ops in prop::collection::vec((0u8..8, 0u16..2000), 1..80)) {
         let models = history(&ops);
         let tb = trial_balance(&models.postings, None);
         prop_assert!(tb.balanced(), "{:?}", tb);
-        let unpaid: Decimal = models.invoices.values().filter(|r| r.status == InvoiceStatus::Unpaid).map(|r| r.issued.total).sum();
-        prop_assert_eq!(tb.balance_of("accounts_receivable"), unpaid);
-        let paid: Decimal = models.invoices.values().filter(|r| r.status == InvoiceStatus::Paid).map(|r| r.issued.total).sum();
-        prop_assert_eq!(tb.balance_of("cash"), paid);
+        // Receivables: what every invoice billed, less its credit notes and
+        // payments, plus what was refunded (a void is fully credited).
+        let st = &models.accounts["p"];
+        let receivable: Decimal = st.invoices.values().map(|i| i.total - i.credited - i.paid + i.refunded).sum();
+        prop_assert_eq!(tb.balance_of("accounts_receivable"), receivable);
+        let cash: Decimal = st.invoices.values().map(|i| i.paid - i.refunded).sum();
+        prop_assert_eq!(tb.balance_of("cash"), cash);
+        // Contra revenue: every credit note's total.
+        let credited: Decimal = st.invoices.values().map(|i| i.credited).sum();
+        prop_assert_eq!(tb.balance_of("credit_notes") + tb.balance_of("invoice_voids"), credited);
+        // A status agrees with the amounts.
+        for r in models.invoices.values() {
+            let i = st.invoices.get(&r.issued.number).unwrap();
+            prop_assert_eq!(r.status, i.status);
+            if i.status == InvoiceStatus::Paid { prop_assert!(i.amount_due().is_zero()); }
+            if i.status == InvoiceStatus::Unpaid { prop_assert!(i.credited.is_zero()); }
+        }
     }
 }

@@ -277,6 +277,21 @@ pub struct PaymentView {
     /// `ok`, or `failed` after a failed payment (the overview turns red).
     pub status: &'static str,
     pub method: Option<MethodView>,
+    /// The oldest invoice in dunning, if any (SPEC §8).
+    pub dunning: Option<DunningView>,
+    /// Unpaid past the grace period: usage is refused until every overdue
+    /// invoice is paid.
+    pub suspended: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DunningView {
+    pub invoice: String,
+    /// The number of the next payment attempt (the first charge was 1).
+    pub attempt: u32,
+    /// `null` once every scheduled retry has been used.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub suspends_at: DateTime<Utc>,
 }
 
 /// The license overview.
@@ -367,6 +382,13 @@ pub fn overview(s: &AccountState, as_of: Option<DateTime<Utc>>) -> Option<Overvi
                 exp_month: m.exp_month,
                 exp_year: m.exp_year,
             }),
+            dunning: s.dunning().map(|d| DunningView {
+                invoice: d.invoice_number.clone(),
+                attempt: d.attempt(),
+                next_retry_at: d.next_retry_at(),
+                suspends_at: d.suspends_at,
+            }),
+            suspended: s.suspended(),
         },
         as_of,
     })

@@ -65,7 +65,9 @@ impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         let status = match &e {
             DomainError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            DomainError::UnknownAccount | DomainError::UnknownInvoice => StatusCode::NOT_FOUND,
+            DomainError::UnknownAccount
+            | DomainError::UnknownInvoice
+            | DomainError::UnknownUsage { .. } => StatusCode::NOT_FOUND,
             DomainError::AccountExists
             | DomainError::CreditLimitExceeded { .. }
             | DomainError::LimitBelowUsage { .. }
@@ -75,7 +77,11 @@ impl From<DomainError> for ApiError {
             | DomainError::ReferenceConflict { .. }
             | DomainError::PeriodClosed { .. }
             | DomainError::Future { .. }
-            | DomainError::License(_) => StatusCode::CONFLICT,
+            | DomainError::License(_)
+            | DomainError::ExceedsInvoice { .. }
+            | DomainError::ExceedsPayment { .. }
+            | DomainError::AlreadyCancelled { .. }
+            | DomainError::LicenseSuspended => StatusCode::CONFLICT,
         };
         ApiError::new(status, e.reason(), e.to_string())
     }

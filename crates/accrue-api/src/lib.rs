@@ -1,6 +1,7 @@
 //! accrue-api: the only crate that knows HTTP and the JSON wire format.
 
 mod anchor_routes;
+pub mod corrections_routes;
 pub mod auth;
 pub mod dto;
 pub mod error;
@@ -43,6 +44,7 @@ pub fn parse_usage_line(line: &str) -> Result<accrue_ledger::UsageItem, String> 
 /// handler (`routes!`), so `/openapi.json` lists exactly what is served.
 pub fn router(state: AppState) -> Router {
     use anchor_routes::*;
+    use corrections_routes::*;
     use license_routes::*;
     use openapi::*;
     use routes::*;
@@ -69,6 +71,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(get_invoice))
         .routes(routes!(get_invoice_pdf))
         .routes(routes!(void_invoice))
+        .routes(routes!(create_credit_note))
+        .routes(routes!(get_credit_note))
+        .routes(routes!(get_credit_note_pdf))
+        .routes(routes!(cancel_usage))
+        .routes(routes!(upcoming_invoice))
+        .routes(routes!(list_dunning))
         .routes(routes!(audit_verify, verify_anchor))
         .routes(routes!(get_anchor))
         .routes(routes!(trial_balance))

@@ -23,9 +23,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_json, Body, RawBody, P, Q};
 use crate::AppState;
 
-const ADMIN: &[Role] = &[Role::Admin];
-const READERS: &[Role] = &[Role::Admin, Role::Auditor, Role::Account];
-const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
+pub(crate) const ADMIN: &[Role] = &[Role::Admin];
+pub(crate) const READERS: &[Role] = &[Role::Admin, Role::Auditor, Role::Account];
+pub(crate) const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
 
 /// Longest usage id, product or feature name accepted.
 const MAX_ID_LEN: usize = 128;
@@ -78,11 +78,11 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-fn parse_account_id(id: &str) -> ApiResult<AccountId> {
+pub(crate) fn parse_account_id(id: &str) -> ApiResult<AccountId> {
     AccountId::parse(id).map_err(|_| ApiError::not_found(format!("no account {id:?}")))
 }
 
-fn live_overview(st: &AppState, id: &str) -> ApiResult<Overview> {
+pub(crate) fn live_overview(st: &AppState, id: &str) -> ApiResult<Overview> {
     let read = st.ledger.read();
     read.accounts
         .get(id)
@@ -101,7 +101,7 @@ fn past_instant(st: &AppState, s: Option<&str>) -> ApiResult<Option<DateTime<Utc
 }
 
 /// Runs blocking store or render work off the async workers.
-async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
@@ -255,7 +255,7 @@ fn check_email(e: &str) -> ApiResult<()> {
 
 /// A one-line value (an id, a name, a reference): [`check_text`] and no
 /// control characters at all, tab and line breaks included.
-fn check_line(name: &str, s: &str, max: usize) -> ApiResult<()> {
+pub(crate) fn check_line(name: &str, s: &str, max: usize) -> ApiResult<()> {
     check_text(name, s, max)?;
     if s.chars().any(crate::guard::forbidden_in_line) {
         return Err(ApiError::new(
@@ -267,7 +267,7 @@ fn check_line(name: &str, s: &str, max: usize) -> ApiResult<()> {
     Ok(())
 }
 
-fn check_text(name: &str, s: &str, max: usize) -> ApiResult<()> {
+pub(crate) fn check_text(name: &str, s: &str, max: usize) -> ApiResult<()> {
     if s.trim().is_empty() || s.chars().count() > max {
         return Err(ApiError::unprocessable(format!(
             "{name} must be 1 to {max} characters"
@@ -755,11 +755,15 @@ pub async fn replace_payment_method(
 #[serde(deny_unknown_fields)]
 pub struct PaymentDto {
     invoice_number: String,
-    /// `succeeded` or `failed`.
+    /// `succeeded`, `failed` or `refunded`.
     outcome: String,
     reference: String,
     #[serde(default)]
     failure_reason: Option<String>,
+    /// For `refunded`: the amount given back (≤ what was paid), a decimal string.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    amount: Option<serde_json::Value>,
 }
 
 #[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body(content = PaymentDto, content_type = "application/json"), responses((status = 200, description = "recorded (a retry of the same outcome changes nothing)", body = InvoiceDto), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
@@ -769,15 +773,32 @@ pub async fn post_payment(
     Body(req): Body<PaymentDto>,
 ) -> ApiResult<Json<InvoiceDto>> {
     p.require(ADMIN)?;
-    let succeeded = match req.outcome.as_str() {
-        "succeeded" => true,
-        "failed" => false,
+    let outcome = match req.outcome.as_str() {
+        "succeeded" => accrue_core::PaymentOutcome::Succeeded,
+        "failed" => accrue_core::PaymentOutcome::Failed {
+            reason: req.failure_reason.clone(),
+        },
+        "refunded" => {
+            let amount = match &req.amount {
+                Some(serde_json::Value::String(a)) => accrue_core::parse_money(a).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                ApiError::unprocessable(
+                    "a refund needs amount, a decimal string with at most 2 decimals",
+                )
+            })?;
+            accrue_core::PaymentOutcome::Refunded { amount }
+        }
         o => {
             return Err(ApiError::unprocessable(format!(
-                "outcome must be succeeded or failed, got {o:?}"
+                "outcome must be succeeded, failed or refunded, got {o:?}"
             )))
         }
     };
+    if req.amount.is_some() && req.outcome != "refunded" {
+        return Err(ApiError::unprocessable("amount is only for refunded"));
+    }
     check_line("reference", &req.reference, 200)?;
     check_line("invoice_number", &req.invoice_number, 64)?;
     if let Some(r) = &req.failure_reason {
@@ -786,8 +807,7 @@ pub async fn post_payment(
     let cmd = Command::RecordPayment {
         invoice_number: req.invoice_number.clone(),
         reference: req.reference,
-        succeeded,
-        failure_reason: req.failure_reason,
+        outcome,
     };
     st.ledger
         .execute_for_invoice(&req.invoice_number, cmd)
@@ -1025,7 +1045,15 @@ pub struct InvoiceDto {
     pub subtotal: Money,
     pub total: Money,
     pub currency: String,
+    /// `unpaid`, `paid`, `credited`, `partially_credited` or `void`.
     pub status: &'static str,
+    /// `total − credited − paid`, never below zero.
+    pub amount_due: Money,
+    pub credited: Money,
+    pub paid: Money,
+    pub refunded: Money,
+    /// Numbers of the credit notes against it, oldest first.
+    pub credit_notes: Vec<String>,
     pub status_history: Vec<StatusChangeDto>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_failure_reason: Option<String>,
@@ -1033,9 +1061,50 @@ pub struct InvoiceDto {
     pub pdf_sha256: Option<String>,
 }
 
+/// An invoice's money after its issue, from the account's state.
+#[derive(Debug, Clone, Default)]
+pub struct Amounts {
+    pub amount_due: rust_decimal::Decimal,
+    pub credited: rust_decimal::Decimal,
+    pub paid: rust_decimal::Decimal,
+    pub refunded: rust_decimal::Decimal,
+    pub credit_notes: Vec<String>,
+}
+
+pub fn amounts_of(read: &accrue_projections::ReadModels, rec: &InvoiceRecord) -> Amounts {
+    let Some(st) = read.accounts.get(&rec.account_id) else {
+        return Amounts::default();
+    };
+    let Some(i) = st.invoices.get(&rec.issued.number) else {
+        return Amounts::default();
+    };
+    Amounts {
+        amount_due: i.amount_due(),
+        credited: i.credited,
+        paid: i.paid,
+        refunded: i.refunded,
+        credit_notes: st
+            .corrections()
+            .map(|c| {
+                c.credit_notes
+                    .iter()
+                    .filter(|n| n.1 == rec.issued.number)
+                    .map(|n| n.0.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct InvoiceListItem {
+    /// `invoice` or `credit_note`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
     pub number: String,
+    /// For a credit note: the invoice it credits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invoice_number: Option<String>,
     pub date: String,
     pub subscription: String,
     pub period: PeriodDto,
@@ -1062,23 +1131,28 @@ fn invoice_period(r: &InvoiceRecord) -> PeriodDto {
         })
 }
 
-fn subscription_label(r: &InvoiceRecord) -> String {
+pub(crate) fn subscription_label(r: &InvoiceRecord) -> String {
     format!("{} license {}", r.issued.currency, r.issued.serial_number)
 }
 
 /// An invoice record with its lines and customer, read from the log.
 async fn invoice_json(st: &AppState, rec: InvoiceRecord) -> ApiResult<Json<InvoiceDto>> {
     let ledger = st.ledger.clone();
+    let amounts = amounts_of(&st.ledger.read(), &rec);
     blocking(move || {
         ledger
             .invoice_issued(&rec)
-            .map(|full| Json(invoice_dto(&rec, &full)))
+            .map(|full| Json(invoice_dto(&rec, &full, amounts)))
     })
     .await
 }
 
 /// `full` is the record's `InvoiceIssued` (see [`accrue_ledger::Ledger::invoice_issued`]).
-pub fn invoice_dto(r: &InvoiceRecord, full: &accrue_core::events::InvoiceIssued) -> InvoiceDto {
+pub fn invoice_dto(
+    r: &InvoiceRecord,
+    full: &accrue_core::events::InvoiceIssued,
+    amounts: Amounts,
+) -> InvoiceDto {
     let i = &r.issued;
     InvoiceDto {
         number: i.number.clone(),
@@ -1109,6 +1183,11 @@ pub fn invoice_dto(r: &InvoiceRecord, full: &accrue_core::events::InvoiceIssued)
         total: Money(i.total),
         currency: i.currency.to_string(),
         status: r.status.as_str(),
+        amount_due: Money(amounts.amount_due),
+        credited: Money(amounts.credited),
+        paid: Money(amounts.paid),
+        refunded: Money(amounts.refunded),
+        credit_notes: amounts.credit_notes,
         status_history: r
             .history()
             .iter()
@@ -1170,34 +1249,73 @@ pub async fn list_invoices(
     if !read.accounts.get(&id).is_some_and(|a| a.is_open()) {
         return Err(ApiError::not_found(format!("no account {id:?}")));
     }
-    let mut items: Vec<&InvoiceRecord> = read
+    let items: Vec<&InvoiceRecord> = read
         .invoices_of(&id)
         .filter(|r| {
             let d = r.issued.issued_at.date_naive();
             from <= d && d <= to && as_of.is_none_or(|t| r.issued.issued_at <= t)
         })
         .collect();
-    items.sort_by(|a, b| {
-        b.issued
-            .issued_at
-            .cmp(&a.issued.issued_at)
-            .then(b.issued.number.cmp(&a.issued.number))
-    });
-    Ok(Json(InvoiceList {
-        from: from.to_string(),
-        to: to.to_string(),
-        invoices: items
-            .into_iter()
-            .map(|r| InvoiceListItem {
+    let mut list: Vec<(DateTime<Utc>, InvoiceListItem)> = items
+        .into_iter()
+        .map(|r| {
+            let item = InvoiceListItem {
+                kind: "invoice",
                 number: r.issued.number.clone(),
+                invoice_number: None,
                 date: r.issued.issued_at.format("%Y-%m-%d").to_string(),
                 subscription: subscription_label(r),
                 period: invoice_period(r),
                 status: as_of.map_or(r.status, |t| r.status_at(t)).as_str(),
                 total: Money(r.issued.total),
                 currency: r.issued.currency.to_string(),
-            })
-            .collect(),
+            };
+            (r.issued.issued_at, item)
+        })
+        .collect();
+    // Credit notes of the same range, beside the invoices they credit.
+    let notes = read
+        .accounts
+        .get(&id)
+        .and_then(|a| a.corrections())
+        .map(|c| c.credit_notes.clone())
+        .unwrap_or_default();
+    for (number, ..) in notes {
+        let Some(cn) = read.credit_notes.get(&number) else {
+            continue;
+        };
+        let d = cn.issued_at.date_naive();
+        if !(from <= d && d <= to && as_of.is_none_or(|t| cn.issued_at <= t)) {
+            continue;
+        }
+        let subscription = read
+            .invoices
+            .get(&cn.invoice_number)
+            .map(|r| subscription_label(r))
+            .unwrap_or_default();
+        list.push((
+            cn.issued_at,
+            InvoiceListItem {
+                kind: "credit_note",
+                number: cn.number.clone(),
+                invoice_number: Some(cn.invoice_number.clone()),
+                date: cn.issued_at.format("%Y-%m-%d").to_string(),
+                subscription,
+                period: PeriodDto {
+                    start: cn.issued_at,
+                    end: cn.issued_at,
+                },
+                status: "issued",
+                total: Money(cn.total),
+                currency: cn.currency.clone(),
+            },
+        ));
+    }
+    list.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.number.cmp(&a.1.number)));
+    Ok(Json(InvoiceList {
+        from: from.to_string(),
+        to: to.to_string(),
+        invoices: list.into_iter().map(|(_, i)| i).collect(),
     }))
 }
 

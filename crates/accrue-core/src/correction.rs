@@ -69,8 +69,9 @@ pub struct Corrections {
     /// Invoices in dunning, oldest first.
     pub dunning: Vec<DunningCase>,
     pub suspended: bool,
-    /// Credit notes issued, in order (number, invoice, total).
-    pub credit_notes: Vec<(String, String, Decimal)>,
+    /// Credit notes issued, in order (number, invoice, total, whether its
+    /// PDF's hash is recorded).
+    pub credit_notes: Vec<(String, String, Decimal, bool)>,
 }
 
 impl AccountState {
@@ -113,10 +114,20 @@ pub(crate) fn apply(state: &mut AccountState, event: &AccountEvent) {
                 cn.number.clone(),
                 cn.invoice_number.clone(),
                 cn.total,
+                false,
             ));
             settle(state);
         }
-        AccountEvent::CreditNotePdfRendered(_) => {}
+        AccountEvent::CreditNotePdfRendered(r) => {
+            if let Some(c) = state
+                .corrections_mut()
+                .credit_notes
+                .iter_mut()
+                .find(|c| c.0 == r.number)
+            {
+                c.3 = true;
+            }
+        }
         AccountEvent::UsageCancelled(u) => {
             let open = state
                 .credit_period

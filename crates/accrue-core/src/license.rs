@@ -711,6 +711,8 @@ pub fn changes_claims(event: &AccountEvent) -> bool {
         | AccountEvent::LicenseTermChanged(_)
         | AccountEvent::LicenseExpired(_)
         | AccountEvent::LicenseReactivated(_)
+        | AccountEvent::LicenseSuspended(_)
+        | AccountEvent::LicenseReinstated(_)
         | AccountEvent::ControlNumberIssued(_) => true,
         AccountEvent::PeriodClosed(p) => p.limit != p.next_limit,
         _ => false,

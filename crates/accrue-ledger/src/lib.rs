@@ -35,6 +35,7 @@ use tokio::sync::oneshot;
 pub use clock::{Clock, ClockMode};
 pub use metrics::Metrics;
 pub use replay::{account_as_of, for_each_decoded, replay_into, Decoded, ReplayStats};
+pub use writer::dunning::{dunning_policy, set_dunning_policy};
 pub use writer::license::{
     release_after_days, set_release_after_days, LicenseOutcome, LicenseTarget, ISSUER,
     MAX_FAILURES_PER_MINUTE,
@@ -231,6 +232,14 @@ impl Ledger {
         rec: &accrue_projections::InvoiceRecord,
     ) -> Result<accrue_core::events::InvoiceIssued, LedgerError> {
         invoice_issued(self.shared.store.as_ref(), rec)
+    }
+
+    /// A credit note with its lines, read from the log.
+    pub fn credit_note(
+        &self,
+        rec: &accrue_projections::read_models::CreditNoteRecord,
+    ) -> Result<accrue_core::events::CreditNoteIssued, LedgerError> {
+        credit_note_issued(self.shared.store.as_ref(), rec)
     }
 
     /// The read models, for queries. Hold the guard briefly.
@@ -486,6 +495,26 @@ pub fn invoice_issued(
         _ => Err(LedgerError::Corrupt(format!(
             "position {} is not invoice {}",
             rec.position, rec.issued.number
+        ))),
+    }
+}
+
+/// The `CreditNoteIssued` event a credit-note record points at, read from
+/// the log (its lines are not kept in memory).
+pub fn credit_note_issued(
+    store: &dyn EventStore,
+    rec: &accrue_projections::read_models::CreditNoteRecord,
+) -> Result<accrue_core::events::CreditNoteIssued, LedgerError> {
+    let stored = store
+        .read_at(rec.position)?
+        .ok_or_else(|| LedgerError::Corrupt(format!("no event at position {}", rec.position)))?;
+    match LedgerEvent::decode(&stored.type_name, stored.schema, &stored.payload)
+        .map_err(|e| LedgerError::Corrupt(e.to_string()))?
+    {
+        LedgerEvent::Account(AccountEvent::CreditNoteIssued(c)) if c.number == rec.number => Ok(c),
+        _ => Err(LedgerError::Corrupt(format!(
+            "position {} is not credit note {}",
+            rec.position, rec.number
         ))),
     }
 }

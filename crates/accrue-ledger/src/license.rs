@@ -193,7 +193,7 @@ impl Writer {
             _ => None,
         };
         let now = self.shared.clock.now();
-        match self.decide_and_stage(&account, Command::License(command), &Context { now }) {
+        match self.decide_and_stage(&account, Command::License(command), &Context::at(now)) {
             Ok(events) => {
                 let activation_id = server_id.and_then(|s| {
                     let st = self.state.accounts.get(&account)?;
@@ -219,7 +219,7 @@ impl Writer {
             control_number: control_number(),
         });
         let now = self.shared.clock.now();
-        if let Err(e) = self.decide_and_stage(account, cmd, &Context { now }) {
+        if let Err(e) = self.decide_and_stage(account, cmd, &Context::at(now)) {
             tracing::error!(account, error = %e, "issuing a control number failed");
         }
     }
@@ -255,7 +255,7 @@ impl Writer {
             let cmd = Command::License(LicenseCommand::Tick {
                 release_after_days: days,
             });
-            if let Err(e) = self.decide_and_stage(&account, cmd, &Context { now: t }) {
+            if let Err(e) = self.decide_and_stage(&account, cmd, &Context::at(t)) {
                 tracing::error!(account, error = %e, "license deadline failed");
             }
         }
@@ -289,7 +289,7 @@ impl Writer {
             let cmd = Command::License(LicenseCommand::Sync { activation_id, at });
             let now = self.shared.clock.now();
             // A poll of an activation released meanwhile records nothing.
-            let _ = self.decide_and_stage(&account, cmd, &Context { now });
+            let _ = self.decide_and_stage(&account, cmd, &Context::at(now));
         }
     }
 }
@@ -397,7 +397,11 @@ impl Ledger {
             account_id: account_id.to_string(),
             activation_id: activation.map(|a| a.id.clone()),
             server_id: activation.map(|a| a.server_id.clone()),
-            status: l.status().into(),
+            status: if st.suspended() {
+                "suspended".into()
+            } else {
+                l.status().into()
+            },
             term_end: l.term_end.map(|d| d.to_string()),
             seats: Seats {
                 full: plan.full_seats,

@@ -166,27 +166,32 @@ pub fn spawn_pdf_writer(
         ledger,
         "pdf",
         stop,
-        |t| t == "InvoiceIssued",
+        |t| t == "InvoiceIssued" || t == "CreditNoteIssued",
         move |ledger, rec, e| {
-            let LedgerEvent::Account(AccountEvent::InvoiceIssued(inv)) = e else {
-                return Ok(());
+            let (number, pdf) = match e {
+                LedgerEvent::Account(AccountEvent::InvoiceIssued(inv)) => {
+                    (&inv.number, accrue_projections::pdf::render(inv))
+                }
+                LedgerEvent::Account(AccountEvent::CreditNoteIssued(cn)) => {
+                    (&cn.number, accrue_projections::pdf::render_credit_note(cn))
+                }
+                _ => return Ok(()),
             };
-            let pdf = accrue_projections::pdf::render(inv)
-                .map_err(|e| EffectError::Retry(e.to_string()))?;
+            let pdf = pdf.map_err(|e| EffectError::Retry(e.to_string()))?;
             let sha256 = accrue_projections::pdf::sha256_hex(&pdf);
-            let path = dir.join(format!("{}.pdf", inv.number));
-            let tmp = dir.join(format!(".{}.pdf.tmp", inv.number));
+            let path = dir.join(format!("{number}.pdf"));
+            let tmp = dir.join(format!(".{number}.pdf.tmp"));
             std::fs::write(&tmp, &pdf)
                 .and_then(|_| std::fs::rename(&tmp, &path))
                 .map_err(|e| EffectError::Retry(e.to_string()))?;
             let account = rec.stream.trim_start_matches("account-");
-            ledger.execute_blocking(
-                account,
-                Command::RecordPdf {
-                    number: inv.number.clone(),
-                    sha256,
-                },
-            )?;
+            let number = number.clone();
+            let cmd = if matches!(e, LedgerEvent::Account(AccountEvent::CreditNoteIssued(_))) {
+                Command::RecordCreditNotePdf { number, sha256 }
+            } else {
+                Command::RecordPdf { number, sha256 }
+            };
+            ledger.execute_blocking(account, cmd)?;
             Ok(())
         },
     )
@@ -289,6 +294,9 @@ fn mail_causes(type_name: &str) -> bool {
             | "CreditLimitSet"
             | "CreditUnsubscribed"
             | "CreditThresholdReached"
+            | "PaymentRefunded"
+            | "LicenseSuspended"
+            | "LicenseReinstated"
     )
 }
 

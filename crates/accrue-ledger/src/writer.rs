@@ -13,7 +13,7 @@ use accrue_core::events::{
 use accrue_core::invoice::format_number;
 use accrue_core::{
     decide, AccountEvent, AccountState, Command, Context, DomainError, CLOCK_STREAM,
-    INVOICE_SEQUENCE_STREAM, SCHEMA_VERSION,
+    CREDIT_NOTE_SEQUENCE_STREAM, INVOICE_SEQUENCE_STREAM, SCHEMA_VERSION,
 };
 use accrue_projections::ReadModels;
 use accrue_store::{EventStore, ExpectedVersion, NewEvent, StoreError, StreamAppend};
@@ -26,6 +26,55 @@ use crate::{Job, LedgerError, Shared, UsageItem, UsageOutcome};
 
 #[path = "license.rs"]
 pub(crate) mod license;
+
+#[path = "dunning.rs"]
+pub(crate) mod dunning;
+
+/// A gapless series of document numbers: invoices and credit notes share
+/// the mechanism (a number event in the series' own stream, committed in
+/// the same group as the document, expected version exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Series {
+    Invoice,
+    CreditNote,
+}
+
+impl Series {
+    fn stream(self) -> &'static str {
+        match self {
+            Series::Invoice => INVOICE_SEQUENCE_STREAM,
+            Series::CreditNote => CREDIT_NOTE_SEQUENCE_STREAM,
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Series::Invoice => "invoice-number",
+            Series::CreditNote => "credit-note-number",
+        }
+    }
+    fn format(self, year: i32, seq: u64) -> String {
+        match self {
+            Series::Invoice => format_number(year, seq),
+            Series::CreditNote => format!("CN-{year}-{seq:06}"),
+        }
+    }
+    fn event(self, n: InvoiceNumberAssigned) -> LedgerEvent {
+        match self {
+            Series::Invoice => LedgerEvent::InvoiceNumberAssigned(n),
+            Series::CreditNote => LedgerEvent::CreditNoteNumberAssigned(n),
+        }
+    }
+    /// (year, sequence) of a number of this series in its canonical spelling.
+    fn parse(self, number: &str) -> Option<(i32, u64)> {
+        let prefix = match self {
+            Series::Invoice => "INV-",
+            Series::CreditNote => "CN-",
+        };
+        let (year, seq) = number.strip_prefix(prefix)?.split_once('-')?;
+        let (year, seq): (i32, u64) = (year.parse().ok()?, seq.parse().ok()?);
+        (self.format(year, seq) == number).then_some((year, seq))
+    }
+}
 
 /// Most events decided into one group before it is committed.
 const MAX_GROUP_EVENTS: usize = 20_000;
@@ -41,8 +90,8 @@ pub(crate) struct State {
     /// accounts the table has 131,072 slots).
     pub accounts: HashMap<String, Box<AccountState>>,
     pub idem: IdempotencyIndex,
-    /// The last invoice sequence number per year.
-    pub seq: HashMap<i32, u64>,
+    /// The last sequence number per series and year.
+    pub seq: HashMap<(Series, i32), u64>,
     pub invoice_owner: InvoiceOwners,
     /// (end of current credit period, account): what closes next.
     pub due: BTreeSet<(DateTime<Utc>, String)>,
@@ -51,6 +100,8 @@ pub(crate) struct State {
     pub globals: HashMap<String, u64>,
     /// Serial numbers, license deadlines, sync coalescing (`license.rs`).
     pub license: license::Index,
+    /// Suspension deadlines of accounts in dunning (`dunning.rs`).
+    pub dunning: dunning::Index,
 }
 
 fn account_of(stream: &str) -> Option<&str> {
@@ -129,6 +180,7 @@ impl State {
         let before = st.period_end();
         st.apply(e);
         self.license.track(account, e, st);
+        self.dunning.track(account, e, st);
         let after = st.period_end();
         if before != after || matches!(e, AccountEvent::InvoiceIssued(_)) {
             let opened = st.info.clone();
@@ -160,7 +212,11 @@ impl State {
                 self.apply_account(account, ae);
             }
             LedgerEvent::InvoiceNumberAssigned(n) => {
-                let s = self.seq.entry(n.year).or_insert(0);
+                let s = self.seq.entry((Series::Invoice, n.year)).or_insert(0);
+                *s = (*s).max(n.sequence);
+            }
+            LedgerEvent::CreditNoteNumberAssigned(n) => {
+                let s = self.seq.entry((Series::CreditNote, n.year)).or_insert(0);
                 *s = (*s).max(n.sequence);
             }
             LedgerEvent::ClockAdvanced(_)
@@ -169,10 +225,14 @@ impl State {
         }
     }
 
-    fn next_invoice_number(&self, at: DateTime<Utc>) -> (i32, u64, String) {
+    fn next_number(&self, series: Series, at: DateTime<Utc>) -> (i32, u64, String) {
         let year = at.year();
-        let seq = self.seq.get(&year).copied().unwrap_or(0) + 1;
-        (year, seq, format_number(year, seq))
+        let seq = self.seq.get(&(series, year)).copied().unwrap_or(0) + 1;
+        (year, seq, series.format(year, seq))
+    }
+
+    fn next_invoice_number(&self, at: DateTime<Utc>) -> (i32, u64, String) {
+        self.next_number(Series::Invoice, at)
     }
 }
 
@@ -183,19 +243,27 @@ pub(crate) fn load(
     let mut state = State::default();
     let mut read = ReadModels::default();
     let mut clock: Option<DateTime<Utc>> = None;
-    // The highest invoice sequence issued per year, as the invoices say.
-    let mut issued: HashMap<i32, (u64, String)> = HashMap::new();
+    // The highest sequence issued per series and year, as the documents say.
+    let mut issued: HashMap<(Series, i32), (u64, String)> = HashMap::new();
     crate::replay::for_each_decoded(store, 0, |page| {
         for d in &page {
             if let LedgerEvent::ClockAdvanced(c) = &d.event {
                 clock = Some(clock.map_or(c.now, |k| k.max(c.now)));
             }
-            if let LedgerEvent::Account(AccountEvent::InvoiceIssued(i)) = &d.event {
-                if let Some(k) = InvoiceOwners::key(&i.number) {
-                    let (year, seq) = ((k >> 32) as i32, k & 0xffff_ffff);
-                    let e = issued.entry(year).or_insert((0, String::new()));
+            let document = match &d.event {
+                LedgerEvent::Account(AccountEvent::InvoiceIssued(i)) => {
+                    Some((Series::Invoice, &i.number))
+                }
+                LedgerEvent::Account(AccountEvent::CreditNoteIssued(c)) => {
+                    Some((Series::CreditNote, &c.number))
+                }
+                _ => None,
+            };
+            if let Some((series, number)) = document {
+                if let Some((year, seq)) = series.parse(number) {
+                    let e = issued.entry((series, year)).or_insert((0, String::new()));
                     if seq > e.0 {
-                        *e = (seq, i.number.clone());
+                        *e = (seq, number.clone());
                     }
                 }
             }
@@ -206,13 +274,14 @@ pub(crate) fn load(
     // The sequence never goes backwards: a log whose `invoice-sequence`
     // stream is behind an invoice already issued was cut, and opening it
     // would issue that number again.
-    for (year, (seq, number)) in &issued {
-        let at = state.seq.get(year).copied().unwrap_or(0);
+    for ((series, year), (seq, number)) in &issued {
+        let at = state.seq.get(&(*series, *year)).copied().unwrap_or(0);
         if at < *seq {
             return Err(LedgerError::Corrupt(format!(
-                "the invoice-number sequence of {year} ends at {at}, but {number} was issued: \
+                "the {} sequence of {year} ends at {at}, but {number} was issued: \
                  the log lost events; refusing to open rather than reissue a number \
-                 (run `accrue audit verify --anchor …`)"
+                 (run `accrue audit verify --anchor …`)",
+                series.label()
             )));
         }
     }
@@ -734,11 +803,12 @@ impl Writer {
     /// Closes every credit period that ended at or before `now`, in time order.
     fn close_due(&mut self, now: DateTime<Utc>) {
         self.license_due(now);
+        self.dunning_due(now);
         while let Some((end, account)) = self.state.due.first().cloned() {
             if end > now {
                 break;
             }
-            let ctx = Context { now: end };
+            let ctx = dunning::context(end);
             let (_, _, number) = self.state.next_invoice_number(end);
             match self.decide_and_stage(
                 &account,
@@ -781,7 +851,8 @@ impl Writer {
             other => other,
         };
         let opening = matches!(command, Command::Open(_));
-        let events = self.decide_and_stage(account, command, &Context { now })?;
+        let command = self.resolve(account, command)?;
+        let events = self.decide_and_stage(account, command, &dunning::context(now))?;
         if opening {
             self.license_issue(account);
         }
@@ -804,24 +875,36 @@ impl Writer {
             .map(|s| &**s)
             .unwrap_or_else(|| EMPTY.get_or_init(AccountState::default));
         let events = decide(state, command, ctx)?;
-        self.stage(account, events.clone(), ctx.now);
-        Ok(events)
+        Ok(self.stage(account, events, ctx.now).1)
     }
 
-    /// Applies and stages the events; returns where the first one went.
+    /// Numbers, applies and stages the events; returns where the first one
+    /// went, and the events as staged. A credit note decided without a
+    /// number gets the next of its series here.
     fn stage(
         &mut self,
         account: &str,
         events: Vec<AccountEvent>,
         now: DateTime<Utc>,
-    ) -> (u32, u32) {
+    ) -> ((u32, u32), Vec<AccountEvent>) {
         let mut first = None;
-        for e in events {
+        let mut staged = Vec::new();
+        for mut e in events {
+            if let AccountEvent::CreditNoteIssued(c) = &mut e {
+                if c.number.is_empty() {
+                    c.number = self.state.next_number(Series::CreditNote, c.issued_at).2;
+                }
+            }
             let version_before = self.state.apply_account(account, &e);
             let issued = match &e {
-                AccountEvent::InvoiceIssued(i) => Some(i.issued_at),
+                AccountEvent::InvoiceIssued(i) => Some((Series::Invoice, i.issued_at)),
+                AccountEvent::CreditNoteIssued(c) => Some((Series::CreditNote, c.issued_at)),
                 _ => None,
             };
+            // Only usage is answered without its events (the hot path).
+            if !matches!(e, AccountEvent::CreditsConsumed(_)) {
+                staged.push(e.clone());
+            }
             let at = self.group.push_account(
                 account,
                 version_before,
@@ -829,13 +912,13 @@ impl Writer {
                 LedgerEvent::Account(e),
             );
             first.get_or_insert(at);
-            if let Some(issued_at) = issued {
-                let (year, sequence, number) = self.state.next_invoice_number(issued_at);
-                self.state.seq.insert(year, sequence);
+            if let Some((series, issued_at)) = issued {
+                let (year, sequence, number) = self.state.next_number(series, issued_at);
+                self.state.seq.insert((series, year), sequence);
                 self.push_global(
-                    INVOICE_SEQUENCE_STREAM,
+                    series.stream(),
                     issued_at,
-                    LedgerEvent::InvoiceNumberAssigned(InvoiceNumberAssigned {
+                    series.event(InvoiceNumberAssigned {
                         number,
                         year,
                         sequence,
@@ -844,7 +927,7 @@ impl Writer {
                 );
             }
         }
-        first.unwrap_or((0, 0))
+        (first.unwrap_or((0, 0)), staged)
     }
 
     /// Stages an event of a ledger-wide stream, expecting exactly the
@@ -916,13 +999,13 @@ impl Writer {
             };
         }
         let exact_id = hash_taken.then(|| input.usage_id.clone());
-        match decide(state, Command::Consume(input), &Context { now }) {
+        match decide(state, Command::Consume(input), &Context::at(now)) {
             Err(e) => UsageOutcome::Rejected {
                 reason: e.reason(),
                 detail: e.to_string(),
             },
             Ok(events) => {
-                let (stream, event) = self.stage(&account, events, now);
+                let ((stream, event), _) = self.stage(&account, events, now);
                 let slot = Slot::Pending { stream, event };
                 let exact = match exact_id {
                     Some(id) => {
@@ -949,38 +1032,42 @@ impl Writer {
     /// this batch's keys will confirm against (fingerprint matches).
     fn prefetch_usage(&mut self, items: &[UsageItem]) -> Result<(), StoreError> {
         for item in items {
-            let UsageItem::Valid {
+            if let UsageItem::Valid {
                 account_id, input, ..
             } = item
-            else {
+            {
+                self.prefetch_key(account_id, &input.usage_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the committed events a lookup of (account, id) will confirm
+    /// against into `prefetched`.
+    pub(crate) fn prefetch_key(&mut self, account: &str, usage_id: &str) -> Result<(), StoreError> {
+        let hash = idempotency::key(account, usage_id);
+        let mut slots = self.state.idem.by_hash(hash);
+        if slots.is_empty() {
+            return Ok(());
+        }
+        slots.extend(self.state.idem.exact(account, usage_id));
+        for slot in slots {
+            let Slot::Committed(pos) = slot else {
                 continue;
             };
-            let hash = idempotency::key(account_id, &input.usage_id);
-            let mut slots = self.state.idem.by_hash(hash);
-            if slots.is_empty() {
+            let in_flight = self.inflight.as_ref().is_some_and(|g| g.at(pos).is_some());
+            if in_flight || self.prefetched.contains_key(&pos) {
                 continue;
             }
-            slots.extend(self.state.idem.exact(account_id, &input.usage_id));
-            for slot in slots {
-                let Slot::Committed(pos) = slot else {
-                    continue;
-                };
-                let in_flight = self.inflight.as_ref().is_some_and(|g| g.at(pos).is_some());
-                if in_flight || self.prefetched.contains_key(&pos) {
-                    continue;
+            let found = match self.shared.store.read_at(pos)? {
+                None => None,
+                Some(rec) => {
+                    let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload)
+                        .map_err(|e| StoreError::Corrupt(format!("event at position {pos}: {e}")))?;
+                    Some((rec.stream, e))
                 }
-                let found = match self.shared.store.read_at(pos)? {
-                    None => None,
-                    Some(rec) => {
-                        let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload)
-                            .map_err(|e| {
-                                StoreError::Corrupt(format!("event at position {pos}: {e}"))
-                            })?;
-                        Some((rec.stream, e))
-                    }
-                };
-                self.prefetched.insert(pos, found);
-            }
+            };
+            self.prefetched.insert(pos, found);
         }
         Ok(())
     }

@@ -209,8 +209,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
             Command::RecordPayment {
                 invoice_number: n.clone(),
                 reference: "ch_demo_1".into(),
-                succeeded: true,
-                failure_reason: None,
+                outcome: accrue_core::PaymentOutcome::Succeeded,
             },
         )?;
     }
@@ -220,8 +219,9 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
             Command::RecordPayment {
                 invoice_number: n.clone(),
                 reference: "ch_demo_2".into(),
-                succeeded: false,
-                failure_reason: Some("card declined (insufficient funds)".into()),
+                outcome: accrue_core::PaymentOutcome::Failed {
+                    reason: Some("card declined (insufficient funds)".into()),
+                },
             },
         )?;
     }

@@ -574,15 +574,17 @@ pub fn decide(
             lines,
         } => crate::correction::issue_credit_note(state, invoice_number, reason, lines, ctx),
         Command::RecordCreditNotePdf { number, sha256 } => {
-            let known = state
+            let note = state
                 .corrections()
-                .is_some_and(|c| c.credit_notes.iter().any(|(n, _, _)| *n == number));
-            if !known {
-                return Err(DomainError::UnknownInvoice);
+                .and_then(|c| c.credit_notes.iter().find(|c| c.0 == number));
+            match note {
+                None => Err(DomainError::UnknownInvoice),
+                // The hash is recorded once, when first rendered.
+                Some(c) if c.3 => Ok(vec![]),
+                Some(_) => Ok(vec![AccountEvent::CreditNotePdfRendered(
+                    CreditNotePdfRendered { number, sha256 },
+                )]),
             }
-            Ok(vec![AccountEvent::CreditNotePdfRendered(
-                CreditNotePdfRendered { number, sha256 },
-            )])
         }
         Command::CancelUsage {
             usage_id,
