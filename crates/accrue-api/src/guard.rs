@@ -494,7 +494,7 @@ fn may_write(role: Role, method: &Method, path: &str) -> bool {
     match role {
         Role::Admin => true,
         Role::Ingest => {
-            (method == Method::POST && path == "/v1/usage")
+            (method == Method::POST && (path == "/v1/usage" || path == "/v1/usage/cancellations"))
                 || (method == Method::PUT
                     && path.starts_with("/v1/accounts/")
                     && path.ends_with("/seats-in-use"))
