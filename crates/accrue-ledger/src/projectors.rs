@@ -239,15 +239,24 @@ pub fn spawn_mailer(
                 return Ok(());
             };
             let id: String = rec.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+            // Dated by the ledger's clock (the cause's business time): a
+            // re-sent mail is the same mail.
             let sent = accrue_projections::mail::build(
                 &mail,
                 &from,
                 &format!("<{}.{id}@accrue>", rec.position),
+                rec.occurred_at,
             )
             .and_then(|msg| transport.send(&msg, &format!("{:012}-{}", rec.position, mail.kind)));
             match sent {
                 Ok(()) => {}
                 Err(MailError::Send(e)) => return Err(EffectError::Retry(e)),
+                // TLS or AUTH refused: a configuration problem that holds
+                // every mail, so said loudly; the mail is kept and retried.
+                Err(err @ MailError::Session(_)) => {
+                    tracing::error!(position = rec.position, error = %err, "SMTP relay refused the session; mail kept for retry");
+                    return Err(EffectError::Retry(err.to_string()));
+                }
                 // Refused for good, or an address that can never be used:
                 // recorded as a fact, and the mailer moves on.
                 Err(err @ (MailError::Refused(_) | MailError::Build(_))) => {
