@@ -562,6 +562,27 @@ fn tls_parameters(host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, M
         .map_err(|e| MailError::Build(format!("TLS set-up for {host}: {e}")))
 }
 
+/// The TLS error behind `e`, if any. lettre reports a failed handshake (an
+/// unknown issuer, a wrong name) as a network error around rustls' error;
+/// `io::Error::source` skips its own payload, so it is unwrapped by hand.
+fn tls_failure(e: &lettre::transport::smtp::Error) -> Option<String> {
+    if e.is_tls() {
+        return Some(e.to_string());
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(t) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(t.to_string());
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// SMTP replies about the session (authentication, encryption), not about
 /// one recipient: 530 authentication or STARTTLS required, 534 mechanism
 /// too weak, 535 credentials invalid, 538 encryption required.
@@ -573,9 +594,9 @@ const SESSION_CODES: [&str; 4] = ["530", "534", "535", "538"];
 /// outage and the mail is kept.
 fn classify(relay: &str, e: &lettre::transport::smtp::Error) -> MailError {
     let code = e.status().map(|c| c.to_string());
-    if e.is_tls() {
+    if let Some(why) = tls_failure(e) {
         return MailError::Session(format!(
-            "TLS with {relay} failed: {e} (is the relay's CA trusted? set ACCRUE_SMTP_CA_FILE for a private one)"
+            "TLS with {relay} failed: {why} (is the relay's CA trusted? set ACCRUE_SMTP_CA_FILE for a private one)"
         ));
     }
     if let Some(code) = code.as_deref().filter(|c| SESSION_CODES.contains(c)) {
