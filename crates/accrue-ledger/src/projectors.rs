@@ -203,6 +203,8 @@ pub fn spawn_mailer(
     from: String,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
+    const SESSION_ERROR_EVERY: Duration = Duration::from_secs(60);
+    let mut session_error_logged: Option<std::time::Instant> = None;
     follow(
         ledger,
         "mailer",
@@ -252,9 +254,13 @@ pub fn spawn_mailer(
                 Ok(()) => {}
                 Err(MailError::Send(e)) => return Err(EffectError::Retry(e)),
                 // TLS or AUTH refused: a configuration problem that holds
-                // every mail, so said loudly; the mail is kept and retried.
+                // every mail, so said loudly (once a minute, not once per
+                // retry of every waiting mail); the mail is kept and retried.
                 Err(err @ MailError::Session(_)) => {
-                    tracing::error!(position = rec.position, error = %err, "SMTP relay refused the session; mail kept for retry");
+                    if session_error_logged.is_none_or(|t| t.elapsed() >= SESSION_ERROR_EVERY) {
+                        session_error_logged = Some(std::time::Instant::now());
+                        tracing::error!(position = rec.position, error = %err, "SMTP relay refused the session; mail kept for retry");
+                    }
                     return Err(EffectError::Retry(err.to_string()));
                 }
                 // Refused for good, or an address that can never be used:
