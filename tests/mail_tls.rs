@@ -59,8 +59,9 @@ impl Drop for Sink {
 }
 
 /// Starts the sink in `mode` (`smtps`, `starttls`, `plain`), requiring AUTH
-/// as `USER`/`PASSWORD` when `auth`.
-fn start_sink(mode: &str, dir: &Path, auth: bool) -> (Sink, u16) {
+/// as `USER`/`PASSWORD` when `auth` is `Some`: offering PLAIN and LOGIN
+/// (`Some("")`), or only the one named.
+fn start_sink(mode: &str, dir: &Path, auth: Option<&str>) -> (Sink, u16) {
     let port = free_port();
     let maildir = dir.join(format!("maildir-{mode}"));
     let certs = dir.join("certs");
@@ -70,8 +71,14 @@ fn start_sink(mode: &str, dir: &Path, auth: bool) -> (Sink, u16) {
         .args([mode, &port.to_string()])
         .arg(&maildir)
         .arg(&certs);
-    if auth {
-        cmd.args([USER, PASSWORD]);
+    match auth {
+        None => {}
+        Some("") => {
+            cmd.args([USER, PASSWORD]);
+        }
+        Some(only) => {
+            cmd.args([USER, PASSWORD, only]);
+        }
     }
     let child = cmd
         .stdout(Stdio::null())
@@ -212,7 +219,7 @@ fn path(p: &Path) -> &str {
 #[test]
 fn smtps_with_auth_delivers_every_mail_over_one_pooled_session() {
     let dir = tempfile::tempdir().unwrap();
-    let (sink, port) = start_sink("smtps", dir.path(), true);
+    let (sink, port) = start_sink("smtps", dir.path(), Some(""));
     let data = dir.path().join("data");
     let _store = Store(data.clone());
     let a = start_accrue(
@@ -241,7 +248,7 @@ fn smtps_with_auth_delivers_every_mail_over_one_pooled_session() {
     );
     for m in &all {
         assert_eq!(header(m, "X-Sink-Tls"), "yes");
-        assert_eq!(header(m, "X-Sink-Auth"), USER);
+        assert_eq!(header(m, "X-Sink-Auth"), format!("PLAIN {USER}"));
         // The ledger's (manual) clock, not the wall clock.
         assert_eq!(header(m, "Date"), "Thu, 15 Jan 2026 00:00:00 +0000");
     }
@@ -250,9 +257,10 @@ fn smtps_with_auth_delivers_every_mail_over_one_pooled_session() {
 }
 
 #[test]
-fn starttls_required_with_auth_delivers() {
+fn starttls_required_with_auth_login_delivers() {
     let dir = tempfile::tempdir().unwrap();
-    let (sink, port) = start_sink("starttls", dir.path(), true);
+    // A relay that offers AUTH LOGIN only (and only after STARTTLS).
+    let (sink, port) = start_sink("starttls", dir.path(), Some("LOGIN"));
     let data = dir.path().join("data");
     let _store = Store(data.clone());
     let a = start_accrue(
@@ -269,7 +277,7 @@ fn starttls_required_with_auth_delivers() {
     let all = sink.mails();
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(header(&all[0], "X-Sink-Tls"), "yes");
-    assert_eq!(header(&all[0], "X-Sink-Auth"), USER);
+    assert_eq!(header(&all[0], "X-Sink-Auth"), format!("LOGIN {USER}"));
     assert_eq!(header(&all[0], "X-RcptTo"), "billing@starttls.test");
 }
 
@@ -277,7 +285,7 @@ fn starttls_required_with_auth_delivers() {
 fn tls_required_never_falls_back_to_plain_text() {
     let dir = tempfile::tempdir().unwrap();
     // A server that offers no STARTTLS and takes any mail in clear text.
-    let (sink, port) = start_sink("plain", dir.path(), false);
+    let (sink, port) = start_sink("plain", dir.path(), None);
     let data = dir.path().join("data");
     let _store = Store(data.clone());
     let a = start_accrue(
@@ -297,7 +305,7 @@ fn tls_required_never_falls_back_to_plain_text() {
 #[test]
 fn a_wrong_password_is_reported_and_the_mail_goes_once_it_is_fixed() {
     let dir = tempfile::tempdir().unwrap();
-    let (sink, port) = start_sink("smtps", dir.path(), true);
+    let (sink, port) = start_sink("smtps", dir.path(), Some(""));
     let data = dir.path().join("data");
     let _store = Store(data.clone());
     let url = format!("smtps://127.0.0.1:{port}");
@@ -343,7 +351,7 @@ fn a_wrong_password_is_reported_and_the_mail_goes_once_it_is_fixed() {
 #[test]
 fn an_untrusted_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (sink, port) = start_sink("smtps", dir.path(), false);
+    let (sink, port) = start_sink("smtps", dir.path(), None);
     let url = format!("smtps://127.0.0.1:{port}");
     // Without a CA file (Mozilla's roots only), then with the wrong CA.
     for (name, env) in [

@@ -1,18 +1,18 @@
 """An SMTP sink for tests/mail_tls.rs: aiosmtpd with TLS and AUTH.
 
-    python3 smtp_tls_sink.py MODE PORT MAILDIR CERTDIR [USER PASSWORD]
+    python3 smtp_tls_sink.py MODE PORT MAILDIR CERTDIR [USER PASSWORD [MECHANISM]]
 
 MODE is `smtps` (TLS from the first byte), `starttls` (STARTTLS offered and
 required before anything else) or `plain` (no TLS offered at all). With USER
-and PASSWORD, AUTH PLAIN/LOGIN is required before MAIL (over TLS in the TLS
-modes). CERTDIR gets a throw-away test CA (`ca.pem`) and a server
+and PASSWORD, AUTH is required before MAIL (over TLS in the TLS modes),
+offering PLAIN and LOGIN, or only MECHANISM. CERTDIR gets a throw-away test CA (`ca.pem`) and a server
 certificate for 127.0.0.1 and localhost signed by it, made on first use and
 written before the port opens; a second CA (`other-ca.pem`) that signed
 nothing is there for "wrong CA" cases.
 
 Each accepted mail is stored in MAILDIR with headers saying how it came:
 `X-Sink-Session` (the number of the SMTP session that carried it, to count
-connection reuse), `X-Sink-Tls` (yes/no), `X-Sink-Auth` (the login, or -) and
+connection reuse), `X-Sink-Tls` (yes/no), `X-Sink-Auth` (mechanism and login, or -) and
 `X-RcptTo`.
 """
 
@@ -117,7 +117,8 @@ class Handler:
             self.sessions += 1
             session.sink_number = self.sessions
         tls = server.transport.get_extra_info("ssl_object") is not None
-        login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else "-"
+        login = (f"{session.sink_mechanism} {session.auth_data.login.decode()}"
+                 if isinstance(session.auth_data, LoginPassword) else "-")
         head = (
             f"X-Sink-Session: {session.sink_number}\r\n"
             f"X-Sink-Tls: {'yes' if tls else 'no'}\r\n"
@@ -131,6 +132,7 @@ class Handler:
 def main():
     mode, port, maildir, certdir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     user, password = (sys.argv[5], sys.argv[6]) if len(sys.argv) > 6 else (None, None)
+    only = sys.argv[7] if len(sys.argv) > 7 else None
     make_certs(certdir)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(os.path.join(certdir, "server.pem"), os.path.join(certdir, "server.key"))
@@ -139,11 +141,14 @@ def main():
         ok = (isinstance(auth_data, LoginPassword)
               and auth_data.login == user.encode()
               and auth_data.password == password.encode())
+        session.sink_mechanism = mechanism
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
     kwargs = {}
     if user is not None:
         kwargs.update(authenticator=authenticator, auth_required=True)
+        if only is not None:
+            kwargs.update(auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN") if m != only])
     if mode == "smtps":
         # The whole session is TLS: aiosmtpd's auth_require_tls only knows STARTTLS.
         kwargs.update(ssl_context=ctx, auth_require_tls=False)
