@@ -2,13 +2,16 @@
 //! with lettre, and the two transports (SMTP relay, or `.eml` files in the
 //! data folder's outbox). No card data ever reaches a mail: events hold none.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use accrue_core::events::InvoiceIssued;
 use accrue_core::money::display;
 use accrue_core::{email_language, AccountEvent, AccountState};
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::PoolConfig;
 use lettre::{Message, SmtpTransport, Transport};
 
 /// The `Content-Language` header lettre does not ship.
@@ -358,11 +361,22 @@ pub enum MailError {
     /// The relay refused the mail for good (SMTP 5xx): retrying is useless.
     #[error("refused for good: {0}")]
     Refused(String),
+    /// The relay refused the session (TLS, authentication): no mail can go
+    /// until the configuration or the relay is fixed. Retried, never lost.
+    #[error("SMTP session refused: {0}")]
+    Session(String),
 }
 
 /// Builds the MIME message. `message_id` makes a re-delivery recognisable
-/// as the same mail.
-pub fn build(mail: &Mail, from: &str, message_id: &str) -> Result<Message, MailError> {
+/// as the same mail; `date` is the causing event's time on the ledger's
+/// clock (not the wall clock), and the MIME boundaries derive from the
+/// message id, so the same cause always builds the same bytes.
+pub fn build(
+    mail: &Mail,
+    from: &str,
+    message_id: &str,
+    date: chrono::DateTime<chrono::Utc>,
+) -> Result<Message, MailError> {
     let from: Mailbox = from
         .parse()
         .map_err(|e| MailError::Build(format!("from: {e}")))?;
@@ -378,7 +392,12 @@ pub fn build(mail: &Mail, from: &str, message_id: &str) -> Result<Message, MailE
             .map(|p| format!("<p>{}</p>", html_escape(p).replace('\n', "<br>")))
             .collect::<String>()
     );
+    use sha2::Digest;
+    let tag = hex::encode(&sha2::Sha256::digest(message_id.as_bytes())[..16]);
+    // "=_" never occurs in quoted-printable or base64 text, and the tag is
+    // unguessable from a customer's name: no part can contain a boundary.
     let alternative = MultiPart::alternative()
+        .boundary(format!("=_alt_{tag}"))
         .singlepart(
             SinglePart::builder()
                 .header(ContentType::TEXT_PLAIN)
@@ -394,62 +413,241 @@ pub fn build(mail: &Mail, from: &str, message_id: &str) -> Result<Message, MailE
         .to(to)
         .subject(mail.subject.clone())
         .message_id(Some(message_id.to_string()))
+        .date(std::time::SystemTime::from(date))
         .header(ContentLanguage(mail.language.to_string()));
     let msg = match &mail.attachment {
         None => builder.multipart(alternative),
         Some((name, bytes)) => builder.multipart(
-            MultiPart::mixed().multipart(alternative).singlepart(
-                Attachment::new(name.clone()).body(
-                    bytes.clone(),
-                    ContentType::parse("application/pdf")
-                        .map_err(|e| MailError::Build(e.to_string()))?,
+            MultiPart::mixed()
+                .boundary(format!("=_mix_{tag}"))
+                .multipart(alternative)
+                .singlepart(
+                    Attachment::new(name.clone()).body(
+                        bytes.clone(),
+                        ContentType::parse("application/pdf")
+                            .map_err(|e| MailError::Build(e.to_string()))?,
+                    ),
                 ),
-            ),
         ),
     };
     msg.map_err(|e| MailError::Build(e.to_string()))
 }
 
+/// How an SMTP session is secured, from the `--smtp` URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtp://host:port`: plain SMTP, as today, for a relay on the same
+    /// host or network. Not opportunistic STARTTLS on purpose: a local relay
+    /// with a self-signed certificate would stop taking mail, and a
+    /// downgrade-able STARTTLS protects nothing against an active attacker.
+    Plain,
+    /// `smtp://host:port?tls=opportunistic`: STARTTLS when the server offers
+    /// it (the certificate checked), plain otherwise.
+    Opportunistic,
+    /// `smtp://host:port?tls=required`: STARTTLS or no mail at all.
+    StartTls,
+    /// `smtps://host:port`: TLS from the first byte (implicit TLS).
+    Implicit,
+}
+
+/// A parsed `--smtp` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpUrl {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+}
+
+impl SmtpUrl {
+    /// `smtp://host[:port][?tls=required|opportunistic|none]` (port 25, or
+    /// 587 with `tls=required`) or `smtps://host[:port]` (port 465).
+    /// Credentials in the URL are refused: they belong in
+    /// `ACCRUE_SMTP_USER` / `ACCRUE_SMTP_PASSWORD`, out of process lists
+    /// and logs.
+    pub fn parse(url: &str) -> Result<SmtpUrl, MailError> {
+        let bad = |why: &str| {
+            MailError::Build(format!(
+                "{why} (smtp://host:port[?tls=required] or smtps://host:port)"
+            ))
+        };
+        let u = url::Url::parse(url).map_err(|e| bad(&format!("not a URL: {e}")))?;
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(bad(
+                "no credentials in the URL: set ACCRUE_SMTP_USER and ACCRUE_SMTP_PASSWORD",
+            ));
+        }
+        let implicit = match u.scheme() {
+            "smtp" => false,
+            "smtps" => true,
+            other => return Err(bad(&format!("unknown scheme {other:?}"))),
+        };
+        let host = u
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host"))?;
+        // `[::1]` is a host for URLs; lettre and TLS want the bare address.
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if !matches!(u.path(), "" | "/") || u.fragment().is_some() {
+            return Err(bad("no path or fragment"));
+        }
+        let mut tls = None;
+        for (k, v) in u.query_pairs() {
+            match (k.as_ref(), tls) {
+                ("tls", None) => tls = Some(v.into_owned()),
+                _ => return Err(bad(&format!("unknown or repeated parameter {k:?}"))),
+            }
+        }
+        let security = match (implicit, tls.as_deref()) {
+            (true, None) => SmtpSecurity::Implicit,
+            (true, Some(_)) => return Err(bad("smtps:// is always TLS: no tls= parameter")),
+            (false, None | Some("none")) => SmtpSecurity::Plain,
+            (false, Some("required")) => SmtpSecurity::StartTls,
+            (false, Some("opportunistic")) => SmtpSecurity::Opportunistic,
+            (false, Some(other)) => {
+                return Err(bad(&format!(
+                    "tls={other:?}: use tls=required, tls=opportunistic or tls=none"
+                )))
+            }
+        };
+        let port = u.port().unwrap_or(match security {
+            SmtpSecurity::Implicit => 465,
+            SmtpSecurity::StartTls => 587,
+            SmtpSecurity::Plain | SmtpSecurity::Opportunistic => 25,
+        });
+        Ok(SmtpUrl {
+            host,
+            port,
+            security,
+        })
+    }
+
+    fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// SMTP credentials and trust, from the environment (`ACCRUE_SMTP_USER`,
+/// `ACCRUE_SMTP_PASSWORD`, `ACCRUE_SMTP_CA_FILE`). `Debug` never shows the
+/// password.
+#[derive(Clone, Default)]
+pub struct SmtpOptions {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Extra trusted CA certificates (PEM), for a private relay; Mozilla's
+    /// roots are always trusted as well, and verification is never off.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SmtpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpOptions")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl SmtpOptions {
+    /// Reads the options from the environment; an empty variable is unset.
+    pub fn from_env() -> SmtpOptions {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        SmtpOptions {
+            user: var("ACCRUE_SMTP_USER"),
+            password: var("ACCRUE_SMTP_PASSWORD"),
+            ca_file: var("ACCRUE_SMTP_CA_FILE").map(PathBuf::from),
+        }
+    }
+}
+
+/// How long one SMTP step (connect, TLS, a command) may take.
+const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Idle pooled connections are closed after this long.
+const SMTP_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where mail goes.
 pub enum MailTransport {
-    Smtp(Box<SmtpTransport>),
+    /// One long-lived, pooled SMTP client: a session (TCP, TLS, AUTH) is
+    /// reused for the next mail while the relay keeps it open.
+    Smtp {
+        transport: Box<SmtpTransport>,
+        /// `host:port`, for error messages.
+        relay: String,
+    },
     /// `.eml` files, one per mail, named by the causing event.
     Outbox(PathBuf),
 }
 
 impl MailTransport {
-    /// `smtp://host:port` (plain SMTP to a relay), or `None` for the outbox.
-    pub fn from_url(url: Option<&str>, outbox: PathBuf) -> Result<MailTransport, MailError> {
+    /// An SMTP client for `url` (see [`SmtpUrl::parse`]), or `None` for the
+    /// outbox. A bad URL, a missing or empty CA file, half a credential
+    /// pair, or credentials that would cross the network in clear text are
+    /// refused here, at start-up, not at the first mail.
+    pub fn from_url(
+        url: Option<&str>,
+        outbox: PathBuf,
+        options: &SmtpOptions,
+    ) -> Result<MailTransport, MailError> {
         let Some(url) = url else {
             return Ok(MailTransport::Outbox(outbox));
         };
-        let rest = url.strip_prefix("smtp://").ok_or_else(|| {
-            MailError::Build(format!("{url:?}: only smtp://host:port is supported"))
-        })?;
-        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| MailError::Build(format!("bad port in {url:?}")))?,
-            ),
-            None => (rest.trim_end_matches('/').to_string(), 25),
+        let u = SmtpUrl::parse(url)?;
+        let mut b = SmtpTransport::builder_dangerous(u.host.clone())
+            .port(u.port)
+            .timeout(Some(SMTP_TIMEOUT))
+            .pool_config(PoolConfig::new().max_size(2).idle_timeout(SMTP_IDLE));
+        let tls = || tls_parameters(&u.host, options.ca_file.as_deref());
+        b = match u.security {
+            SmtpSecurity::Plain if options.ca_file.is_some() => {
+                return Err(MailError::Build(
+                    "ACCRUE_SMTP_CA_FILE is set but the URL is plain smtp://: use smtps:// or ?tls=required".into(),
+                ))
+            }
+            SmtpSecurity::Plain => b.tls(Tls::None),
+            SmtpSecurity::Opportunistic => b.tls(Tls::Opportunistic(tls()?)),
+            SmtpSecurity::StartTls => b.tls(Tls::Required(tls()?)),
+            SmtpSecurity::Implicit => b.tls(Tls::Wrapper(tls()?)),
         };
-        let t = SmtpTransport::builder_dangerous(host)
-            .port(port)
-            .timeout(Some(std::time::Duration::from_secs(10)))
-            .build();
-        Ok(MailTransport::Smtp(Box::new(t)))
+        match (&options.user, &options.password) {
+            (None, None) => {}
+            (Some(user), Some(password)) => {
+                let encrypted =
+                    matches!(u.security, SmtpSecurity::StartTls | SmtpSecurity::Implicit);
+                if !encrypted && !u.is_loopback() {
+                    return Err(MailError::Build(format!(
+                        "ACCRUE_SMTP_USER is set but {}:{} is reached without required TLS: the password would cross the network in clear text; use smtps:// or ?tls=required",
+                        u.host, u.port
+                    )));
+                }
+                b = b
+                    .credentials(Credentials::new(user.clone(), password.clone()))
+                    .authentication(vec![Mechanism::Plain, Mechanism::Login]);
+            }
+            _ => {
+                return Err(MailError::Build(
+                    "set both ACCRUE_SMTP_USER and ACCRUE_SMTP_PASSWORD, or neither".into(),
+                ))
+            }
+        }
+        Ok(MailTransport::Smtp {
+            transport: Box::new(b.build()),
+            relay: format!("{}:{}", u.host, u.port),
+        })
     }
 
     pub fn send(&self, msg: &Message, file_key: &str) -> Result<(), MailError> {
         match self {
-            MailTransport::Smtp(t) => t.send(msg).map(drop).map_err(|e| {
-                if e.is_permanent() {
-                    MailError::Refused(e.to_string())
-                } else {
-                    MailError::Send(e.to_string())
-                }
-            }),
+            MailTransport::Smtp { transport, relay } => transport
+                .send(msg)
+                .map(drop)
+                .map_err(|e| classify(relay, &e)),
             MailTransport::Outbox(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| MailError::Send(e.to_string()))?;
                 let path = dir.join(format!("{file_key}.eml"));
@@ -459,5 +657,232 @@ impl MailTransport {
                     .map_err(|e| MailError::Send(e.to_string()))
             }
         }
+    }
+}
+
+/// TLS for `host`: the certificate must chain to Mozilla's roots or to a CA
+/// in `ca_file`, and name `host`. There is no switch to turn this off.
+fn tls_parameters(host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, MailError> {
+    let mut b = TlsParameters::builder(host.to_string());
+    if let Some(path) = ca_file {
+        let what = |e: &dyn std::fmt::Display| {
+            MailError::Build(format!("ACCRUE_SMTP_CA_FILE {}: {e}", path.display()))
+        };
+        let pem = std::fs::read(path).map_err(|e| what(&e))?;
+        // lettre reads a file without certificates as an empty list: say so.
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(what(&"no PEM certificate in it"));
+        }
+        b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(|e| what(&e))?);
+    }
+    b.build_rustls()
+        .map_err(|e| MailError::Build(format!("TLS set-up for {host}: {e}")))
+}
+
+/// The TLS error behind `e`, if any. lettre reports a failed handshake (an
+/// unknown issuer, a wrong name) as a network error around rustls' error;
+/// `io::Error::source` skips its own payload, so it is unwrapped by hand.
+fn tls_failure(e: &lettre::transport::smtp::Error) -> Option<String> {
+    if e.is_tls() {
+        return Some(e.to_string());
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(t) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(t.to_string());
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// SMTP replies about the session (authentication, encryption), not about
+/// one recipient: 530 authentication or STARTTLS required, 534 mechanism
+/// too weak, 535 credentials invalid, 538 encryption required.
+const SESSION_CODES: [&str; 4] = ["530", "534", "535", "538"];
+
+/// Sorts an SMTP error: a refusal of this mail (a 5xx to its envelope or
+/// content) is final; a refusal of the session (TLS, AUTH) holds for every
+/// mail until someone fixes the configuration, so it is retried like an
+/// outage and the mail is kept.
+fn classify(relay: &str, e: &lettre::transport::smtp::Error) -> MailError {
+    let code = e.status().map(|c| c.to_string());
+    if let Some(why) = tls_failure(e) {
+        return MailError::Session(format!(
+            "TLS with {relay} failed: {why} (is the relay's CA trusted? set ACCRUE_SMTP_CA_FILE for a private one)"
+        ));
+    }
+    if let Some(code) = code.as_deref().filter(|c| SESSION_CODES.contains(c)) {
+        let hint = if code == "535" {
+            "authentication failed: check ACCRUE_SMTP_USER / ACCRUE_SMTP_PASSWORD"
+        } else {
+            "the relay refused the session: check the TLS mode and credentials"
+        };
+        return MailError::Session(format!("{relay}: {hint} ({e})"));
+    }
+    if e.to_string().contains("STARTTLS is not supported") {
+        return MailError::Session(format!(
+            "{relay} does not offer STARTTLS and the URL has tls=required: nothing is sent in clear text"
+        ));
+    }
+    if e.to_string()
+        .contains("No compatible authentication mechanism")
+    {
+        return MailError::Session(format!(
+            "{relay} offers neither AUTH PLAIN nor AUTH LOGIN here (some relays offer AUTH only over TLS)"
+        ));
+    }
+    if e.is_permanent() {
+        MailError::Refused(e.to_string())
+    } else {
+        MailError::Send(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<SmtpUrl, String> {
+        SmtpUrl::parse(url).map_err(|e| e.to_string())
+    }
+
+    fn url(host: &str, port: u16, security: SmtpSecurity) -> Result<SmtpUrl, String> {
+        Ok(SmtpUrl {
+            host: host.into(),
+            port,
+            security,
+        })
+    }
+
+    #[test]
+    fn the_url_forms_and_their_default_ports() {
+        use SmtpSecurity::*;
+        assert_eq!(
+            parse("smtp://relay.test:2525"),
+            url("relay.test", 2525, Plain)
+        );
+        assert_eq!(parse("smtp://relay.test"), url("relay.test", 25, Plain));
+        assert_eq!(
+            parse("smtp://relay.test/?tls=none"),
+            url("relay.test", 25, Plain)
+        );
+        assert_eq!(
+            parse("smtp://relay.test?tls=required"),
+            url("relay.test", 587, StartTls)
+        );
+        assert_eq!(
+            parse("smtp://relay.test:2587?tls=opportunistic"),
+            url("relay.test", 2587, Opportunistic)
+        );
+        assert_eq!(
+            parse("smtps://relay.test"),
+            url("relay.test", 465, Implicit)
+        );
+        assert_eq!(parse("smtps://[::1]:4650"), url("::1", 4650, Implicit));
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_a_reason() {
+        for (bad, why) in [
+            ("http://relay.test", "scheme"),
+            ("smtp://relay.test?tls=yes", "tls=\"yes\""),
+            ("smtp://relay.test?tls=required&tls=none", "repeated"),
+            ("smtp://relay.test?starttls=1", "unknown"),
+            ("smtps://relay.test?tls=required", "always TLS"),
+            ("smtp://me:secret@relay.test", "ACCRUE_SMTP_PASSWORD"),
+            ("smtp://relay.test/inbox", "path"),
+            ("smtp://relay.test:99999", "URL"),
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("secret"), "{bad}: {e}");
+        }
+    }
+
+    fn transport(url: &str, options: &SmtpOptions) -> Result<(), String> {
+        MailTransport::from_url(Some(url), PathBuf::from("/nonexistent"), options)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn creds() -> SmtpOptions {
+        SmtpOptions {
+            user: Some("billing".into()),
+            password: Some("hunter2".into()),
+            ca_file: None,
+        }
+    }
+
+    #[test]
+    fn credentials_never_cross_the_network_in_clear_text() {
+        for plain in [
+            "smtp://relay.test:25",
+            "smtp://relay.test:25?tls=opportunistic",
+        ] {
+            let e = transport(plain, &creds()).expect_err(plain);
+            assert!(e.contains("clear text"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // A relay on the same host may take AUTH without TLS.
+        transport("smtp://127.0.0.1:25", &creds()).unwrap();
+        transport("smtp://relay.test?tls=required", &creds()).unwrap();
+        transport("smtps://relay.test", &creds()).unwrap();
+        let half = SmtpOptions {
+            password: None,
+            ..creds()
+        };
+        assert!(transport("smtps://relay.test", &half)
+            .unwrap_err()
+            .contains("both"));
+        assert!(!format!("{:?}", creds()).contains("hunter2"));
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate_and_needs_tls() {
+        let dir = std::env::temp_dir().join(format!("accrue-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let with = |p: &Path| SmtpOptions {
+            ca_file: Some(p.to_path_buf()),
+            ..SmtpOptions::default()
+        };
+        let e = transport("smtps://relay.test", &with(&empty)).unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let e = transport("smtps://relay.test", &with(&dir.join("missing.pem"))).unwrap_err();
+        assert!(e.contains("missing.pem"), "{e}");
+        let e = transport("smtp://relay.test", &with(&empty)).unwrap_err();
+        assert!(e.contains("plain smtp://"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_same_cause_builds_the_same_bytes_dated_by_the_ledger() {
+        let mail = Mail {
+            kind: "invoice_issued",
+            to: "billing@acme.test".into(),
+            language: "en",
+            subject: "Your invoice INV-2026-000001".into(),
+            text: "Hello,\n\nattached.\n".into(),
+            attachment: Some(("INV-2026-000001.pdf".into(), b"%PDF-1.7 test".to_vec())),
+        };
+        let at: chrono::DateTime<chrono::Utc> = "2026-01-15T00:00:00Z".parse().unwrap();
+        let one = build(&mail, "Billing <billing@accrue.test>", "<7.ab@accrue>", at)
+            .unwrap()
+            .formatted();
+        let two = build(&mail, "Billing <billing@accrue.test>", "<7.ab@accrue>", at)
+            .unwrap()
+            .formatted();
+        assert_eq!(one, two);
+        let text = String::from_utf8(one).unwrap();
+        assert!(
+            text.contains("Date: Thu, 15 Jan 2026 00:00:00 +0000"),
+            "{text}"
+        );
     }
 }

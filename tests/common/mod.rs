@@ -219,6 +219,23 @@ pub fn serve_binary(
     token: &str,
     extra: &[&str],
 ) -> (std::process::Child, String) {
+    let (child, base, _log) = serve_binary_env(data, token, extra, &[]);
+    (child, base)
+}
+
+/// [`serve_binary`] with extra environment variables (set last, so they can
+/// override `ACCRUE_LOG`); also returns what the server has logged so far
+/// (stderr, kept up to 64 KiB and growing while it runs).
+pub fn serve_binary_env(
+    data: &std::path::Path,
+    token: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    String,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
@@ -245,6 +262,7 @@ pub fn serve_binary(
         .arg(data)
         .env("ACCRUE_ADMIN_TOKEN", token)
         .env("ACCRUE_LOG", "error")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -281,5 +299,5 @@ pub fn serve_binary(
     };
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, base)
+    (child, base, err)
 }

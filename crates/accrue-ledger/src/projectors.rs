@@ -208,6 +208,8 @@ pub fn spawn_mailer(
     from: String,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
+    const SESSION_ERROR_EVERY: Duration = Duration::from_secs(60);
+    let mut session_error_logged: Option<std::time::Instant> = None;
     follow(
         ledger,
         "mailer",
@@ -244,15 +246,28 @@ pub fn spawn_mailer(
                 return Ok(());
             };
             let id: String = rec.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+            // Dated by the ledger's clock (the cause's business time): a
+            // re-sent mail is the same mail.
             let sent = accrue_projections::mail::build(
                 &mail,
                 &from,
                 &format!("<{}.{id}@accrue>", rec.position),
+                rec.occurred_at,
             )
             .and_then(|msg| transport.send(&msg, &format!("{:012}-{}", rec.position, mail.kind)));
             match sent {
                 Ok(()) => {}
                 Err(MailError::Send(e)) => return Err(EffectError::Retry(e)),
+                // TLS or AUTH refused: a configuration problem that holds
+                // every mail, so said loudly (once a minute, not once per
+                // retry of every waiting mail); the mail is kept and retried.
+                Err(err @ MailError::Session(_)) => {
+                    if session_error_logged.is_none_or(|t| t.elapsed() >= SESSION_ERROR_EVERY) {
+                        session_error_logged = Some(std::time::Instant::now());
+                        tracing::error!(position = rec.position, error = %err, "SMTP relay refused the session; mail kept for retry");
+                    }
+                    return Err(EffectError::Retry(err.to_string()));
+                }
                 // Refused for good, or an address that can never be used:
                 // recorded as a fact, and the mailer moves on.
                 Err(err @ (MailError::Refused(_) | MailError::Build(_))) => {

@@ -85,7 +85,10 @@ enum Cmd {
         /// Start a manual clock at this instant (moves only through POST /v1/clock).
         #[arg(long)]
         clock: Option<String>,
-        /// SMTP relay, `smtp://host:port`; without it mails go to DATA/outbox as .eml files.
+        /// SMTP relay: `smtp://host:port` (plain), `smtp://host:port?tls=required`
+        /// (STARTTLS or nothing), `smtps://host:port` (implicit TLS); AUTH from
+        /// ACCRUE_SMTP_USER / ACCRUE_SMTP_PASSWORD, an extra CA from
+        /// ACCRUE_SMTP_CA_FILE. Without it mails go to DATA/outbox as .eml files.
         #[arg(long, env = "ACCRUE_SMTP")]
         smtp: Option<String>,
         /// Release an activation that has not synced for this many days (0: never).
@@ -355,6 +358,7 @@ fn serve(
     let transport = accrue_projections::mail::MailTransport::from_url(
         smtp.as_deref(),
         args.data.join("outbox"),
+        &accrue_projections::mail::SmtpOptions::from_env(),
     )
     .map_err(|e| anyhow::anyhow!("--smtp: {e}"))?;
     let from = std::env::var("ACCRUE_MAIL_FROM")
