@@ -179,6 +179,7 @@ fn demo_like(srv: &Srv) {
     let mut globex = common::account_body("globex");
     globex["name"] = json!("Globex GmbH");
     globex["email_language"] = json!("de");
+    globex["base_credits"] = json!("5.00");
     globex["plan"] = json!({
         "full_seats": 1, "full_seat_price": "1234.50",
         "viewer_seats": 0, "viewer_seat_price": "0.00",

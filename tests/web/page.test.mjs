@@ -90,9 +90,11 @@ async function step(name, fn) {
 // Any CSP violation or script error fails the run.
 function watch(page, label) {
   const problems = [];
-  page.on('pageerror', (e) => problems.push(`${label}: page error: ${e.message}`));
+  page.setDefaultTimeout(5000);
+  page.on('pageerror', (e) => { problems.push(`${label}: page error: ${e.message}`); console.log(`# ${label}: page error: ${e.message}`); });
   page.on('console', (m) => {
     if (/Content Security Policy|Refused to/i.test(m.text())) problems.push(`${label}: ${m.text()}`);
+    if ((m.type() === 'error' || m.type() === 'warning') && !/^Failed to load resource/.test(m.text())) console.log(`# ${label} console ${m.type()}: ${m.text()}`);
   });
   return problems;
 }
@@ -199,7 +201,8 @@ try {
     }
     assert.equal(norm(await page.locator('#c-base data').textContent()), '$10.00', 'en format');
     await timeIs(page, '#c-reset', ov.next_credit_reset);
-    assert.equal(await page.locator('#limit-fields').isDisabled(), true);
+    assert.equal(await page.locator('#limit').isDisabled(), true, 'the limit form is disabled');
+    assert.equal(await page.getByRole('button', { name: 'Review' }).isDisabled(), true);
   });
 
   await step('Active sessions tab: the table and the counts by type and client', async () => {
@@ -283,7 +286,8 @@ try {
     assert.equal(await text(page, '#p-expiry'), `${String(m.exp_month).padStart(2, '0')}/${m.exp_year}`);
     assert.equal(await text(page, '#p-email'), ov.billing_email);
     assert.match(await text(page, '#p-language'), new RegExp(`\\(${ov.email_language}\\)$`));
-    assert.equal(await page.locator('#pm-fields').isDisabled(), true);
+    assert.equal(await page.locator('#pm-token').isDisabled(), true, 'the payment form is disabled');
+    assert.equal(await page.getByRole('button', { name: 'Replace payment method' }).isDisabled(), true);
   });
 
   await step('keyboard only: Tab reaches the tabs, arrows, Home and End move between them', async () => {

@@ -79,10 +79,11 @@
   function timeEl(s, withTime) {
     const t = document.createElement('time');
     t.dateTime = s;
+    // Business time is UTC (SPEC §1): shown in UTC, and said so.
     const opts = withTime
-      ? { dateStyle: 'medium', timeStyle: 'short', timeZone: 'UTC', timeZoneName: 'short' }
+      ? { dateStyle: 'medium', timeStyle: 'short', timeZone: 'UTC' }
       : { dateStyle: 'medium', timeZone: 'UTC' };
-    t.textContent = new Intl.DateTimeFormat(lang(), opts).format(toDate(s));
+    t.textContent = new Intl.DateTimeFormat(lang(), opts).format(toDate(s)) + (withTime ? ' UTC' : '');
     return t;
   }
 
