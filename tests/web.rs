@@ -287,7 +287,7 @@ fn browser_prerequisites() -> (PathBuf, String) {
     let node = Command::new("node").arg("--version").output();
     assert!(
         node.is_ok_and(|o| o.status.success()),
-        "node is missing: install Node.js 18 or later (Debian `nodejs`)"
+        "node is missing: install Node.js 20 or later (Debian `nodejs`)"
     );
     (web, chromium)
 }

@@ -176,6 +176,7 @@ try {
       if (a.last_sync_at) assert.equal(await row.locator('td').nth(3).locator('time').getAttribute('datetime'), a.last_sync_at);
     }
     assert.equal(await page.locator('#activations button').count(), 0, 'an account token is offered no Release');
+    await page.screenshot({ path: join(OUT, 'license-desktop.png'), fullPage: true });
   });
 
   await step('the Payment & Billing card is red after the failed payment', async () => {
@@ -247,6 +248,8 @@ try {
       assert.equal(norm(await cells.nth(4).textContent()), fmt(x.total, lang));
     }
   });
+
+  await page.screenshot({ path: join(OUT, 'billing-desktop.png'), fullPage: true });
 
   await step('Billing: the Period filter with Apply shows what the API lists for that period', async () => {
     const months = [...new Set(inv.invoices.map((x) => x.date.slice(0, 7)))];
@@ -332,7 +335,6 @@ try {
     await page.keyboard.press('Shift+Tab');
     await page.keyboard.press('Home');
     await expectTab('tab-license', 'panel-license');
-    await page.screenshot({ path: join(OUT, 'license-desktop.png'), fullPage: true });
   });
 
   await step('axe-core: no serious or critical violations on any tab', async () => {
