@@ -132,11 +132,21 @@ connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; fram
     let html = srv.call("GET", "/", None, None).text;
     // No inline script or style for the CSP to forbid, nothing from elsewhere.
     assert!(html.contains(r#"<script src="/app.js" defer></script>"#));
-    assert_eq!(html.matches("<script").count(), 1, "one external script only");
+    assert_eq!(
+        html.matches("<script").count(),
+        1,
+        "one external script only"
+    );
     assert!(!html.contains("<style"), "no inline style element");
     assert!(!html.contains(" style="), "no inline style attribute");
     assert!(!html.contains("http://") && !html.contains("https://"));
-    for tab in ["License", "AI credits", "Active sessions", "Billing", "Payment"] {
+    for tab in [
+        "License",
+        "AI credits",
+        "Active sessions",
+        "Billing",
+        "Payment",
+    ] {
         assert!(html.contains(&format!(">{tab}</button>")), "tab {tab}");
     }
     // HEAD answers too; a near miss is still the API's 404.
@@ -165,7 +175,10 @@ connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; fram
         json!({"role": "admin"})
     );
     assert_eq!(srv.call("GET", "/v1/me", None, None).status, 401);
-    assert_eq!(srv.call("GET", "/v1/me", Some("acr_nope"), None).status, 401);
+    assert_eq!(
+        srv.call("GET", "/v1/me", Some("acr_nope"), None).status,
+        401
+    );
 }
 
 /// Two customers with a month and more of history: invoices, a failed
@@ -189,15 +202,24 @@ fn demo_like(srv: &Srv) {
     srv.admin(
         "PUT",
         "/v1/accounts/acme/payment-method",
-        Some(json!({"token": "tok_visa_4242", "brand": "visa", "last4": "4242",
-                    "exp_month": 12, "exp_year": 2030})),
+        Some(
+            json!({"token": "tok_visa_4242", "brand": "visa", "last4": "4242",
+                    "exp_month": 12, "exp_year": 2030}),
+        ),
     );
     for now in ["2026-02-15T00:00:00Z", "2026-03-15T00:00:00Z"] {
         srv.admin("POST", "/v1/clock", Some(json!({ "now": now })));
     }
-    srv.admin("POST", "/v1/clock", Some(json!({"now": "2026-03-16T09:00:00Z"})));
+    srv.admin(
+        "POST",
+        "/v1/clock",
+        Some(json!({"now": "2026-03-16T09:00:00Z"})),
+    );
     let invoices = srv.admin("GET", "/v1/accounts/acme/invoices", None);
-    let latest = invoices["invoices"][0]["number"].as_str().unwrap().to_string();
+    let latest = invoices["invoices"][0]["number"]
+        .as_str()
+        .unwrap()
+        .to_string();
     srv.admin(
         "POST",
         "/v1/payments",

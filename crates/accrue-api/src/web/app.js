@@ -68,6 +68,7 @@
     const d = document.createElement('data');
     d.value = String(s);
     d.className = 'money';
+    d.lang = lang(); // read out in the language it is written in
     d.textContent = money(s, currency);
     return d;
   }
@@ -79,6 +80,7 @@
   function timeEl(s, withTime) {
     const t = document.createElement('time');
     t.dateTime = s;
+    t.lang = lang();
     // Business time is UTC (SPEC §1): shown in UTC, and said so.
     const opts = withTime
       ? { dateStyle: 'medium', timeStyle: 'short', timeZone: 'UTC' }
