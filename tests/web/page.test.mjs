@@ -375,6 +375,52 @@ try {
     await page.locator('#account:not([hidden])').waitFor();
     assert.equal(await text(page, '#account-name'), ov.name);
   });
+  // SPEC §8/§9 are being built: until the API sends them, the page's
+  // reading of `payment.dunning` and of credit notes in the invoice list is
+  // checked on the real responses with those fields added in flight.
+  await step('dunning dates and credit notes are shown once the API sends them', async () => {
+    const dunning = { invoice: inv.invoices[0].number, attempt: 2, next_retry_at: '2026-03-18T00:00:00Z', suspends_at: '2026-03-29T00:00:00Z' };
+    const cn = { type: 'credit_note', number: 'CN-2026-000001', date: inv.invoices[0].date, subscription: inv.invoices[0].subscription,
+      period: inv.invoices[0].period, status: 'issued', total: '-12.50', currency: 'USD' };
+    await page.route(`**/v1/accounts/${ACCOUNT}`, async (route) => {
+      const res = await route.fetch();
+      const body = await res.json();
+      body.payment.dunning = dunning;
+      await route.fulfill({ response: res, json: body });
+    });
+    await page.route(`**/v1/accounts/${ACCOUNT}/invoices*`, async (route) => {
+      const res = await route.fetch();
+      const body = await res.json();
+      body.invoices.unshift(cn);
+      await route.fulfill({ response: res, json: body });
+    });
+    const pdfUrls = [];
+    await page.route('**/v1/credit-notes/*/pdf', (route) => {
+      pdfUrls.push(new URL(route.request().url()).pathname);
+      return route.fulfill({ status: 200, contentType: 'application/pdf', body: '%PDF-1.7 test' });
+    });
+    await page.reload();
+    await page.locator('#account:not([hidden])').waitFor();
+    assert.equal(await page.locator('#dunning').isVisible(), true);
+    assert.equal(await text(page, '#dunning-invoice'), dunning.invoice);
+    assert.equal(await text(page, '#dunning-attempt'), '2');
+    await timeIs(page, '#dunning-next-retry', dunning.next_retry_at);
+    await timeIs(page, '#dunning-suspends', dunning.suspends_at);
+    await openTab(page, 'Billing');
+    const row = page.locator(`#invoices tr[data-number="${cn.number}"]`);
+    assert.match(norm(await row.locator('td').nth(1).textContent()), /^CN-2026-000001 Credit note$/);
+    assert.equal(await row.locator('data').getAttribute('value'), '-12.50');
+    assert.equal(norm(await row.locator('data').textContent()), fmt('-12.50', lang));
+    const [download] = await Promise.all([page.waitForEvent('download'),
+      row.getByRole('button', { name: `Download PDF of ${cn.number}` }).click()]);
+    assert.equal(download.suggestedFilename(), `${cn.number}.pdf`);
+    assert.deepEqual(pdfUrls, [`/v1/credit-notes/${cn.number}/pdf`]);
+    await page.unrouteAll();
+    await page.reload();
+    await page.locator('#account:not([hidden])').waitFor();
+    assert.equal(await page.locator('#dunning').isHidden(), true, 'no dunning block without the field');
+  });
+
   await step('sign out forgets the token', async () => {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.locator('#signin:not([hidden])').waitFor();
@@ -435,6 +481,28 @@ try {
     await ap.getByLabel('Account', { exact: true }).selectOption(ACCOUNT);
     await ap.waitForFunction((n) => document.getElementById('account-name').textContent === n, ov.name);
     assert.equal(await text(ap, '#account-name'), ov.name);
+  });
+
+  await step('AI credits: subscribe an account that has no additional credits', async () => {
+    const before = await get(`/v1/accounts/${OTHER}`, ADMIN);
+    assert.equal(before.credits.additional_limit, '0.00');
+    await ap.getByLabel('Account', { exact: true }).selectOption(OTHER);
+    await ap.waitForFunction((n) => document.getElementById('account-name').textContent === n, before.name);
+    await openTab(ap, 'AI credits');
+    assert.match(await text(ap, '#c-subscription'), /^Not subscribed/);
+    await ap.getByLabel(/Monthly limit for additional credits/).fill('7.50');
+    await ap.getByRole('button', { name: 'Review' }).click();
+    await ap.locator('#order:not([hidden])').waitFor();
+    assert.equal(await text(ap, '#order-what'), 'Subscribe to additional AI credits');
+    await ap.getByRole('button', { name: 'Confirm' }).click();
+    await ap.waitForFunction(() => document.querySelector('#c-limit data').value === '7.50');
+    const after = await get(`/v1/accounts/${OTHER}`, ADMIN);
+    assert.equal(after.credits.additional_limit, '7.50');
+    assert.equal(await text(ap, '#c-subscription'), 'Subscribed');
+    await moneyIs(ap, '#c-available', after.credits.available, 'de');
+    await ap.getByLabel('Account', { exact: true }).selectOption(ACCOUNT);
+    await ap.waitForFunction((n) => document.getElementById('account-name').textContent === n, ov.name);
+    await openTab(ap, 'License');
   });
 
   await step('Release License frees an activation', async () => {
