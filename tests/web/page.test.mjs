@@ -202,6 +202,7 @@ try {
     }
     assert.equal(norm(await page.locator('#c-base data').textContent()), '$10.00', 'en format');
     await timeIs(page, '#c-reset', ov.next_credit_reset);
+    assert.equal(await page.locator('#c-next-limit-row').isHidden(), ov.credits.limit_from_next_period === undefined);
     assert.equal(await page.locator('#limit').isDisabled(), true, 'the limit form is disabled');
     assert.equal(await page.getByRole('button', { name: 'Review' }).isDisabled(), true);
   });
@@ -546,6 +547,7 @@ try {
     assert.equal(o2.credits.pending_unsubscribe, true);
     assert.match(await text(ap, '#c-subscription'), /^Unsubscribe pending/);
     await timeIs(ap, '#c-subscription', o2.next_credit_reset);
+    await moneyIs(ap, '#c-next-limit', o2.credits.limit_from_next_period, lang);
     assert.equal(await ap.getByRole('button', { name: 'Unsubscribe…' }).isDisabled(), true);
   });
 

@@ -361,6 +361,8 @@
     $('c-subscription').dataset.pending = String(!!c.pending_unsubscribe);
     put('c-base', moneyEl(c.base));
     put('c-limit', moneyEl(c.additional_limit));
+    show('c-next-limit-row', has(c, 'limit_from_next_period'));
+    if (has(c, 'limit_from_next_period')) put('c-next-limit', moneyEl(c.limit_from_next_period));
     put('c-used', moneyEl(c.used));
     put('c-additional-used', moneyEl(c.additional_used));
     put('c-available', moneyEl(c.available));
