@@ -11,7 +11,7 @@ mod license_routes;
 mod openapi;
 pub mod pan;
 mod routes;
-pub mod web;
+mod web;
 
 use std::sync::Arc;
 
