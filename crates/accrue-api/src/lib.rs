@@ -12,6 +12,7 @@ mod license_routes;
 mod openapi;
 pub mod pan;
 mod routes;
+mod web;
 
 use std::sync::Arc;
 
@@ -92,9 +93,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(list_sessions))
         .routes(routes!(put_license))
         .routes(routes!(license_key))
+        .routes(routes!(web::me::me))
         .split_for_parts();
     openapi::publish(&doc);
     router
+        // The page is not JSON API: beside the document, not in it.
+        .merge(web::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             license_routes::decorate_overview,
