@@ -65,7 +65,9 @@ async fn credit_notes_are_numbered_bounded_listed_and_rendered() {
         .admin(
             "POST",
             &path,
-            Some(json!({"reason": "x", "lines": [{"description": "too much", "amount": "130.01"}]})),
+            Some(
+                json!({"reason": "x", "lines": [{"description": "too much", "amount": "130.01"}]}),
+            ),
         )
         .await;
     assert_problem(&r, 409);
@@ -84,13 +86,22 @@ async fn credit_notes_are_numbered_bounded_listed_and_rendered() {
     assert_problem(&r, 404);
     let auditor = app.token("auditor", None).await;
     let r = app
-        .req("POST", &path, Some(&auditor), Some(json!({"reason": "x", "full": true})))
+        .req(
+            "POST",
+            &path,
+            Some(&auditor),
+            Some(json!({"reason": "x", "full": true})),
+        )
         .await;
     assert_problem(&r, 403);
 
     // The rest, in full: the invoice is credited and nothing is due.
     let r = app
-        .admin("POST", &path, Some(json!({"reason": "goodwill", "full": true})))
+        .admin(
+            "POST",
+            &path,
+            Some(json!({"reason": "goodwill", "full": true})),
+        )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["number"], "CN-2026-000002");
@@ -110,11 +121,16 @@ async fn credit_notes_are_numbered_bounded_listed_and_rendered() {
         .iter()
         .map(|i| (i["type"].as_str().unwrap(), i["number"].as_str().unwrap()))
         .collect();
-    assert!(kinds.contains(&("credit_note", "CN-2026-000002")), "{kinds:?}");
+    assert!(
+        kinds.contains(&("credit_note", "CN-2026-000002")),
+        "{kinds:?}"
+    );
     assert!(kinds.contains(&("invoice", OPENING)), "{kinds:?}");
 
     // The document, deterministic, and readable only by its account.
-    let cn = app.admin("GET", "/v1/credit-notes/CN-2026-000001", None).await;
+    let cn = app
+        .admin("GET", "/v1/credit-notes/CN-2026-000001", None)
+        .await;
     assert_eq!(cn.status, 200, "{:?}", cn.body);
     assert_eq!(cn.body["lines"][0]["amount"], "10.00");
     let pdf = app
@@ -125,7 +141,10 @@ async fn credit_notes_are_numbered_bounded_listed_and_rendered() {
     let again = app
         .admin("GET", "/v1/credit-notes/CN-2026-000001/pdf", None)
         .await;
-    assert_eq!(pdf.bytes, again.bytes, "a credit note renders byte-identically");
+    assert_eq!(
+        pdf.bytes, again.bytes,
+        "a credit note renders byte-identically"
+    );
     let text = pdftotext(&pdf.bytes);
     assert!(text.contains("CREDIT NOTE"), "{text}");
     assert!(text.contains(OPENING), "{text}");
@@ -171,7 +190,9 @@ async fn a_void_issues_a_full_credit_note() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["status"], "void");
     assert_eq!(r.body["credit_notes"], json!(["CN-2026-000001"]));
-    let cn = app.admin("GET", "/v1/credit-notes/CN-2026-000001", None).await;
+    let cn = app
+        .admin("GET", "/v1/credit-notes/CN-2026-000001", None)
+        .await;
     assert_eq!(cn.body["total"], "140.00");
     assert_eq!(cn.body["reason"], "opened by mistake");
 }
@@ -188,7 +209,11 @@ async fn refunds_are_bounded_by_what_was_paid_and_booked() {
         b
     };
     let r = app
-        .admin("POST", "/v1/payments", Some(pay("refunded", "re_0", Some("1.00"))))
+        .admin(
+            "POST",
+            "/v1/payments",
+            Some(pay("refunded", "re_0", Some("1.00"))),
+        )
         .await;
     assert_problem(&r, 409);
     let r = app
@@ -196,19 +221,31 @@ async fn refunds_are_bounded_by_what_was_paid_and_booked() {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let r = app
-        .admin("POST", "/v1/payments", Some(pay("refunded", "re_1", Some("40.00"))))
+        .admin(
+            "POST",
+            "/v1/payments",
+            Some(pay("refunded", "re_1", Some("40.00"))),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["refunded"], "40.00");
     // A redelivery changes nothing; more than is left is refused.
     let before = app.event_count().await;
     let r = app
-        .admin("POST", "/v1/payments", Some(pay("refunded", "re_1", Some("40.00"))))
+        .admin(
+            "POST",
+            "/v1/payments",
+            Some(pay("refunded", "re_1", Some("40.00"))),
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(app.event_count().await, before);
     let r = app
-        .admin("POST", "/v1/payments", Some(pay("refunded", "re_2", Some("100.01"))))
+        .admin(
+            "POST",
+            "/v1/payments",
+            Some(pay("refunded", "re_2", Some("100.01"))),
+        )
         .await;
     assert_problem(&r, 409);
     let r = app
@@ -278,7 +315,9 @@ async fn cancellations_give_credits_back_or_credit_the_next_close() {
             "POST",
             "/v1/usage/cancellations",
             Some(&ingest),
-            Some(cancel(json!([{"account_id": "acme", "id": "u1", "reason": "wrong meter"}]))),
+            Some(cancel(
+                json!([{"account_id": "acme", "id": "u1", "reason": "wrong meter"}]),
+            )),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -299,7 +338,11 @@ async fn cancellations_give_credits_back_or_credit_the_next_close() {
     assert_eq!(cn["invoice_number"], "INV-2026-000002");
     assert_eq!(cn["total"], "20.00");
     let full = app
-        .admin("GET", &format!("/v1/credit-notes/{}", cn["number"].as_str().unwrap()), None)
+        .admin(
+            "GET",
+            &format!("/v1/credit-notes/{}", cn["number"].as_str().unwrap()),
+            None,
+        )
         .await
         .body;
     assert_eq!(full["lines"][0]["usage_id"], "u1");
@@ -317,7 +360,12 @@ async fn the_upcoming_invoice_is_what_the_close_issues() {
     assert_eq!(up.status, 200, "{:?}", up.body);
     let own = app.token("account", Some("acme")).await;
     let mine = app
-        .req("GET", "/v1/accounts/acme/upcoming-invoice", Some(&own), None)
+        .req(
+            "GET",
+            "/v1/accounts/acme/upcoming-invoice",
+            Some(&own),
+            None,
+        )
         .await;
     assert_eq!(mine.body, up.body);
     let before = app.event_count().await;
@@ -340,17 +388,21 @@ async fn the_upcoming_invoice_is_what_the_close_issues() {
 async fn dunning_retries_suspends_and_reinstates() {
     let app = spawn_app("2026-01-15T00:00:00Z").await;
     app.create("acme", "0.00", Some("10.00")).await;
-    let fail = |reference: &str| {
-        json!({"invoice_number": OPENING, "outcome": "failed", "reference": reference, "failure_reason": "card declined"})
-    };
+    let fail = |reference: &str| json!({"invoice_number": OPENING, "outcome": "failed", "reference": reference, "failure_reason": "card declined"});
     let r = app.admin("POST", "/v1/payments", Some(fail("ch_1"))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let o = app.overview("acme").await;
     assert_eq!(o["payment"]["status"], "failed");
     assert_eq!(o["payment"]["dunning"]["invoice"], OPENING);
     assert_eq!(o["payment"]["dunning"]["attempt"], 2);
-    assert_eq!(o["payment"]["dunning"]["next_retry_at"], "2026-01-16T00:00:00Z");
-    assert_eq!(o["payment"]["dunning"]["suspends_at"], "2026-01-29T00:00:00Z");
+    assert_eq!(
+        o["payment"]["dunning"]["next_retry_at"],
+        "2026-01-16T00:00:00Z"
+    );
+    assert_eq!(
+        o["payment"]["dunning"]["suspends_at"],
+        "2026-01-29T00:00:00Z"
+    );
     // Nothing due yet; a day later the first retry is.
     let due = app.admin("GET", "/v1/dunning", None).await;
     assert_eq!(due.status, 200, "{:?}", due.body);
@@ -377,7 +429,11 @@ async fn dunning_retries_suspends_and_reinstates() {
     let r = app
         .usage(json!([{"id": "s1", "account_id": "acme", "amount": "1.00"}]))
         .await;
-    assert_eq!(r.body["results"][0]["reason"], "license_suspended", "{:?}", r.body);
+    assert_eq!(
+        r.body["results"][0]["reason"], "license_suspended",
+        "{:?}",
+        r.body
+    );
 
     // Paid: reinstated, usage accepted again.
     let r = app
@@ -408,7 +464,11 @@ async fn dunning_retries_suspends_and_reinstates() {
         .map(|e| e["type"].as_str().unwrap())
         .collect();
     for t in ["DunningStarted", "LicenseSuspended", "LicenseReinstated"] {
-        assert_eq!(types.iter().filter(|x| **x == t).count(), 1, "{t} in {types:?}");
+        assert_eq!(
+            types.iter().filter(|x| **x == t).count(),
+            1,
+            "{t} in {types:?}"
+        );
     }
 }
 
@@ -435,7 +495,9 @@ async fn a_downgrade_that_closes_below_zero_gives_a_credit_note() {
         .body;
     let items = list["invoices"].as_array().unwrap();
     assert!(
-        items.iter().all(|i| !i["total"].as_str().unwrap().starts_with('-')),
+        items
+            .iter()
+            .all(|i| !i["total"].as_str().unwrap().starts_with('-')),
         "no negative document: {list}"
     );
     let cn = items

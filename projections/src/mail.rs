@@ -217,9 +217,11 @@ pub fn mail_for(
                 ("reason", p.reason.clone()),
             ]);
             // The dunning reminder: the next retry and the suspension date.
-            let case = account
-                .corrections()
-                .and_then(|c| c.dunning.iter().find(|d| d.invoice_number == p.invoice_number));
+            let case = account.corrections().and_then(|c| {
+                c.dunning
+                    .iter()
+                    .find(|d| d.invoice_number == p.invoice_number)
+            });
             let body = match case {
                 Some(d) => {
                     vars.push(("suspend", day(d.suspends_at)));

@@ -216,8 +216,7 @@ impl Doc {
                 ),
                 "AI credits are billed in arrears (usage beyond the included base credits);"
                     .to_string(),
-                "seats and add-ons are billed in advance for the subscription period."
-                    .to_string(),
+                "seats and add-ons are billed in advance for the subscription period.".to_string(),
             ],
         }
     }

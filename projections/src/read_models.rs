@@ -184,9 +184,9 @@ impl ReadModels {
         let state = self.accounts.get_mut(account).expect("just ensured");
         state.apply(event);
         let st = &**state;
-        for (dr, cr, amount) in crate::postings::entries(event, |n| {
-            st.invoices.get(n).map(|i| i.total - i.credited)
-        }) {
+        for (dr, cr, amount) in
+            crate::postings::entries(event, |n| st.invoices.get(n).map(|i| i.total - i.credited))
+        {
             self.postings
                 .push(Posting::new(position, recorded_at, dr, cr, amount));
         }

@@ -3,9 +3,8 @@
 
 use accrue_core::events::{LedgerEvent, Plan};
 use accrue_core::{
-    PaymentOutcome,
     decide, AccountState, BillingFrequency, Command, Context, InvoiceStatus, OpenAccount,
-    UsageInput,
+    PaymentOutcome, UsageInput,
 };
 use accrue_projections::postings::trial_balance;
 use accrue_projections::ReadModels;

@@ -16,9 +16,7 @@ use crate::auth::{Principal, Role};
 use crate::dto::{Money, PeriodDto};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Body, P};
-use crate::routes::{
-    blocking, check_line, check_text, parse_account_id, ADMIN, READERS,
-};
+use crate::routes::{blocking, check_line, check_text, parse_account_id, ADMIN, READERS};
 use crate::AppState;
 
 const CANCELLERS: &[Role] = &[Role::Admin, Role::Ingest];
@@ -236,9 +234,13 @@ pub async fn get_credit_note(
     let rec = credit_note_for(&st, &p, &number)?;
     let ledger = st.ledger.clone();
     blocking(move || {
-        ledger
-            .credit_note(&rec)
-            .map(|cn| Json(credit_note_dto(&rec.account_id, &cn, rec.pdf_sha256.clone())))
+        ledger.credit_note(&rec).map(|cn| {
+            Json(credit_note_dto(
+                &rec.account_id,
+                &cn,
+                rec.pdf_sha256.clone(),
+            ))
+        })
     })
     .await
 }

@@ -1,8 +1,8 @@
 //! accrue-api: the only crate that knows HTTP and the JSON wire format.
 
 mod anchor_routes;
-pub mod corrections_routes;
 pub mod auth;
+pub mod corrections_routes;
 pub mod dto;
 pub mod error;
 pub mod extract;

@@ -365,7 +365,10 @@ pub(crate) fn void_invoice(
             ctx.now,
         )));
     }
-    events.push(AccountEvent::InvoiceVoided(InvoiceVoided { number, reason }));
+    events.push(AccountEvent::InvoiceVoided(InvoiceVoided {
+        number,
+        reason,
+    }));
     Ok(with_reinstatement(state, events, ctx.now))
 }
 
@@ -390,11 +393,10 @@ pub(crate) fn cancel_usage(
         // The invoice that billed the usage's credit period: it charged
         // `max(0, used − base)`, so cancelling credits at most what is left
         // of that charge.
-        match state
-            .invoices
-            .iter()
-            .find(|(_, i)| i.credit_period.is_some_and(|p| p.contains(usage.occurred_at)))
-        {
+        match state.invoices.iter().find(|(_, i)| {
+            i.credit_period
+                .is_some_and(|p| p.contains(usage.occurred_at))
+        }) {
             Some((n, i)) => {
                 let left = (i.usage_charge - i.usage_credited).max(Decimal::ZERO);
                 let mut credit = round_cents(usage.amount.min(left));

@@ -22,7 +22,8 @@ pub use correction::{DunningPolicy, PaymentOutcome};
 pub use error::DomainError;
 pub use events::{
     AccountEvent, InvoiceLine, InvoiceStatus, LedgerEvent, LineKind, Plan, CLOCK_STREAM,
-    CREDIT_NOTE_SEQUENCE_STREAM, INVOICE_SEQUENCE_STREAM, MAIL_STREAM, SCHEMA_VERSION, TOKENS_STREAM,
+    CREDIT_NOTE_SEQUENCE_STREAM, INVOICE_SEQUENCE_STREAM, MAIL_STREAM, SCHEMA_VERSION,
+    TOKENS_STREAM,
 };
 pub use money::{parse_money, round_cents, Money, MoneyError, MAX_LIMIT_USD};
 pub use period::{add_months, period_containing, BillingFrequency, Period};

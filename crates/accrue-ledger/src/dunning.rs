@@ -100,7 +100,11 @@ impl Writer {
     /// Completes a command with what only the writer knows: the usage
     /// event a cancellation names. A store error answers 503 with nothing
     /// decided, never "unknown".
-    pub(super) fn resolve(&mut self, account: &str, command: Command) -> Result<Command, LedgerError> {
+    pub(super) fn resolve(
+        &mut self,
+        account: &str,
+        command: Command,
+    ) -> Result<Command, LedgerError> {
         let Command::CancelUsage {
             usage_id,
             reason,

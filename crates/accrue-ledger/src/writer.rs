@@ -1062,8 +1062,9 @@ impl Writer {
             let found = match self.shared.store.read_at(pos)? {
                 None => None,
                 Some(rec) => {
-                    let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload)
-                        .map_err(|e| StoreError::Corrupt(format!("event at position {pos}: {e}")))?;
+                    let e = LedgerEvent::decode(&rec.type_name, rec.schema, &rec.payload).map_err(
+                        |e| StoreError::Corrupt(format!("event at position {pos}: {e}")),
+                    )?;
                     Some((rec.stream, e))
                 }
             };

@@ -94,6 +94,12 @@ enum Cmd {
         /// Release an activation that has not synced for this many days (0: never).
         #[arg(long, default_value_t = 14)]
         release_after_days: u32,
+        /// Payment retries after a first failure, in days (ascending), e.g. `1,3,7`.
+        #[arg(long, default_value = "1,3,7", value_parser = parse_days)]
+        dunning: Days,
+        /// Days after the first failed payment before the license is suspended.
+        #[arg(long, default_value_t = 14)]
+        grace_days: u32,
     },
     /// A whole month for a few accounts on a fresh embedded store: PDFs written, a summary printed.
     Demo {
@@ -264,8 +270,11 @@ fn main() -> anyhow::Result<()> {
             clock,
             smtp,
             release_after_days,
+            dunning,
+            grace_days,
         } => {
             accrue_ledger::set_release_after_days(release_after_days);
+            accrue_ledger::set_dunning_policy(dunning.0, grace_days);
             serve(store, listen, clock, smtp)
         }
         Cmd::Keys {
@@ -517,4 +526,27 @@ fn verify(args: &StoreArgs, anchor: Option<&std::path::Path>) -> anyhow::Result<
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// `--dunning 1,3,7`: retry days after the first failure.
+#[derive(Debug, Clone)]
+struct Days(Vec<u32>);
+
+fn parse_days(s: &str) -> Result<Days, String> {
+    let days: Vec<u32> = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{p:?} is not a number of days"))
+        })
+        .collect::<Result<_, _>>()?;
+    if days.windows(2).any(|w| w[0] >= w[1]) || days.iter().any(|d| *d == 0 || *d > 365) {
+        return Err("retry days must ascend, each 1..=365 (e.g. 1,3,7)".into());
+    }
+    if days.len() > 16 {
+        return Err("at most 16 retries".into());
+    }
+    Ok(Days(days))
 }

@@ -901,7 +901,10 @@ fn close_period(
 
 /// The lines a close of `period` issues, and the billing period it starts
 /// (if it starts one). Shared by the close and the upcoming invoice.
-pub(crate) fn close_lines(state: &AccountState, period: Period) -> (Vec<InvoiceLine>, Option<Period>) {
+pub(crate) fn close_lines(
+    state: &AccountState,
+    period: Period,
+) -> (Vec<InvoiceLine>, Option<Period>) {
     let info = state.info.as_ref().expect("open");
     let billing = state.billing_period.expect("open");
     let next_billing_period = (billing.end <= period.end).then(|| {

@@ -631,16 +631,25 @@ fn dunning_retries_then_suspends_and_a_payment_reinstates() {
     assert_eq!(d.suspends_at, at("2026-01-29T00:00:00Z"));
     let g = g.and(fail("ch_1"), T0);
     let case = g.0.dunning().unwrap();
-    assert_eq!((case.attempt(), case.next_retry_at()), (2, Some(d.retries[0])));
+    assert_eq!(
+        (case.attempt(), case.next_retry_at()),
+        (2, Some(d.retries[0]))
+    );
     // A second failure counts, it does not start again.
     let g = g.and(fail("ch_2"), "2026-01-16T00:00:00Z");
     assert_eq!(g.0.dunning().unwrap().attempt(), 3);
     assert_eq!(g.0.dunning().unwrap().next_retry_at(), Some(d.retries[1]));
-    assert_eq!(g.when(Command::SuspendDue, "2026-01-28T23:59:59Z"), Ok(vec![]));
+    assert_eq!(
+        g.when(Command::SuspendDue, "2026-01-28T23:59:59Z"),
+        Ok(vec![])
+    );
     let g = g.and(Command::SuspendDue, "2026-01-29T00:00:00Z");
     assert!(g.0.suspended());
     assert_eq!(
-        g.when(usage("u1", dec!(1), "2026-01-29T00:00:00Z"), "2026-01-29T00:00:00Z"),
+        g.when(
+            usage("u1", dec!(1), "2026-01-29T00:00:00Z"),
+            "2026-01-29T00:00:00Z"
+        ),
         Err(DomainError::LicenseSuspended)
     );
     let paid = g
@@ -653,7 +662,10 @@ fn dunning_retries_then_suspends_and_a_payment_reinstates() {
             "2026-01-30T00:00:00Z",
         )
         .unwrap();
-    assert!(matches!(paid.last(), Some(AccountEvent::LicenseReinstated(_))));
+    assert!(matches!(
+        paid.last(),
+        Some(AccountEvent::LicenseReinstated(_))
+    ));
 }
 
 #[test]
@@ -665,19 +677,34 @@ fn refunds_are_bounded_by_what_was_paid() {
     };
     let g = Given::opened(dec!(0), None, T0);
     assert!(matches!(
-        g.when(pay("re_0", PaymentOutcome::Refunded { amount: dec!(1) }), T0),
+        g.when(
+            pay("re_0", PaymentOutcome::Refunded { amount: dec!(1) }),
+            T0
+        ),
         Err(DomainError::ExceedsPayment { .. })
     ));
-    let g = g
-        .and(pay("ch_1", PaymentOutcome::Succeeded), T0)
-        .and(pay("re_1", PaymentOutcome::Refunded { amount: dec!(40) }), T0);
+    let g = g.and(pay("ch_1", PaymentOutcome::Succeeded), T0).and(
+        pay("re_1", PaymentOutcome::Refunded { amount: dec!(40) }),
+        T0,
+    );
     assert_eq!(invoice(&g).refunded, dec!(40));
     assert_eq!(
-        g.when(pay("re_1", PaymentOutcome::Refunded { amount: dec!(40) }), T0),
+        g.when(
+            pay("re_1", PaymentOutcome::Refunded { amount: dec!(40) }),
+            T0
+        ),
         Ok(vec![])
     );
     assert!(matches!(
-        g.when(pay("re_2", PaymentOutcome::Refunded { amount: dec!(50.01) }), T0),
+        g.when(
+            pay(
+                "re_2",
+                PaymentOutcome::Refunded {
+                    amount: dec!(50.01)
+                }
+            ),
+            T0
+        ),
         Err(DomainError::ExceedsPayment { .. })
     ));
 }
@@ -742,7 +769,9 @@ fn a_cancellation_in_an_invoiced_period_is_credited_on_the_next_close() {
     // Charged 30 − 10 base = 20; cancelling the 30 credits the 20.
     let found = consumed(&g, "u1");
     let g = g.and(cancel("u1", found), "2026-02-16T00:00:00Z");
-    let evs = g.when(close("INV-2026-000003"), "2026-03-15T00:00:00Z").unwrap();
+    let evs = g
+        .when(close("INV-2026-000003"), "2026-03-15T00:00:00Z")
+        .unwrap();
     let cn = evs
         .iter()
         .find_map(|e| match e {
@@ -772,7 +801,9 @@ fn a_close_below_zero_issues_a_credit_note_not_a_negative_invoice() {
             "2026-02-15T00:00:00Z",
         )
         .unwrap();
-    assert!(!evs.iter().any(|e| matches!(e, AccountEvent::InvoiceIssued(_))));
+    assert!(!evs
+        .iter()
+        .any(|e| matches!(e, AccountEvent::InvoiceIssued(_))));
     let cn = evs
         .iter()
         .find_map(|e| match e {
