@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod guard;
 mod health;
+pub mod integrations_routes;
 mod license_routes;
 mod openapi;
 pub mod pan;
@@ -46,6 +47,7 @@ pub fn parse_usage_line(line: &str) -> Result<accrue_ledger::UsageItem, String> 
 pub fn router(state: AppState) -> Router {
     use anchor_routes::*;
     use corrections_routes::*;
+    use integrations_routes::*;
     use license_routes::*;
     use openapi::*;
     use routes::*;
@@ -78,6 +80,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(cancel_usage))
         .routes(routes!(upcoming_invoice))
         .routes(routes!(list_dunning))
+        .routes(routes!(post_cloudevents))
+        .routes(routes!(stripe_webhook))
         .routes(routes!(audit_verify, verify_anchor))
         .routes(routes!(get_anchor))
         .routes(routes!(trial_balance))

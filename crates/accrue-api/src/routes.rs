@@ -958,7 +958,7 @@ pub async fn post_usage(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn usage_response(
+pub(crate) fn usage_response(
     outcomes: Vec<UsageOutcome>,
     ids: Vec<Option<String>>,
     role: Role,

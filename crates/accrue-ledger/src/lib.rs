@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod clock;
+pub mod hmac;
 pub mod idempotency;
 pub mod idle;
 pub mod keys;

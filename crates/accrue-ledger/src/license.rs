@@ -16,7 +16,7 @@ use accrue_store::EventStore;
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::Decimal;
-use sha2::{Digest, Sha256};
+
 use tokio::sync::oneshot;
 
 use super::{Reply, Writer};
@@ -296,19 +296,7 @@ impl Writer {
 
 /// HMAC-SHA-256 (RFC 2104), for server tokens.
 fn hmac(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    k[..32].copy_from_slice(key);
-    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new()
-        .chain_update(&ipad)
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(&opad)
-        .chain_update(inner)
-        .finalize()
-        .into()
+    crate::hmac::hmac_sha256(key, msg)
 }
 
 fn money(d: Decimal) -> String {
