@@ -113,6 +113,20 @@ pub struct ReadModels {
     pub credit_notes: HashMap<String, Box<CreditNoteRecord>>,
     /// Accounts with an invoice in dunning (`GET /v1/dunning`).
     pub in_dunning: std::collections::BTreeSet<String>,
+    /// Outgoing webhook endpoints by id, in registration order of ids.
+    pub webhook_endpoints: std::collections::BTreeMap<String, WebhookEndpoint>,
+}
+
+/// An outgoing webhook endpoint as registered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub registered_at: DateTime<Utc>,
+    /// The global position of its registration: it receives events after it.
+    pub position: u64,
+    pub disabled: Option<accrue_core::events::WebhookEndpointDisabled>,
 }
 
 /// What the read models keep of a credit note; its lines stay in the log
@@ -164,6 +178,29 @@ impl ReadModels {
         if let LedgerEvent::TokenIssued(t) = event {
             self.tokens.insert(t.token_hash.clone());
             return;
+        }
+        match event {
+            LedgerEvent::WebhookEndpointRegistered(w) => {
+                self.webhook_endpoints.insert(
+                    w.id.clone(),
+                    WebhookEndpoint {
+                        id: w.id.clone(),
+                        url: w.url.clone(),
+                        events: w.events.clone(),
+                        registered_at: w.registered_at,
+                        position,
+                        disabled: None,
+                    },
+                );
+                return;
+            }
+            LedgerEvent::WebhookEndpointDisabled(d) => {
+                if let Some(w) = self.webhook_endpoints.get_mut(&d.id) {
+                    w.disabled = Some(d.clone());
+                }
+                return;
+            }
+            _ => {}
         }
         if let LedgerEvent::MailBounced(b) = event {
             self.mail_bounces

@@ -14,6 +14,7 @@ mod openapi;
 pub mod pan;
 mod routes;
 mod web;
+pub mod webhooks_routes;
 
 use std::sync::Arc;
 
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
     use license_routes::*;
     use openapi::*;
     use routes::*;
+    use webhooks_routes::*;
     license_routes::install(&state);
     use utoipa::OpenApi;
     use utoipa_axum::router::OpenApiRouter;
@@ -82,6 +84,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(list_dunning))
         .routes(routes!(post_cloudevents))
         .routes(routes!(stripe_webhook))
+        .routes(routes!(create_endpoint, list_endpoints))
+        .routes(routes!(list_deliveries))
         .routes(routes!(audit_verify, verify_anchor))
         .routes(routes!(get_anchor))
         .routes(routes!(trial_balance))

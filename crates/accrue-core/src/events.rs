@@ -485,6 +485,28 @@ pub struct MailBounced {
     pub reason: String,
 }
 
+/// An outgoing webhook endpoint was registered (SPEC §11). Its signing
+/// secret is derived from a server secret, never stored in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEndpointRegistered {
+    pub id: String,
+    pub url: String,
+    /// The event types it receives (`invoice.issued`, …).
+    pub events: Vec<String>,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// An endpoint failed every delivery for 3 days and receives no more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEndpointDisabled {
+    pub id: String,
+    pub reason: String,
+    pub disabled_at: DateTime<Utc>,
+}
+
+/// The stream that holds the outgoing webhook endpoints.
+pub const WEBHOOKS_STREAM: &str = "webhooks";
+
 /// The stream that holds bounced mails.
 pub const MAIL_STREAM: &str = "mail";
 
@@ -510,6 +532,8 @@ pub enum LedgerEvent {
     ClockAdvanced(ClockAdvanced),
     TokenIssued(TokenIssued),
     MailBounced(MailBounced),
+    WebhookEndpointRegistered(WebhookEndpointRegistered),
+    WebhookEndpointDisabled(WebhookEndpointDisabled),
 }
 
 impl LedgerEvent {
@@ -534,6 +558,12 @@ impl LedgerEvent {
             "MailBounced" => serde_json::from_slice(payload)
                 .map(LedgerEvent::MailBounced)
                 .map_err(bad),
+            "WebhookEndpointRegistered" => serde_json::from_slice(payload)
+                .map(LedgerEvent::WebhookEndpointRegistered)
+                .map_err(bad),
+            "WebhookEndpointDisabled" => serde_json::from_slice(payload)
+                .map(LedgerEvent::WebhookEndpointDisabled)
+                .map_err(bad),
             _ => AccountEvent::decode(type_name, schema, payload).map(LedgerEvent::Account),
         }
     }
@@ -545,6 +575,8 @@ impl LedgerEvent {
             LedgerEvent::ClockAdvanced(_) => "ClockAdvanced",
             LedgerEvent::TokenIssued(_) => "TokenIssued",
             LedgerEvent::MailBounced(_) => "MailBounced",
+            LedgerEvent::WebhookEndpointRegistered(_) => "WebhookEndpointRegistered",
+            LedgerEvent::WebhookEndpointDisabled(_) => "WebhookEndpointDisabled",
         }
     }
     pub fn encode_payload(&self) -> Vec<u8> {
@@ -557,6 +589,10 @@ impl LedgerEvent {
             LedgerEvent::ClockAdvanced(e) => serde_json::to_vec(e).expect("serialisable"),
             LedgerEvent::TokenIssued(e) => serde_json::to_vec(e).expect("serialisable"),
             LedgerEvent::MailBounced(e) => serde_json::to_vec(e).expect("serialisable"),
+            LedgerEvent::WebhookEndpointRegistered(e) => {
+                serde_json::to_vec(e).expect("serialisable")
+            }
+            LedgerEvent::WebhookEndpointDisabled(e) => serde_json::to_vec(e).expect("serialisable"),
         }
     }
 }

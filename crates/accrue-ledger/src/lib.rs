@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod priority;
 pub mod projectors;
 mod replay;
+pub mod webhooks;
 mod writer;
 
 use std::sync::Arc;
@@ -471,6 +472,9 @@ fn fact_stream(e: &LedgerEvent) -> Result<&'static str, LedgerError> {
     match e {
         LedgerEvent::TokenIssued(_) => Ok(accrue_core::TOKENS_STREAM),
         LedgerEvent::MailBounced(_) => Ok(accrue_core::MAIL_STREAM),
+        LedgerEvent::WebhookEndpointRegistered(_) | LedgerEvent::WebhookEndpointDisabled(_) => {
+            Ok(accrue_core::events::WEBHOOKS_STREAM)
+        }
         other => Err(LedgerError::Domain(DomainError::Invalid(format!(
             "{} is not recorded on its own",
             other.type_name()

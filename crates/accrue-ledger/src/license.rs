@@ -458,6 +458,14 @@ impl Ledger {
     /// The bearer token of an activation: derived (HMAC), so the same
     /// activation always gets the same token and nothing secret is stored
     /// in the log.
+    /// The signing secret of an outgoing webhook endpoint, derived from the
+    /// server secret (so none is stored in the log).
+    pub fn webhook_secret(&self, endpoint_id: &str) -> String {
+        let msg = format!("webhook-endpoint.{endpoint_id}");
+        let mac = hmac(&self.shared.license.token_secret, msg.as_bytes());
+        format!("whsec_{}", hex::encode(mac))
+    }
+
     pub fn server_token(&self, account_id: &str, activation_id: &str) -> String {
         let msg = format!("{account_id}.{activation_id}");
         let mac = hmac(&self.shared.license.token_secret, msg.as_bytes());

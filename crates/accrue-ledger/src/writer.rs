@@ -221,7 +221,9 @@ impl State {
             }
             LedgerEvent::ClockAdvanced(_)
             | LedgerEvent::TokenIssued(_)
-            | LedgerEvent::MailBounced(_) => {}
+            | LedgerEvent::MailBounced(_)
+            | LedgerEvent::WebhookEndpointRegistered(_)
+            | LedgerEvent::WebhookEndpointDisabled(_) => {}
         }
     }
 

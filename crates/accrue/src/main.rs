@@ -374,6 +374,7 @@ fn serve(
         .unwrap_or_else(|_| "accrue Billing <billing@accrue.example>".to_string());
     let mailer =
         accrue_ledger::projectors::spawn_mailer(ledger.clone(), transport, from, stop.clone())?;
+    let webhooks = accrue_ledger::webhooks::spawn_webhooks(ledger.clone(), stop.clone())?;
     let state = AppState {
         ledger: ledger.clone(),
         tokens: Arc::new(tokens),
@@ -413,6 +414,7 @@ fn serve(
     stop.store(true, Ordering::Relaxed);
     let _ = pdf.join();
     let _ = mailer.join();
+    let _ = webhooks.join();
     let _ = anchors.join();
     ledger.shutdown();
     if let Some(reason) = fault {
