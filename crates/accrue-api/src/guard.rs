@@ -783,7 +783,10 @@ mod tests {
             .collect();
         let body = format!("{{{}}}", many.join(","));
         assert!(scan_json(body.as_bytes()).is_ok());
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Linear: about 20 MB scanned in well under a second optimised; a
+        // quadratic scan would take hours. The bound is loose so a debug
+        // build on a busy machine passes (this is not a benchmark).
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     }
 
     #[test]
