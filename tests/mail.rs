@@ -328,4 +328,40 @@ fn one_bouncing_address_never_holds_up_the_others() {
         a.metric("accrue_projector_lag_events{projector=\"mailer\"}"),
         0
     );
+    // Support sees the bounce on the overview ...
+    let (_, o) = a.call("GET", "/v1/accounts/bouncy", Value::Null);
+    assert_eq!(o["mail_bounces"][0]["to"], "bounce@bouncy.test", "{o}");
+    assert_eq!(o["mail_bounces"][0]["kind"], "invoice_issued", "{o}");
+    assert_eq!(o["mail_bounces"][0]["resent"], false, "{o}");
+    // ... and once the address is corrected, the mail goes out again, once.
+    let (s, b) = a.call(
+        "PATCH",
+        "/v1/accounts/bouncy",
+        json!({"billing_email": "billing@bouncy.test"}),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert!(a.mailer_caught_up(Duration::from_secs(30)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count(&mails(&smtp.maildir), "To: billing@bouncy.test") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bounced mail was not resent"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, o) = a.call("GET", "/v1/accounts/bouncy", Value::Null);
+    assert_eq!(o["mail_bounces"][0]["resent"], true, "{o}");
+    let (s, _) = a.call(
+        "PATCH",
+        "/v1/accounts/bouncy",
+        json!({"name": "Bouncy GmbH"}),
+    );
+    assert_eq!(s, 200);
+    assert!(a.mailer_caught_up(Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&mails(&smtp.maildir), "To: billing@bouncy.test"),
+        1,
+        "resent once"
+    );
 }

@@ -113,6 +113,8 @@ pub struct ReadModels {
     pub credit_notes: HashMap<String, Box<CreditNoteRecord>>,
     /// Accounts with an invoice in dunning (`GET /v1/dunning`).
     pub in_dunning: std::collections::BTreeSet<String>,
+    /// Causes (global positions) whose bounced mail was sent again.
+    pub mails_resent: std::collections::HashSet<u64>,
     /// Outgoing webhook endpoints by id, in registration order of ids.
     pub webhook_endpoints: std::collections::BTreeMap<String, WebhookEndpoint>,
 }
@@ -201,6 +203,10 @@ impl ReadModels {
                 return;
             }
             _ => {}
+        }
+        if let LedgerEvent::MailResent(m) = event {
+            self.mails_resent.insert(m.cause_position);
+            return;
         }
         if let LedgerEvent::MailBounced(b) = event {
             self.mail_bounces

@@ -312,8 +312,23 @@ pub struct Overview {
     pub plan: PlanView,
     pub seats: SeatsView,
     pub payment: PaymentView,
+    /// Mails the relay refused for good (SPEC §4 alerts): support sees
+    /// them; a corrected billing email gets them again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mail_bounces: Vec<BounceView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_of: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BounceView {
+    pub kind: String,
+    pub to: String,
+    pub reason: String,
+    /// The global position of the event whose mail bounced.
+    pub cause_position: u64,
+    /// Sent again since, to a corrected address.
+    pub resent: bool,
 }
 
 fn seat(licensed: u32, in_use: u32) -> SeatCount {
@@ -390,6 +405,7 @@ pub fn overview(s: &AccountState, as_of: Option<DateTime<Utc>>) -> Option<Overvi
             }),
             suspended: s.suspended(),
         },
+        mail_bounces: Vec::new(),
         as_of,
     })
 }

@@ -84,10 +84,25 @@ pub(crate) fn parse_account_id(id: &str) -> ApiResult<AccountId> {
 
 pub(crate) fn live_overview(st: &AppState, id: &str) -> ApiResult<Overview> {
     let read = st.ledger.read();
-    read.accounts
+    let mut o = read
+        .accounts
         .get(id)
         .and_then(|s| overview(s, None))
-        .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))
+        .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))?;
+    if let Some(bounces) = read.mail_bounces.get(id) {
+        let email = o.billing_email.clone();
+        o.mail_bounces = bounces
+            .iter()
+            .map(|b| crate::dto::BounceView {
+                kind: b.kind.clone(),
+                to: b.to.clone(),
+                reason: b.reason.clone(),
+                cause_position: b.cause_position,
+                resent: read.mails_resent.contains(&b.cause_position) && b.to != email,
+            })
+            .collect();
+    }
+    Ok(o)
 }
 
 /// An optional `as_of`: well-formed and not after the ledger's clock.

@@ -485,6 +485,17 @@ pub struct MailBounced {
     pub reason: String,
 }
 
+/// A bounced mail was sent again after the account's address was
+/// corrected (at most once per bounced mail).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MailResent {
+    pub account_id: String,
+    /// The global position of the event whose mail bounced.
+    pub cause_position: u64,
+    pub kind: String,
+    pub to: String,
+}
+
 /// An outgoing webhook endpoint was registered (SPEC §11). Its signing
 /// secret is derived from a server secret, never stored in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -532,6 +543,7 @@ pub enum LedgerEvent {
     ClockAdvanced(ClockAdvanced),
     TokenIssued(TokenIssued),
     MailBounced(MailBounced),
+    MailResent(MailResent),
     WebhookEndpointRegistered(WebhookEndpointRegistered),
     WebhookEndpointDisabled(WebhookEndpointDisabled),
 }
@@ -558,6 +570,9 @@ impl LedgerEvent {
             "MailBounced" => serde_json::from_slice(payload)
                 .map(LedgerEvent::MailBounced)
                 .map_err(bad),
+            "MailResent" => serde_json::from_slice(payload)
+                .map(LedgerEvent::MailResent)
+                .map_err(bad),
             "WebhookEndpointRegistered" => serde_json::from_slice(payload)
                 .map(LedgerEvent::WebhookEndpointRegistered)
                 .map_err(bad),
@@ -575,6 +590,7 @@ impl LedgerEvent {
             LedgerEvent::ClockAdvanced(_) => "ClockAdvanced",
             LedgerEvent::TokenIssued(_) => "TokenIssued",
             LedgerEvent::MailBounced(_) => "MailBounced",
+            LedgerEvent::MailResent(_) => "MailResent",
             LedgerEvent::WebhookEndpointRegistered(_) => "WebhookEndpointRegistered",
             LedgerEvent::WebhookEndpointDisabled(_) => "WebhookEndpointDisabled",
         }
@@ -589,6 +605,7 @@ impl LedgerEvent {
             LedgerEvent::ClockAdvanced(e) => serde_json::to_vec(e).expect("serialisable"),
             LedgerEvent::TokenIssued(e) => serde_json::to_vec(e).expect("serialisable"),
             LedgerEvent::MailBounced(e) => serde_json::to_vec(e).expect("serialisable"),
+            LedgerEvent::MailResent(e) => serde_json::to_vec(e).expect("serialisable"),
             LedgerEvent::WebhookEndpointRegistered(e) => {
                 serde_json::to_vec(e).expect("serialisable")
             }

@@ -471,7 +471,7 @@ impl Ledger {
 fn fact_stream(e: &LedgerEvent) -> Result<&'static str, LedgerError> {
     match e {
         LedgerEvent::TokenIssued(_) => Ok(accrue_core::TOKENS_STREAM),
-        LedgerEvent::MailBounced(_) => Ok(accrue_core::MAIL_STREAM),
+        LedgerEvent::MailBounced(_) | LedgerEvent::MailResent(_) => Ok(accrue_core::MAIL_STREAM),
         LedgerEvent::WebhookEndpointRegistered(_) | LedgerEvent::WebhookEndpointDisabled(_) => {
             Ok(accrue_core::events::WEBHOOKS_STREAM)
         }

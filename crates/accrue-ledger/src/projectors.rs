@@ -240,6 +240,16 @@ pub fn spawn_mailer(
             let Some(state) = ledger.read().accounts.get(account).cloned() else {
                 return Ok(());
             };
+            // A corrected address: the mails that bounced go out again.
+            let corrected = match event {
+                AccountEvent::AccountDetailsChanged(d) => d.billing_email.is_some(),
+                AccountEvent::PaymentMethodReplaced(_) => true,
+                _ => false,
+            };
+            if corrected {
+                resend_bounced(ledger, account, &state, &transport, &from)?;
+                return Ok(());
+            }
             let Some(mail) = accrue_projections::mail::mail_for(event, &state, |i| {
                 accrue_projections::pdf::render(i).ok()
             }) else {
@@ -299,6 +309,88 @@ pub fn spawn_mailer(
     )
 }
 
+/// Sends again, to the account's current address, every mail of the
+/// account that bounced to another address and was not sent again yet;
+/// each resend is a `MailResent` fact (at most once per bounced mail).
+fn resend_bounced(
+    ledger: &Ledger,
+    account: &str,
+    state: &accrue_core::AccountState,
+    transport: &accrue_projections::mail::MailTransport,
+    from: &str,
+) -> Result<(), EffectError> {
+    let bounces = {
+        let read = ledger.read();
+        read.mail_bounces
+            .get(account)
+            .map(|b| {
+                b.iter()
+                    .filter(|b| !read.mails_resent.contains(&b.cause_position))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let store = ledger.store();
+    for b in bounces {
+        let key = format!("mail-resent:{}", b.cause_position);
+        if store.meta_get(&key)?.is_some() {
+            continue;
+        }
+        let Some(cause) = store.read_at(b.cause_position)? else {
+            continue;
+        };
+        let Ok(LedgerEvent::Account(event)) =
+            LedgerEvent::decode(&cause.type_name, cause.schema, &cause.payload)
+        else {
+            continue;
+        };
+        let Some(mail) = accrue_projections::mail::mail_for(&event, state, |i| {
+            accrue_projections::pdf::render(i).ok()
+        }) else {
+            continue;
+        };
+        if mail.to == b.to {
+            continue;
+        }
+        let sent = accrue_projections::mail::build(
+            &mail,
+            from,
+            &format!("<{}.resent@accrue>", b.cause_position),
+            cause.occurred_at,
+        )
+        .and_then(|msg| {
+            transport.send(
+                &msg,
+                &format!("{:012}-{}-resent", b.cause_position, mail.kind),
+            )
+        });
+        match sent {
+            Ok(()) => {
+                ledger.record_blocking(LedgerEvent::MailResent(
+                    accrue_core::events::MailResent {
+                        account_id: account.to_string(),
+                        cause_position: b.cause_position,
+                        kind: mail.kind.to_string(),
+                        to: mail.to.clone(),
+                    },
+                ))?;
+                store.meta_put(&key, mail.kind)?;
+                ledger
+                    .metrics()
+                    .mails_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(MailError::Refused(e) | MailError::Build(e)) => {
+                tracing::warn!(position = b.cause_position, to = %mail.to, error = %e, "resent mail refused for good");
+                store.meta_put(&key, "bounced again")?;
+            }
+            Err(e) => return Err(EffectError::Retry(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
 /// The account events that can cause a mail (see `mail::mail_for`); the
 /// rest, usage above all, are skipped unread.
 fn mail_causes(type_name: &str) -> bool {
@@ -312,6 +404,8 @@ fn mail_causes(type_name: &str) -> bool {
             | "PaymentRefunded"
             | "LicenseSuspended"
             | "LicenseReinstated"
+            | "AccountDetailsChanged"
+            | "PaymentMethodReplaced"
     )
 }
 

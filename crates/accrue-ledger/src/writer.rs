@@ -222,6 +222,7 @@ impl State {
             LedgerEvent::ClockAdvanced(_)
             | LedgerEvent::TokenIssued(_)
             | LedgerEvent::MailBounced(_)
+            | LedgerEvent::MailResent(_)
             | LedgerEvent::WebhookEndpointRegistered(_)
             | LedgerEvent::WebhookEndpointDisabled(_) => {}
         }
