@@ -506,3 +506,40 @@ async fn a_downgrade_that_closes_below_zero_gives_a_credit_note() {
         .unwrap_or_else(|| panic!("a credit note for the downgrade: {list}"));
     assert_eq!(cn["invoice_number"], OPENING);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credit_note_numbers_stay_gapless_under_eight_concurrent_clients() {
+    let app = std::sync::Arc::new(spawn_app("2026-01-15T00:00:00Z").await);
+    for i in 0..8 {
+        app.create(&format!("c{i}"), "0.00", None).await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..8u32 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut numbers = Vec::new();
+            for k in 0..5 {
+                let r = app
+                    .admin(
+                        "POST",
+                        &format!("/v1/invoices/INV-2026-{:06}/credit-notes", i + 1),
+                        Some(json!({"reason": format!("r{k}"), "lines": [{"description": "x", "amount": "1.00"}]})),
+                    )
+                    .await;
+                assert_eq!(r.status, 201, "{:?}", r.body);
+                numbers.push(r.body["number"].as_str().unwrap().to_string());
+            }
+            numbers
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let want: Vec<String> = (1..=40).map(|n| format!("CN-2026-{n:06}")).collect();
+    assert_eq!(
+        all, want,
+        "40 notes, numbered 1..=40 without a gap or a repeat"
+    );
+}

@@ -365,3 +365,81 @@ fn one_bouncing_address_never_holds_up_the_others() {
         "resent once"
     );
 }
+
+/// SPEC §8 end to end over real SMTP: a reminder per failure naming the
+/// next retry and the suspension date, a suspension mail at day 14 with
+/// usage refused, a reinstatement mail when paid, and nothing twice across
+/// restarts in the middle.
+#[test]
+fn dunning_reminds_suspends_and_reinstates_once_each_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let smtp = start_smtp(port, &dir.path().join("maildir"));
+    let data = dir.path().join("data");
+    let a = start_accrue(&data, port);
+    let acct = json!({"id": "late", "name": "Late Payer Ltd", "billing_email": "ap@late.test",
+                      "email_language": "en", "credit_limit": "10.00",
+                      "plan": {"full_seats": 1, "full_seat_price": "10.00"}});
+    assert_eq!(a.call("POST", "/v1/accounts", acct).0, 201);
+    let pay = |a: &Accrue, reference: &str, outcome: &str| {
+        let body = json!({"invoice_number": "INV-2026-000001", "outcome": outcome, "reference": reference});
+        let (s, b) = a.call("POST", "/v1/payments", body);
+        assert_eq!(s, 200, "{b}");
+    };
+    let clock = |a: &Accrue, now: &str| {
+        let (s, b) = a.call("POST", "/v1/clock", json!({ "now": now }));
+        assert_eq!(s, 200, "{b}");
+    };
+    let usage = |a: &Accrue, id: &str| {
+        let (_, b) = a.call(
+            "POST",
+            "/v1/usage",
+            json!({"events": [{"id": id, "account_id": "late", "amount": "1.00"}]}),
+        );
+        b["results"][0].clone()
+    };
+    pay(&a, "ch_1", "failed");
+    assert!(a.mailer_caught_up(Duration::from_secs(30)));
+    let m = mails(&smtp.maildir);
+    assert_eq!(
+        count(&m, "Subject: Payment failed: invoice INV-2026-000001"),
+        1
+    );
+    assert_eq!(count(&m, "retry the payment on 2026-01-16"), 1, "{m:#?}");
+    assert_eq!(count(&m, "still unpaid on 2026-01-29"), 1);
+
+    clock(&a, "2026-01-16T00:00:00Z");
+    pay(&a, "ch_2", "failed");
+    assert!(a.mailer_caught_up(Duration::from_secs(30)));
+    assert_eq!(
+        count(&mails(&smtp.maildir), "retry the payment on 2026-01-18"),
+        1
+    );
+    drop(a);
+    let a = start_accrue(&data, port);
+    assert!(a.mailer_caught_up(Duration::from_secs(30)));
+    assert_eq!(
+        count(&mails(&smtp.maildir), "Subject: Payment failed"),
+        2,
+        "nothing sent twice after a restart"
+    );
+
+    clock(&a, "2026-01-29T00:00:00Z");
+    assert!(a.mailer_caught_up(Duration::from_secs(30)));
+    assert_eq!(
+        count(&mails(&smtp.maildir), "Subject: Your license is suspended"),
+        1
+    );
+    assert_eq!(usage(&a, "u1")["reason"], "license_suspended");
+
+    pay(&a, "ch_3", "succeeded");
+    assert!(a.mailer_caught_up(Duration::from_secs(30)));
+    assert_eq!(usage(&a, "u2")["status"], "accepted");
+    drop(a);
+    let a = start_accrue(&data, port);
+    assert!(a.mailer_caught_up(Duration::from_secs(30)));
+    let m = mails(&smtp.maildir);
+    assert_eq!(count(&m, "Subject: Your license is active again"), 1);
+    assert_eq!(count(&m, "Subject: Your license is suspended"), 1);
+    assert_eq!(count(&m, "Subject: Payment failed"), 2);
+}
