@@ -47,7 +47,7 @@ async fn acknowledged_events_survive_sigkill() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let acct = json!({"id": "acme", "name": "Acme", "billing_email": "b@acme.test", "plan": {"full_seats": 1, "full_seat_price": "1.00"},
+    let acct = json!({"id": "acme", "name": "Acme", "billing_email": "b@acme.test", "plan": {"full_seats": 1, "full_seat_price": "1000.00"},
                       "base_credits": "1000000.00"});
     assert_eq!(
         post(&client, &s.base, "/v1/accounts", acct)
@@ -78,6 +78,30 @@ async fn acknowledged_events_survive_sigkill() {
             }
         }));
     }
+    // A fifth client issues credit notes on the opening invoice meanwhile.
+    let notes = std::sync::Arc::new(parking_lot_free::Acked::default());
+    {
+        let client = client.clone();
+        let base = s.base.clone();
+        let notes = notes.clone();
+        writers.push(tokio::spawn(async move {
+            let body =
+                json!({"reason": "crash test", "lines": [{"description": "x", "amount": "0.01"}]});
+            loop {
+                match post(
+                    &client,
+                    &base,
+                    "/v1/invoices/INV-2026-000001/credit-notes",
+                    body.clone(),
+                )
+                .await
+                {
+                    Some((201, v)) => notes.add(vec![v["number"].as_str().unwrap().to_string()]),
+                    _ => return,
+                }
+            }
+        }));
+    }
     // Let some batches be acknowledged, then kill -9 while writers are mid-flight.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while acked.len() < 2000 {
@@ -96,6 +120,44 @@ async fn acknowledged_events_survive_sigkill() {
     assert!(acknowledged.len() >= 2000);
 
     let mut s = start(dir.path());
+    // Credit-note numbers: every acknowledged one is there, 1..=n without a
+    // gap, and the next one continues the series.
+    let inv: Value = client
+        .get(format!("{}/v1/invoices/INV-2026-000001", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut issued: Vec<String> = inv["credit_notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    issued.sort();
+    let want: Vec<String> = (1..=issued.len())
+        .map(|n| format!("CN-2026-{n:06}"))
+        .collect();
+    assert_eq!(
+        issued, want,
+        "credit-note numbers are gapless after SIGKILL"
+    );
+    for n in notes.ids() {
+        assert!(issued.contains(&n), "acknowledged credit note {n} was lost");
+    }
+    let (status, next) = post(
+        &client,
+        &s.base,
+        "/v1/invoices/INV-2026-000001/credit-notes",
+        json!({"reason": "after", "lines": [{"description": "x", "amount": "0.01"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{next}");
+    assert_eq!(next["number"], format!("CN-2026-{:06}", issued.len() + 1));
     // Every acknowledged event is there exactly once.
     let mut seen: Vec<String> = Vec::new();
     let mut after = 0u64;

@@ -70,12 +70,19 @@ pub fn verify_with(
             *first = Some(b);
         }
     };
-    loop {
+    // The log as it stood when the check began: a live ledger may append
+    // while it runs, and those events are the next check's.
+    let mut done = false;
+    while !done {
         let page = store.read_all(after, 10_000)?;
         if page.is_empty() {
             break;
         }
         for e in &page {
+            if e.position > head {
+                done = true;
+                break;
+            }
             events += 1;
             let (version, prev) = heads.get(&e.stream).copied().unwrap_or((0, GENESIS));
             let reason = if e.position != after + 1 {
