@@ -26,6 +26,14 @@ impl Clock {
         match mode {
             ClockMode::System => Clock { manual: None },
             ClockMode::Manual(flag) => {
+                if let Some(s) = stored.filter(|s| *s > flag) {
+                    // The stored position wins: time never runs backwards.
+                    tracing::warn!(
+                        requested = %flag.to_rfc3339(),
+                        stored = %s.to_rfc3339(),
+                        "--clock is earlier than the ledger's stored clock; starting at the stored position"
+                    );
+                }
                 let start = stored.map_or(flag, |s| s.max(flag));
                 Clock {
                     manual: Some(Mutex::new(truncate(start))),
