@@ -39,7 +39,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Run only these workloads (comma-separated: store, inproc, rebuild, license,
-    /// http, close, pdf); the others' keys are null. For profiling one.
+    /// http, cloudevents, close, pdf); the others' keys are null. For profiling one.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -278,6 +278,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ledger.shutdown();
     }
 
+    // 4a. CloudEvents ingest (SPEC §11) over HTTP, the same fast path.
+    let ce_out = if want("cloudevents") {
+        let rate = cloudevents_ingest(
+            &tmp.path().join("cloudevents"),
+            pg,
+            events,
+            accounts,
+            batch,
+            args.connections,
+        )?;
+        eprintln!("cloudevents ingest: {rate:.0} events/s");
+        Some(rate)
+    } else {
+        None
+    };
+
     // 4. HTTP ingest with overview queries running alongside.
     let mut effects_out: Option<Effects> = None;
     let http_out = if want("http") {
@@ -387,6 +403,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let line = serde_json::json!({
         "http_ingest_events_per_s": http_out.map(|h| h.0.round()),
+        "cloudevents_ingest_events_per_s": ce_out.map(f64::round),
         "inproc_ingest_events_per_s": inproc_out.map(f64::round),
         "overview_p99_ms": http_out.map(|h| (h.1 * 1000.0).round() / 1000.0),
         "overview_p50_ms": http_out.map(|h| (h.2 * 1000.0).round() / 1000.0),
@@ -438,6 +455,97 @@ fn files_in(dir: &std::path::Path, ext: &str) -> usize {
 /// `serve`'s PDF writer and mailer (to an outbox) run beside them. Halfway
 /// through, the clock closes every account's period: the time until each
 /// new invoice has its PDF and its mail is measured while ingest goes on.
+/// `POST /api/v1/events` with `application/cloudevents-batch+json`
+/// batches from `connections` clients; events per second accepted.
+fn cloudevents_ingest(
+    dir: &std::path::Path,
+    pg: Option<&str>,
+    events: usize,
+    accounts: usize,
+    batch: usize,
+    connections: usize,
+) -> anyhow::Result<f64> {
+    let ledger = open_ledger(dir, pg)?;
+    open_accounts(&ledger, "ce", accounts)?;
+    let (tokens, _) =
+        Tokens::load(&ledger, Some("bench-admin-token")).map_err(|e| anyhow::anyhow!(e.detail))?;
+    let state = AppState {
+        ledger: ledger.clone(),
+        tokens: Arc::new(tokens),
+    };
+    let body = move |b: usize| -> Option<String> {
+        if b * batch >= events {
+            return None;
+        }
+        let evs: Vec<String> = (b * batch..((b + 1) * batch).min(events))
+            .map(|n| {
+                format!(
+                    r#"{{"specversion":"1.0","id":"ce-{n}","source":"/bench","type":"chat","subject":"ce{}","data":{{"amount":"0.0125"}}}}"#,
+                    n % accounts
+                )
+            })
+            .collect();
+        Some(format!("[{}]", evs.join(",")))
+    };
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-server")
+        .on_thread_start(accrue_ledger::priority::pin_serving)
+        .worker_threads(crate::SERVER_THREADS.max(crate::cores()))
+        .enable_all()
+        .build()?;
+    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let server = server_rt.spawn(async move {
+        axum::serve(crate::no_delay(listener), accrue_api::router(state)).await
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-load")
+        .on_thread_start(accrue_ledger::priority::lower_current_thread)
+        .enable_all()
+        .build()?;
+    let rate = rt.block_on(async move {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections + 2)
+            .build()?;
+        let url = format!("http://{addr}/api/v1/events");
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..connections)
+            .map(|_| {
+                let (client, url, next) = (client.clone(), url.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(body) = body(i) else { break };
+                        let r = client
+                            .post(&url)
+                            .bearer_auth("bench-admin-token")
+                            .header("content-type", "application/cloudevents-batch+json")
+                            .body(body)
+                            .send()
+                            .await?;
+                        anyhow::ensure!(
+                            r.status() == reqwest::StatusCode::NO_CONTENT,
+                            "cloudevents ingest answered {}",
+                            r.status()
+                        );
+                        let _ = r.bytes().await?;
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await??;
+        }
+        anyhow::Ok(events as f64 / started.elapsed().as_secs_f64())
+    });
+    server.abort();
+    drop(server_rt);
+    ledger.shutdown();
+    rate
+}
+
 fn http_ingest(
     dir: &std::path::Path,
     pg: Option<&str>,
