@@ -556,6 +556,22 @@ async fn a_payment_reference_reused_elsewhere_conflicts() {
     assert_problem(&r, 409);
     assert_eq!(r.body["reason"], "reference_conflict");
     assert_eq!(app.event_count().await, before);
+    // The same reference on another account's invoice conflicts too.
+    app.create("other-payer", "0.00", None).await;
+    let before = app.event_count().await;
+    let theirs = app
+        .admin("GET", "/v1/accounts/other-payer/invoices", None)
+        .await
+        .body["invoices"][0]["number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .admin("POST", "/v1/payments", Some(pay(&theirs, "failed")))
+        .await;
+    assert_problem(&r, 409);
+    assert_eq!(r.body["reason"], "reference_conflict");
+    assert_eq!(app.event_count().await, before);
 }
 
 #[tokio::test]

@@ -102,6 +102,9 @@ pub(crate) struct State {
     pub license: license::Index,
     /// Suspension deadlines of accounts in dunning (`dunning.rs`).
     pub dunning: dunning::Index,
+    /// Which account recorded each payment reference: a reference reused
+    /// on another account's invoice is a conflict, not a new payment.
+    pub payment_refs: HashMap<String, String>,
 }
 
 fn account_of(stream: &str) -> Option<&str> {
@@ -181,6 +184,17 @@ impl State {
         st.apply(e);
         self.license.track(account, e, st);
         self.dunning.track(account, e, st);
+        let reference = match e {
+            AccountEvent::PaymentSucceeded(p) => Some(&p.reference),
+            AccountEvent::PaymentFailed(p) => Some(&p.reference),
+            AccountEvent::PaymentRefunded(p) => Some(&p.reference),
+            _ => None,
+        };
+        if let Some(r) = reference {
+            if !self.payment_refs.contains_key(r) {
+                self.payment_refs.insert(r.clone(), account.to_string());
+            }
+        }
         let after = st.period_end();
         if before != after || matches!(e, AccountEvent::InvoiceIssued(_)) {
             let opened = st.info.clone();
@@ -743,7 +757,10 @@ impl Writer {
                 let now = self.shared.clock.now();
                 let result = match self.state.invoice_owner.get(&number) {
                     None => Err(LedgerError::Domain(DomainError::UnknownInvoice)),
-                    Some(account) => self.command(&account, command, now),
+                    Some(account) => match self.reference_elsewhere(&account, &command) {
+                        Some(e) => Err(e),
+                        None => self.command(&account, command, now),
+                    },
                 };
                 match result {
                     Ok(events) => self.group.replies.push(Reply::Command(reply, events)),
@@ -860,6 +877,22 @@ impl Writer {
             self.license_issue(account);
         }
         Ok(events)
+    }
+
+    /// A payment whose reference another account already recorded.
+    fn reference_elsewhere(&self, account: &str, command: &Command) -> Option<LedgerError> {
+        let Command::RecordPayment { reference, .. } = command else {
+            return None;
+        };
+        let owner = self.state.payment_refs.get(reference)?;
+        if owner == account {
+            return None;
+        }
+        Some(LedgerError::Domain(DomainError::ReferenceConflict {
+            reference: reference.clone(),
+            invoice_number: "an invoice of another account".to_string(),
+            outcome: "recorded",
+        }))
     }
 
     /// Decides against the account's state, applies the events to it, and
