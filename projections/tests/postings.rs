@@ -57,6 +57,7 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
         base_credits: Decimal::new(100, 2),
         credit_limit: Some(Decimal::new(5000, 2)),
         invoice_number: number(),
+        tax: None,
     };
     run(&mut state, &mut models, Command::Open(Box::new(open)), now);
     for (i, (op, n)) in ops.iter().enumerate() {

@@ -344,7 +344,7 @@ pub fn overview(s: &AccountState, as_of: Option<DateTime<Utc>>) -> Option<Overvi
             .map_or(info.email_language.to_string(), |m| {
                 m.email_language.clone()
             }),
-        currency: info.currency.clone(),
+        currency: info.currency.to_string(),
         billing_frequency: info.billing_frequency.as_str(),
         period_anchor: info.anchor_day,
         current_period: period.into(),

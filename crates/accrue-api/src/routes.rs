@@ -336,6 +336,7 @@ pub async fn create_account(
         base_credits: req.base_credits.0,
         credit_limit: req.credit_limit.map(|m| m.0),
         invoice_number: String::new(),
+        tax: None,
     };
     st.ledger
         .execute(id.as_str(), Command::Open(Box::new(open)))

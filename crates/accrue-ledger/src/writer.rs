@@ -1281,6 +1281,7 @@ mod tests {
                 data_management_price: Decimal::ZERO,
             },
             base_credits: Decimal::ZERO,
+            tax: None,
         })
     }
 

@@ -121,6 +121,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
             base_credits: d(c.base),
             credit_limit: c.limit.map(d),
             invoice_number: String::new(),
+            tax: None,
         };
         ledger.execute_blocking(c.id, Command::Open(Box::new(open)))?;
         ledger.execute_blocking(
