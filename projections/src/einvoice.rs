@@ -6,8 +6,10 @@
 //! recorded hash of the PDF covers the XML.
 //!
 //! VAT categories: `standard` → `S` (or `Z` at a 0 % rate), reverse charge
-//! → `AE` (VATEX-EU-AE), exempt → `E` with its reason; a document without
-//! tax facts → `O` (not subject to VAT, no VAT ids printed in the XML).
+//! → `AE` (VATEX-EU-AE), exempt → `E` with its reason. A document gets an
+//! e-invoice only when it was issued with an issuer and tax facts (the
+//! buyer's country is one of them, and EN 16931 requires it): see
+//! [`applies`].
 
 use std::fmt::Write;
 
@@ -15,6 +17,13 @@ use accrue_core::events::{CreditNoteIssued, DocumentLegal, InvoiceIssued};
 use accrue_core::tax::{InvoiceTax, Issuer, TaxTreatment};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+
+/// Whether a document issued with `legal` carries an e-invoice: it needs
+/// the issuer (the seller) and the tax facts (the buyer's country, the
+/// VAT category).
+pub fn applies(legal: Option<&DocumentLegal>) -> bool {
+    legal.is_some_and(|l| l.issuer.is_some() && l.tax.is_some())
+}
 
 /// The attachment's name, as Factur-X requires.
 pub const FILENAME: &str = "factur-x.xml";
@@ -110,16 +119,14 @@ fn rate_text(r: Decimal) -> String {
 
 fn party(x: &mut String, name: &str, address: &[String], country: Option<&str>, vat: Option<&str>) {
     let _ = write!(x, "<ram:Name>{}</ram:Name>", esc(name));
-    if address.is_empty() && country.is_none() {
-        // The XSD wants the address only when there is one.
-    } else {
+    // The XSD requires a country in an address: without one (a customer
+    // without tax facts) the address is left out.
+    if let Some(c) = country {
         x.push_str("<ram:PostalTradeAddress>");
         for (tag, l) in ["LineOne", "LineTwo", "LineThree"].iter().zip(address) {
             let _ = write!(x, "<ram:{tag}>{}</ram:{tag}>", esc(l));
         }
-        if let Some(c) = country {
-            let _ = write!(x, "<ram:CountryID>{}</ram:CountryID>", esc(c));
-        }
+        let _ = write!(x, "<ram:CountryID>{}</ram:CountryID>", esc(c));
         x.push_str("</ram:PostalTradeAddress>");
     }
     if let Some(v) = vat {

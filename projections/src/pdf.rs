@@ -257,7 +257,7 @@ struct Doc {
     /// A second footer line (tax id, registration), layout 2 only.
     footer_legal: Option<String>,
     page_label: &'static str,
-    /// The Factur-X XML to embed (PDF/A-3), layout 2 with an issuer.
+    /// The Factur-X XML to embed (PDF/A-3), see `einvoice::applies`.
     xml: Option<String>,
     /// Layout 2: running text wraps at `wrap_at` characters and may
     /// continue on a new page (layout 1 never did either).
@@ -399,9 +399,7 @@ impl Doc {
             page_label: l.page,
             layout2: f.layout2,
             wrap_at: if l.code == "ja" { 52 } else { 100 },
-            xml: legal
-                .filter(|d| d.issuer.is_some())
-                .map(|_| crate::einvoice::invoice_xml(inv)),
+            xml: crate::einvoice::applies(legal).then(|| crate::einvoice::invoice_xml(inv)),
         }
     }
 
@@ -458,9 +456,7 @@ impl Doc {
             page_label: l.page,
             layout2: f.layout2,
             wrap_at: if l.code == "ja" { 52 } else { 100 },
-            xml: legal
-                .filter(|d| d.issuer.is_some())
-                .map(|_| crate::einvoice::credit_note_xml(cn)),
+            xml: crate::einvoice::applies(legal).then(|| crate::einvoice::credit_note_xml(cn)),
         }
     }
 }
@@ -497,7 +493,13 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     p.text(LEFT, 238.0, 12.0, &inv.customer_name);
     let mut y = 232.5;
     if let Some(addr) = &inv.customer_address {
-        for l in wrap(addr, 45) {
+        // Layout 2 keeps the address's own line breaks.
+        let lines: Vec<String> = if inv.layout2 {
+            addr.lines().flat_map(|l| wrap(l.trim(), 45)).collect()
+        } else {
+            wrap(addr, 45)
+        };
+        for l in lines {
             p.text(LEFT, y, 9.0, &l);
             y -= 4.5;
         }

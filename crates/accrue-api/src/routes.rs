@@ -1461,7 +1461,7 @@ pub async fn get_invoice_pdf(
         .into_response())
 }
 
-#[utoipa::path(get, path = "/v1/invoices/{number}/xml", tag = "invoices", params(("number" = String, Path, description = "invoice number")), responses((status = 200, description = "the Factur-X / ZUGFeRD CII XML (EN 16931) embedded in the PDF as issued", body = String, content_type = "application/xml"), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found, or issued without an issuer (no e-invoice)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/invoices/{number}/xml", tag = "invoices", params(("number" = String, Path, description = "invoice number")), responses((status = 200, description = "the Factur-X / ZUGFeRD CII XML (EN 16931) embedded in the PDF as issued", body = String, content_type = "application/xml"), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found, or issued without an issuer or tax facts (no e-invoice)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn get_invoice_xml(
     State(st): State<AppState>,
     p: Principal,
@@ -1470,10 +1470,10 @@ pub async fn get_invoice_xml(
     let rec = invoice_for(&st, &p, &number)?;
     let ledger = st.ledger.clone();
     let full = blocking(move || ledger.invoice_issued(&rec)).await?;
-    // Only an invoice issued with an issuer carries an e-invoice.
-    if full.legal.as_ref().is_none_or(|l| l.issuer.is_none()) {
+    // Only an invoice issued with an issuer and tax facts has one.
+    if !accrue_projections::einvoice::applies(full.legal.as_deref()) {
         return Err(ApiError::not_found(format!(
-            "invoice {number:?} was issued without an issuer: it has no e-invoice"
+            "invoice {number:?} was issued without an issuer or tax facts: it has no e-invoice"
         )));
     }
     let xml = accrue_projections::einvoice::invoice_xml(&full);
