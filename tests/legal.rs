@@ -190,7 +190,13 @@ fn check(s: &Server, number: &str, amount_in_pdf: &str) -> Checked {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t["amount"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap())
+        .map(|t| {
+            t["amount"]
+                .as_str()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        })
         .sum();
     assert_eq!(fx["net"], json["net"], "{json}");
     assert_eq!(fx["tax"].as_str().unwrap(), format!("{tax:.2}"));
@@ -202,7 +208,12 @@ fn check(s: &Server, number: &str, amount_in_pdf: &str) -> Checked {
     // Re-rendering gives the bytes whose hash was recorded at issue.
     assert_eq!(pdf, s.bytes(&format!("/v1/invoices/{number}/pdf")));
     assert_eq!(sha256_hex(&pdf), recorded_hash(s, number));
-    Checked { json, text, pdf, fx }
+    Checked {
+        json,
+        text,
+        pdf,
+        fx,
+    }
 }
 
 #[test]
@@ -255,7 +266,12 @@ fn legal_invoices_carry_issuer_tax_language_and_a_valid_e_invoice() {
     s.json(
         "POST",
         "/v1/accounts",
-        Some(account("calif", "en", "Sunset Labs Inc.", Some(json!({"country": "US-CA", "treatment": "standard"})))),
+        Some(account(
+            "calif",
+            "en",
+            "Sunset Labs Inc.",
+            Some(json!({"country": "US-CA", "treatment": "standard"})),
+        )),
     );
     let n = number_of(&s, "calif");
     let us = check(&s, &n, "USD 1,324.00");
@@ -264,7 +280,14 @@ fn legal_invoices_carry_issuer_tax_language_and_a_valid_e_invoice() {
     assert_eq!(us.json["tax"][0]["amount"], "89.50");
     assert_eq!(us.json["total"], "1324.00");
     assert_eq!(us.fx["category"], "S");
-    for want in ["INVOICE", "Net amount", "VAT 7.25 %", "USD 89.50", "USD 1,324.00", "15 Jan 2026"] {
+    for want in [
+        "INVOICE",
+        "Net amount",
+        "VAT 7.25 %",
+        "USD 89.50",
+        "USD 1,324.00",
+        "15 Jan 2026",
+    ] {
         assert!(us.text.contains(want), "{want:?} not in:\n{}", us.text);
     }
 
@@ -283,7 +306,11 @@ fn legal_invoices_carry_issuer_tax_language_and_a_valid_e_invoice() {
     let fr = check(&s, &n, "USD 1 234,50");
     assert_eq!(fr.json["total"], "1234.50");
     assert_eq!(fr.fx["category"], "E");
-    for want in ["FACTURE", "Exonération de TVA : Article 261-7-1° du CGI", "15/01/2026"] {
+    for want in [
+        "FACTURE",
+        "Exonération de TVA : Article 261-7-1° du CGI",
+        "15/01/2026",
+    ] {
         assert!(fr.text.contains(want), "{want:?} not in:\n{}", fr.text);
     }
 
@@ -291,21 +318,40 @@ fn legal_invoices_carry_issuer_tax_language_and_a_valid_e_invoice() {
     s.json(
         "POST",
         "/v1/accounts",
-        Some(account("tokyo", "ja", "株式会社さくらテック", Some(json!({"country": "JP", "treatment": "standard"})))),
+        Some(account(
+            "tokyo",
+            "ja",
+            "株式会社さくらテック",
+            Some(json!({"country": "JP", "treatment": "standard"})),
+        )),
     );
     let n = number_of(&s, "tokyo");
     let ja = check(&s, &n, "USD 1,357.95");
     assert_eq!(ja.json["tax"][0]["amount"], "123.45");
-    for want in ["請求書", "株式会社さくらテック", "合計", "消費税等 10%", "2026年1月15日", "請求先"] {
+    for want in [
+        "請求書",
+        "株式会社さくらテック",
+        "合計",
+        "消費税等 10%",
+        "2026年1月15日",
+        "請求先",
+    ] {
         assert!(ja.text.contains(want), "{want:?} not in:\n{}", ja.text);
     }
 
     // Without tax facts an invoice is still in the customer's language,
     // but carries no e-invoice (EN 16931 needs the buyer's country).
-    s.json("POST", "/v1/accounts", Some(account("plain", "es", "Plain S.L.", None)));
+    s.json(
+        "POST",
+        "/v1/accounts",
+        Some(account("plain", "es", "Plain S.L.", None)),
+    );
     let n = number_of(&s, "plain");
     let text = pdftotext(&s.bytes(&format!("/v1/invoices/{n}/pdf")));
-    assert!(text.contains("FACTURA") && text.contains("USD 1.234,50"), "{text}");
+    assert!(
+        text.contains("FACTURA") && text.contains("USD 1.234,50"),
+        "{text}"
+    );
     let (status, _) = s.send("GET", &format!("/v1/invoices/{n}/xml"), None);
     assert_eq!(status, 404);
 
@@ -359,7 +405,11 @@ fn an_issuer_changed_later_leaves_issued_invoices_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("accrue.toml"), CONFIG).unwrap();
     let s = Server::start(dir.path(), &[]);
-    s.json("POST", "/v1/accounts", Some(account("acme", "en", "Acme Ltd.", None)));
+    s.json(
+        "POST",
+        "/v1/accounts",
+        Some(account("acme", "en", "Acme Ltd.", None)),
+    );
     let first = number_of(&s, "acme");
     let pdf = s.bytes(&format!("/v1/invoices/{first}/pdf"));
     let hash = recorded_hash(&s, &first);
@@ -394,8 +444,17 @@ fn an_issuer_changed_later_leaves_issued_invoices_unchanged() {
         "/v1/accounts/acme",
         Some(json!({"tax": {"country": "ES", "treatment": "standard"}})),
     );
-    assert_eq!(status, 422, "no rate for ES: {}", String::from_utf8_lossy(&body));
-    s.json("POST", "/v1/clock", Some(json!({"now": "2026-02-15T00:00:00Z"})));
+    assert_eq!(
+        status,
+        422,
+        "no rate for ES: {}",
+        String::from_utf8_lossy(&body)
+    );
+    s.json(
+        "POST",
+        "/v1/clock",
+        Some(json!({"now": "2026-02-15T00:00:00Z"})),
+    );
     let second = number_of(&s, "acme");
     assert_ne!(second, first);
     let c = check(&s, &second, "accrue Europe SE");

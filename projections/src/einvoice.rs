@@ -82,7 +82,14 @@ struct Facts<'a> {
 }
 
 /// (category, rate element?, exemption reason, exemption code)
-fn category(tax: Option<&InvoiceTax>) -> (&'static str, Option<Decimal>, Option<String>, Option<&'static str>) {
+fn category(
+    tax: Option<&InvoiceTax>,
+) -> (
+    &'static str,
+    Option<Decimal>,
+    Option<String>,
+    Option<&'static str>,
+) {
     match tax {
         None => (
             "O",
@@ -149,9 +156,9 @@ fn build(f: &Facts) -> String {
     let mut x = String::with_capacity(4096);
     x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     x.push_str("<rsm:CrossIndustryInvoice xmlns:rsm=\"urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100\" xmlns:qdt=\"urn:un:unece:uncefact:data:standard:QualifiedDataType:100\" xmlns:ram=\"urn:un:unece:uncefact:data:standard:ReusableAggregateBusinessInformationEntity:100\" xmlns:udt=\"urn:un:unece:uncefact:data:standard:UnqualifiedDataType:100\">\n");
-    let _ = write!(
+    let _ = writeln!(
         x,
-        "<rsm:ExchangedDocumentContext><ram:GuidelineSpecifiedDocumentContextParameter><ram:ID>{GUIDELINE}</ram:ID></ram:GuidelineSpecifiedDocumentContextParameter></rsm:ExchangedDocumentContext>\n"
+        "<rsm:ExchangedDocumentContext><ram:GuidelineSpecifiedDocumentContextParameter><ram:ID>{GUIDELINE}</ram:ID></ram:GuidelineSpecifiedDocumentContextParameter></rsm:ExchangedDocumentContext>"
     );
     let _ = write!(
         x,
@@ -161,7 +168,11 @@ fn build(f: &Facts) -> String {
         d102(f.issued_at)
     );
     if let Some(n) = &f.note {
-        let _ = write!(x, "<ram:IncludedNote><ram:Content>{}</ram:Content></ram:IncludedNote>", esc(n));
+        let _ = write!(
+            x,
+            "<ram:IncludedNote><ram:Content>{}</ram:Content></ram:IncludedNote>",
+            esc(n)
+        );
     }
     x.push_str("</rsm:ExchangedDocument>\n<rsm:SupplyChainTradeTransaction>\n");
     for (i, l) in f.lines.iter().enumerate() {
@@ -174,11 +185,15 @@ fn build(f: &Facts) -> String {
             l.quantity.normalize(),
         );
         if let Some(r) = rate {
-            let _ = write!(x, "<ram:RateApplicablePercent>{}</ram:RateApplicablePercent>", rate_text(r));
+            let _ = write!(
+                x,
+                "<ram:RateApplicablePercent>{}</ram:RateApplicablePercent>",
+                rate_text(r)
+            );
         }
-        let _ = write!(
+        let _ = writeln!(
             x,
-            "</ram:ApplicableTradeTax><ram:SpecifiedTradeSettlementLineMonetarySummation><ram:LineTotalAmount>{}</ram:LineTotalAmount></ram:SpecifiedTradeSettlementLineMonetarySummation></ram:SpecifiedLineTradeSettlement></ram:IncludedSupplyChainTradeLineItem>\n",
+            "</ram:ApplicableTradeTax><ram:SpecifiedTradeSettlementLineMonetarySummation><ram:LineTotalAmount>{}</ram:LineTotalAmount></ram:SpecifiedTradeSettlementLineMonetarySummation></ram:SpecifiedLineTradeSettlement></ram:IncludedSupplyChainTradeLineItem>",
             money(l.amount)
         );
     }
@@ -215,7 +230,8 @@ fn build(f: &Facts) -> String {
         f.customer_name,
         &address,
         buyer_country.as_deref(),
-        tax.and_then(|t| t.customer_tax_id.as_deref()).filter(|_| with_ids),
+        tax.and_then(|t| t.customer_tax_id.as_deref())
+            .filter(|_| with_ids),
     );
     x.push_str("</ram:BuyerTradeParty></ram:ApplicableHeaderTradeAgreement>\n");
     x.push_str("<ram:ApplicableHeaderTradeDelivery/>\n");
@@ -241,12 +257,20 @@ fn build(f: &Facts) -> String {
     if let Some(r) = &reason {
         let _ = write!(x, "<ram:ExemptionReason>{}</ram:ExemptionReason>", esc(r));
     }
-    let _ = write!(x, "<ram:BasisAmount>{}</ram:BasisAmount><ram:CategoryCode>{cat}</ram:CategoryCode>", money(net));
+    let _ = write!(
+        x,
+        "<ram:BasisAmount>{}</ram:BasisAmount><ram:CategoryCode>{cat}</ram:CategoryCode>",
+        money(net)
+    );
     if let Some(c) = reason_code {
         let _ = write!(x, "<ram:ExemptionReasonCode>{c}</ram:ExemptionReasonCode>");
     }
     if let Some(r) = rate {
-        let _ = write!(x, "<ram:RateApplicablePercent>{}</ram:RateApplicablePercent>", rate_text(r));
+        let _ = write!(
+            x,
+            "<ram:RateApplicablePercent>{}</ram:RateApplicablePercent>",
+            rate_text(r)
+        );
     }
     x.push_str("</ram:ApplicableTradeTax>");
     if let Some(due) = f.due_date {
@@ -346,7 +370,11 @@ pub fn credit_note_xml(cn: &CreditNoteIssued) -> String {
             .iter()
             .map(|l| Line {
                 name: l.description.clone(),
-                quantity: if l.amount.is_sign_negative() { Decimal::NEGATIVE_ONE } else { Decimal::ONE },
+                quantity: if l.amount.is_sign_negative() {
+                    Decimal::NEGATIVE_ONE
+                } else {
+                    Decimal::ONE
+                },
                 price: l.amount.abs(),
                 amount: l.amount,
             })
@@ -371,7 +399,10 @@ fn xmp(issued_at: DateTime<Utc>, title: &str, author: &str, credit_note: bool) -
         ("DocumentFileName", "name of the embedded XML invoice file"),
         ("DocumentType", "INVOICE"),
         ("Version", "The actual version of the Factur-X XML schema"),
-        ("ConformanceLevel", "The conformance level of the embedded Factur-X data"),
+        (
+            "ConformanceLevel",
+            "The conformance level of the embedded Factur-X data",
+        ),
     ];
     let mut p = String::new();
     for (name, desc) in props {
@@ -394,7 +425,13 @@ fn xmp(issued_at: DateTime<Utc>, title: &str, author: &str, credit_note: bool) -
 /// Embeds `xml` as the document's Factur-X associated file and replaces
 /// its metadata with the PDF/A-3 / Factur-X XMP. Deterministic: every
 /// object is derived from the arguments.
-pub fn embed(lo: &mut lopdf::Document, xml: &[u8], issued_at: DateTime<Utc>, title: &str, author: &str) {
+pub fn embed(
+    lo: &mut lopdf::Document,
+    xml: &[u8],
+    issued_at: DateTime<Utc>,
+    title: &str,
+    author: &str,
+) {
     use lopdf::{dictionary, Object, Stream, StringFormat};
     let credit_note = title.starts_with("Credit");
     let date = Object::String(pdf_date(issued_at).into_bytes(), StringFormat::Literal);

@@ -110,13 +110,16 @@ pub const DE: Labels = Labels {
     total: "Gesamtbetrag",
     terms: "Zahlungsziel: {days} Tage netto. Bitte zahlen Sie {amount} bis zum {date}.",
     quote: "Bitte geben Sie bei der Zahlung die Rechnungsnummer {number} an.",
-    arrears: "KI-Guthaben wird nachträglich abgerechnet (Verbrauch über das enthaltene Basisguthaben);",
+    arrears:
+        "KI-Guthaben wird nachträglich abgerechnet (Verbrauch über das enthaltene Basisguthaben);",
     advance: "Plätze und Zusatzmodule werden für den Abonnementzeitraum im Voraus berechnet.",
-    reverse_charge: "Steuerschuldnerschaft des Leistungsempfängers (Reverse Charge, Art. 196 MwStSystRL).",
+    reverse_charge:
+        "Steuerschuldnerschaft des Leistungsempfängers (Reverse Charge, Art. 196 MwStSystRL).",
     exempt: "Steuerbefreit: {reason}",
     reason: "Grund: {reason}",
     reduces: "Diese Gutschrift mindert die Rechnung {invoice} um {amount}.",
-    refunded: "Bereits gezahlte Beträge werden erstattet oder mit der nächsten Rechnung verrechnet.",
+    refunded:
+        "Bereits gezahlte Beträge werden erstattet oder mit der nächsten Rechnung verrechnet.",
     page: "Seite {n} von {count}",
     payment: "Zahlung",
 };
@@ -220,7 +223,8 @@ pub const JA: Labels = Labels {
     quote: "お支払いの際は請求書番号 {number} をご記載ください。",
     arrears: "AIクレジットは後払いで請求されます（基本クレジットを超えた利用分）。",
     advance: "シートとアドオンは契約期間分を前払いで請求します。",
-    reverse_charge: "リバースチャージ：付加価値税は受領者が納付します（EU指令2006/112/EC 第196条）。",
+    reverse_charge:
+        "リバースチャージ：付加価値税は受領者が納付します（EU指令2006/112/EC 第196条）。",
     exempt: "非課税：{reason}",
     reason: "理由：{reason}",
     reduces: "本クレジットノートにより請求書 {invoice} は {amount} 減額されます。",

@@ -294,7 +294,11 @@ fn issuer_parts(f: &Fmt, legal: Option<&DocumentLegal>) -> (Vec<String>, String,
 }
 
 /// Net and tax rows, the tax wording, for a document with tax facts.
-fn tax_parts(f: &Fmt, currency: &str, tax: Option<&InvoiceTax>) -> (Vec<(String, String)>, Vec<String>) {
+fn tax_parts(
+    f: &Fmt,
+    currency: &str,
+    tax: Option<&InvoiceTax>,
+) -> (Vec<(String, String)>, Vec<String>) {
     let Some(t) = tax else {
         return (vec![], vec![]);
     };
@@ -618,7 +622,13 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     lo.trailer
         .set("ID", lopdf::Object::Array(vec![id.clone(), id]));
     if let Some(xml) = &inv.xml {
-        crate::einvoice::embed(&mut lo, xml.as_bytes(), inv.issued_at, &inv.doc_title, &inv.footer_name);
+        crate::einvoice::embed(
+            &mut lo,
+            xml.as_bytes(),
+            inv.issued_at,
+            &inv.doc_title,
+            &inv.footer_name,
+        );
     }
     if opts.optimize {
         lo.compress();

@@ -17,9 +17,11 @@ pub(crate) fn invoice(n: usize, address: bool) -> InvoiceIssued {
     let lines: Vec<InvoiceLine> = (0..n)
         .map(|i| InvoiceLine {
             kind: LineKind::Subscription,
-            description: format!("Full seats, 2026-02-15 – 2026-03-14, line {i} with Müller 株式会社"),
+            description: format!(
+                "Full seats, 2026-02-15 – 2026-03-14, line {i} with Müller 株式会社"
+            ),
             quantity: Decimal::from(i as u32 + 1),
-            unit_price: Decimal::new(199_843_75, 6),
+            unit_price: Decimal::new(19_984_375, 6),
             amount: Decimal::new(1999 * (i as i64 + 1), 2),
         })
         .collect();
@@ -33,7 +35,8 @@ pub(crate) fn invoice(n: usize, address: bool) -> InvoiceIssued {
         lines,
         currency: "USD".into(),
         customer_name: "株式会社さくらテック".into(),
-        customer_address: address.then(|| "東京都渋谷区道玄坂1-2-3, Shibuya, Tokyo 150-0043, Japan".into()),
+        customer_address: address
+            .then(|| "東京都渋谷区道玄坂1-2-3, Shibuya, Tokyo 150-0043, Japan".into()),
         serial_number: "ACR-1".into(),
         legal: None,
     }
@@ -45,7 +48,11 @@ pub(crate) fn credit_note() -> CreditNoteIssued {
         invoice_number: "INV-2026-000001".into(),
         issued_at: "2026-01-20T00:00:00Z".parse().unwrap(),
         reason: "goodwill".into(),
-        lines: vec![CreditNoteLine { description: "Goodwill".into(), amount: Decimal::new(1000, 2), usage_id: None }],
+        lines: vec![CreditNoteLine {
+            description: "Goodwill".into(),
+            amount: Decimal::new(1000, 2),
+            usage_id: None,
+        }],
         total: Decimal::new(1000, 2),
         currency: "USD".into(),
         customer_name: "Müller GmbH".into(),

@@ -180,7 +180,8 @@ impl TryFrom<TaxDto> for accrue_core::tax::TaxProfile {
     type Error = crate::error::ApiError;
     /// The shape; the rate table is checked by the ledger's decision.
     fn try_from(t: TaxDto) -> Result<Self, Self::Error> {
-        let bad = |e: accrue_core::DomainError| crate::error::ApiError::unprocessable(e.to_string());
+        let bad =
+            |e: accrue_core::DomainError| crate::error::ApiError::unprocessable(e.to_string());
         if let Some(r) = &t.exempt_reason {
             if r.len() > 200 || r.chars().any(char::is_control) {
                 return Err(crate::error::ApiError::unprocessable(
@@ -190,7 +191,9 @@ impl TryFrom<TaxDto> for accrue_core::tax::TaxProfile {
         }
         Ok(accrue_core::tax::TaxProfile {
             country: t.country.trim().to_ascii_uppercase(),
-            customer_tax_id: t.customer_tax_id.map(|i| i.replace(' ', "").to_ascii_uppercase()),
+            customer_tax_id: t
+                .customer_tax_id
+                .map(|i| i.replace(' ', "").to_ascii_uppercase()),
             treatment: accrue_core::tax::TaxTreatment::parse(&t.treatment).map_err(bad)?,
             exempt_reason: t.exempt_reason.map(|r| r.trim().to_string()),
         })

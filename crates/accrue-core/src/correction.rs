@@ -253,9 +253,12 @@ pub fn credit_note(
     let mut net: Decimal = lines.iter().map(|l| l.amount).sum();
     net.rescale(2);
     let invoice_tax = state.invoices.get(invoice_number).and_then(|i| {
-        i.tax
-            .as_deref()
-            .map(|t| (t, (i.uncredited_net(), t.facts.tax_total() - t.credited_tax)))
+        i.tax.as_deref().map(|t| {
+            (
+                t,
+                (i.uncredited_net(), t.facts.tax_total() - t.credited_tax),
+            )
+        })
     });
     let tax = invoice_tax.map(|(t, rest)| crate::tax::credit(&t.facts, net, rest));
     let legal = crate::invoice::document_legal(state, ctx, tax);

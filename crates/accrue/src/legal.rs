@@ -144,8 +144,14 @@ fn issuer(fields: Vec<(String, String)>) -> anyhow::Result<Option<Issuer>> {
             .map(|(_, v)| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    if let Some((k, _)) = fields.iter().find(|(k, _)| !ISSUER_KEYS.contains(&k.as_str())) {
-        bail!("[issuer] has no field {k:?} (known: {})", ISSUER_KEYS.join(", "));
+    if let Some((k, _)) = fields
+        .iter()
+        .find(|(k, _)| !ISSUER_KEYS.contains(&k.as_str()))
+    {
+        bail!(
+            "[issuer] has no field {k:?} (known: {})",
+            ISSUER_KEYS.join(", ")
+        );
     }
     for (k, v) in &fields {
         if v.chars().any(char::is_control) || v.len() > 500 {
@@ -199,7 +205,9 @@ mod tests {
         assert_eq!(i.address, ["Hauptstr. 1", "80331 München"]);
         assert_eq!(i.tax_id.as_deref(), Some("DE999999999"));
         assert_eq!(l.rates.rate("US-CA"), Some(Decimal::new(725, 2)));
-        assert!(load(dir.path(), |k| (k == "ACCRUE_TAX_RATES").then(|| "DE".into())).is_err());
+        assert!(load(dir.path(), |k| (k == "ACCRUE_TAX_RATES")
+            .then(|| "DE".into()))
+        .is_err());
         std::fs::write(dir.path().join(FILE), "[issuer]\nlogo_colour = \"red\"\n").unwrap();
         assert!(load(dir.path(), |_| None).is_err());
         let empty = tempfile::tempdir().unwrap();

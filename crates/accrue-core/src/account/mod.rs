@@ -437,17 +437,13 @@ impl AccountState {
                             .map(|l| l.amount)
                             .sum(),
                         usage_credited: Decimal::ZERO,
-                        tax: e
-                            .legal
-                            .as_ref()
-                            .and_then(|l| l.tax.clone())
-                            .map(|facts| {
-                                Box::new(InvoiceTaxState {
-                                    facts,
-                                    credited_net: Decimal::ZERO,
-                                    credited_tax: Decimal::ZERO,
-                                })
-                            }),
+                        tax: e.legal.as_ref().and_then(|l| l.tax.clone()).map(|facts| {
+                            Box::new(InvoiceTaxState {
+                                facts,
+                                credited_net: Decimal::ZERO,
+                                credited_tax: Decimal::ZERO,
+                            })
+                        }),
                     },
                 );
                 // The opening invoice carries pending prorations too.
@@ -937,11 +933,8 @@ fn close_period(
         now: period.end,
         ..*ctx
     };
-    let credit_notes = crate::correction::close_credit_notes(
-        state,
-        negative.then_some(lines.as_slice()),
-        &at_end,
-    );
+    let credit_notes =
+        crate::correction::close_credit_notes(state, negative.then_some(lines.as_slice()), &at_end);
     let issued = if negative {
         None
     } else {
@@ -1034,9 +1027,7 @@ fn change_details(
             .email_language
             .map(|l| crate::email_language(&l).to_string())
             .filter(|l| l != lang_now),
-        tax: change
-            .tax
-            .filter(|t| info.tax.as_deref() != Some(t)),
+        tax: change.tax.filter(|t| info.tax.as_deref() != Some(t)),
     };
     if let Some(t) = &changed.tax {
         t.validate(ctx.rates())?;

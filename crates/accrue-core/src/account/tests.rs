@@ -863,8 +863,11 @@ fn legal() -> &'static crate::tax::Legal {
             iban: None,
             email: None,
         }),
-        rates: crate::tax::TaxTable::new(vec![("DE".into(), dec!(19)), ("US-CA".into(), dec!(7.25))])
-            .unwrap(),
+        rates: crate::tax::TaxTable::new(vec![
+            ("DE".into(), dec!(19)),
+            ("US-CA".into(), dec!(7.25)),
+        ])
+        .unwrap(),
     })
 }
 
@@ -959,7 +962,10 @@ fn credit_notes_carry_the_invoices_rate_and_a_full_credit_reverses_all_its_tax()
     .map(|ev| Given::events(ev).0)
     .unwrap();
     // 90.00 net, 7.25 % = 6.525 → 6.53, gross 96.53.
-    assert_eq!(st.invoices.get("INV-2026-000001").unwrap().total, dec!(96.53));
+    assert_eq!(
+        st.invoices.get("INV-2026-000001").unwrap().total,
+        dec!(96.53)
+    );
     let part = decide(
         &st,
         Command::IssueCreditNote {
