@@ -67,6 +67,13 @@ pub struct CreditNoteDto {
     pub issued_at: DateTime<Utc>,
     pub reason: String,
     pub lines: Vec<CreditNoteLineView>,
+    /// The sum of the (net) lines.
+    pub net: Money,
+    /// Tax at the credited invoice's rate (empty when it had none).
+    pub tax: Vec<crate::routes::TaxAmountDto>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tax_treatment: Option<crate::routes::TaxTreatmentDto>,
+    /// The gross credited: `net` + the tax.
     pub total: Money,
     pub currency: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,7 +85,16 @@ fn credit_note_dto(
     cn: &CreditNoteIssued,
     pdf_sha256: Option<String>,
 ) -> CreditNoteDto {
+    let legal = cn.legal.as_deref();
+    let (tax, tax_treatment) = crate::routes::tax_dto(legal);
     CreditNoteDto {
+        net: Money(
+            legal
+                .and_then(|l| l.tax.as_ref())
+                .map_or(cn.total, |t| t.net),
+        ),
+        tax,
+        tax_treatment,
         kind: "credit_note",
         number: cn.number.clone(),
         invoice_number: cn.invoice_number.clone(),

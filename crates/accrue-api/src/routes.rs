@@ -1113,7 +1113,7 @@ pub struct IssuerDto {
 }
 
 /// The tax rows and facts of a document's legal part.
-pub(crate) fn tax_dto(
+pub fn tax_dto(
     legal: Option<&accrue_core::events::DocumentLegal>,
 ) -> (Vec<TaxAmountDto>, Option<TaxTreatmentDto>) {
     let Some(t) = legal.and_then(|l| l.tax.as_ref()) else {
