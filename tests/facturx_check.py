@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks an accrue invoice PDF and its XML with the PyPI `factur-x` library.
 
-Usage: facturx_check.py INVOICE.pdf SERVED.xml
+Usage: facturx_check.py INVOICE.pdf SERVED.xml   (or - for no served XML)
 
 - the PDF carries `factur-x.xml` as its Factur-X attachment, found and
   XSD-checked by `facturx.get_facturx_xml_from_pdf`;
@@ -57,8 +57,12 @@ def main():
         name, embedded = facturx.get_facturx_xml_from_pdf(f, check_xsd=True)
     if name != "factur-x.xml":
         raise SystemExit(f"no factur-x.xml attachment found (got {name!r})")
-    with open(xml_path, "rb") as f:
-        served = f.read()
+    if xml_path == "-":
+        # A credit note: its XML is only served inside its PDF.
+        served = embedded
+    else:
+        with open(xml_path, "rb") as f:
+            served = f.read()
     if served != embedded:
         raise SystemExit("the served XML differs from the one embedded in the PDF")
     facturx.xml_check_xsd(served, flavor="factur-x", level="en16931")

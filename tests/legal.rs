@@ -127,9 +127,13 @@ fn pdftotext(pdf: &[u8]) -> String {
 /// and the served XML; returns what it read from the XML.
 fn facturx(pdf: &[u8], xml: &[u8]) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let (p, x) = (dir.path().join("i.pdf"), dir.path().join("i.xml"));
+    let (p, mut x) = (dir.path().join("i.pdf"), dir.path().join("i.xml"));
     std::fs::write(&p, pdf).unwrap();
-    std::fs::write(&x, xml).unwrap();
+    if xml.is_empty() {
+        x = "-".into();
+    } else {
+        std::fs::write(&x, xml).unwrap();
+    }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/facturx_check.py");
     let out = std::process::Command::new("python3")
         .arg(script)
@@ -377,6 +381,14 @@ fn legal_invoices_carry_issuer_tax_language_and_a_valid_e_invoice() {
         Some(json!({"reason": "goodwill", "lines": [{"description": "Goodwill", "amount": "100.00"}]})),
     );
     assert_eq!(cn["total"], "107.25", "{cn}");
+    assert_eq!(cn["net"], "100.00", "{cn}");
+    assert_eq!(cn["tax"][0]["amount"], "7.25", "{cn}");
+    // Its PDF carries its own e-invoice (type 381), valid as well.
+    let cn_number = cn["number"].as_str().unwrap();
+    let cn_pdf = s.bytes(&format!("/v1/credit-notes/{cn_number}/pdf"));
+    let cn_fx = facturx(&cn_pdf, b"");
+    assert_eq!((cn_fx["gross"].as_str(), cn_fx["tax"].as_str()), (Some("107.25"), Some("7.25")));
+    assert!(pdftotext(&cn_pdf).contains("VAT 7.25 %"));
     let tb = s.json("GET", "/v1/audit/trial-balance", None);
     let text = tb.to_string();
     let tax_row = tb
