@@ -387,7 +387,10 @@ fn legal_invoices_carry_issuer_tax_language_and_a_valid_e_invoice() {
     let cn_number = cn["number"].as_str().unwrap();
     let cn_pdf = s.bytes(&format!("/v1/credit-notes/{cn_number}/pdf"));
     let cn_fx = facturx(&cn_pdf, b"");
-    assert_eq!((cn_fx["gross"].as_str(), cn_fx["tax"].as_str()), (Some("107.25"), Some("7.25")));
+    assert_eq!(
+        (cn_fx["gross"].as_str(), cn_fx["tax"].as_str()),
+        (Some("107.25"), Some("7.25"))
+    );
     assert!(pdftotext(&cn_pdf).contains("VAT 7.25 %"));
     let tb = s.json("GET", "/v1/audit/trial-balance", None);
     let text = tb.to_string();
