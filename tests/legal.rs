@@ -465,6 +465,13 @@ fn an_issuer_changed_later_leaves_issued_invoices_unchanged() {
         "no rate for ES: {}",
         String::from_utf8_lossy(&body)
     );
+    // The preview says what the close will issue, tax included.
+    let up = s.json("GET", "/v1/accounts/acme/upcoming-invoice", None);
+    assert_eq!(
+        (up["net"].as_str(), up["total"].as_str()),
+        (Some("1234.50"), Some("1493.75")),
+        "{up}"
+    );
     s.json(
         "POST",
         "/v1/clock",

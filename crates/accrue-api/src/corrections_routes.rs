@@ -461,6 +461,11 @@ pub struct UpcomingInvoiceDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub billing_period: Option<PeriodDto>,
     pub lines: Vec<UpcomingLineDto>,
+    /// The sum of the rounded lines.
+    pub net: Money,
+    /// Tax per rate, with the account's tax facts and the rates in force.
+    pub tax: Vec<crate::routes::TaxAmountDto>,
+    /// The gross.
     pub total: Money,
     pub currency: String,
     /// Always false: a preview is never stored.
@@ -496,7 +501,11 @@ pub async fn upcoming_invoice(
         .accounts
         .get(&id)
         .filter(|a| a.is_open())
-        .and_then(|a| accrue_core::correction::upcoming(a))
+        .and_then(|a| {
+            let none = accrue_core::tax::TaxTable::EMPTY;
+            let rates = accrue_ledger::legal().map_or(&none, |l| &l.rates);
+            accrue_core::correction::upcoming(a, rates)
+        })
         .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))?;
     Ok(Json(UpcomingInvoiceDto {
         account_id: id,
@@ -512,6 +521,17 @@ pub async fn upcoming_invoice(
                 quantity: l.quantity.normalize().to_string(),
                 unit_price: Money(l.unit_price),
                 amount: Money(l.amount),
+            })
+            .collect(),
+        net: Money(up.net),
+        tax: up
+            .tax
+            .iter()
+            .flat_map(|t| &t.rates)
+            .map(|r| crate::routes::TaxAmountDto {
+                rate: r.rate.normalize().to_string(),
+                taxable: Money(r.taxable),
+                amount: Money(r.amount),
             })
             .collect(),
         total: Money(up.total),

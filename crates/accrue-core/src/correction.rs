@@ -689,17 +689,32 @@ pub struct Upcoming {
     pub credit_period: Period,
     pub billing_period: Option<Period>,
     pub lines: Vec<InvoiceLine>,
+    /// The sum of the rounded lines.
+    pub net: Decimal,
+    /// The tax the close would add (SPEC §14), with the rates in force.
+    pub tax: Option<crate::tax::InvoiceTax>,
+    /// The gross.
     pub total: Decimal,
     pub currency: String,
 }
 
-pub fn upcoming(state: &AccountState) -> Option<Upcoming> {
+/// `rates`: the tax-rate table in force (the close will tax with it).
+pub fn upcoming(state: &AccountState, rates: &crate::tax::TaxTable) -> Option<Upcoming> {
     let info = state.info.as_ref()?;
     let period = state.credit_period?;
     let (lines, next_billing_period) = crate::account::close_lines(state, period);
-    let mut total = crate::account::total_of(&lines);
+    let mut net = crate::account::total_of(&lines);
+    net.rescale(2);
+    let tax = info
+        .tax
+        .as_deref()
+        .filter(|_| net > Decimal::ZERO)
+        .map(|p| crate::tax::compute(p, rates, net));
+    let mut total = tax.as_ref().map_or(net, |t| t.gross());
     total.rescale(2);
     Some(Upcoming {
+        net,
+        tax,
         issued_at: period.end,
         credit_period: period,
         billing_period: next_billing_period,

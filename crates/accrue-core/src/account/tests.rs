@@ -835,7 +835,7 @@ proptest! {
         if seats > 0 {
             g = g.and(Command::ChangePlan(plan(5 + seats, 20)), "2026-01-25T00:00:00Z");
         }
-        let preview = crate::correction::upcoming(&g.0).unwrap();
+        let preview = crate::correction::upcoming(&g.0, &crate::tax::TaxTable::EMPTY).unwrap();
         let evs = g.when(Command::ClosePeriod { invoice_number: "INV-2026-000002".into() }, "2026-02-15T00:00:00Z").unwrap();
         let issued = evs.iter().find_map(|e| match e {
             AccountEvent::InvoiceIssued(i) => Some(i.clone()),
