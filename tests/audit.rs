@@ -55,6 +55,7 @@ fn seed(dir: &std::path::Path) -> u64 {
             base_credits: "1.00".parse().unwrap(),
             credit_limit: Some("20.00".parse().unwrap()),
             invoice_number: String::new(),
+            tax: None,
         }));
         ledger.execute_blocking(id, cmd).unwrap();
     }

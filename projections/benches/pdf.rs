@@ -30,6 +30,7 @@ fn invoice() -> InvoiceIssued {
         customer_name: "株式会社さくらテック".into(),
         customer_address: Some("東京都渋谷区道玄坂1-2-3".into()),
         serial_number: "ACR-1".into(),
+        legal: None,
     }
 }
 

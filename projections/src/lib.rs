@@ -2,6 +2,8 @@
 //! the side-effect projectors (PDF, mail) that keep a durable checkpoint and
 //! never run during a rebuild.
 
+pub mod einvoice;
+pub mod locale;
 pub mod mail;
 pub mod pdf;
 pub mod postings;

@@ -206,7 +206,7 @@ pub fn mail_for(
     };
     let language = email_language(&lang_req);
     let t = texts(language);
-    let cur = info.currency.as_str();
+    let cur = &*info.currency;
     let day = |d: chrono::DateTime<chrono::Utc>| d.format("%Y-%m-%d").to_string();
     let mut vars = vec![("name", info.name.clone())];
     let (kind, subject, body, attachment) = match event {

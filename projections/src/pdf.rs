@@ -8,8 +8,12 @@
 
 use std::sync::OnceLock;
 
-use accrue_core::events::{CreditNoteIssued, InvoiceIssued};
+use accrue_core::events::{CreditNoteIssued, DocumentLegal, InvoiceIssued};
 use accrue_core::money::display;
+use accrue_core::tax::{InvoiceTax, TaxTreatment};
+use rust_decimal::Decimal;
+
+use crate::locale::fill;
 use chrono::Duration;
 use printpdf::{
     Color, FontId, Line, LinePoint, Mm, Op, ParsedFont, PdfDocument, PdfFont, PdfFontHandle,
@@ -115,10 +119,6 @@ fn day(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d").to_string()
 }
 
-fn period_text(p: &accrue_core::Period) -> String {
-    format!("{} – {}", day(p.start), day(p.end - Duration::days(1)))
-}
-
 /// Splits a description into lines of at most `max` characters at ", ".
 fn wrap(s: &str, max: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -142,12 +142,92 @@ fn wrap(s: &str, max: usize) -> Vec<String> {
     out
 }
 
+/// Splits running text into lines of at most `max` characters at spaces
+/// (or anywhere, for text without spaces such as Japanese).
+fn wrap_words(s: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for word in s.split_inclusive(' ') {
+        let mut word = word.to_string();
+        while word.chars().count() > max {
+            let head: String = word.chars().take(max).collect();
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur).trim_end().to_string());
+            }
+            out.push(head.clone());
+            word = word.chars().skip(max).collect();
+        }
+        if cur.chars().count() + word.trim_end().chars().count() > max && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur).trim_end().to_string());
+        }
+        cur.push_str(&word);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim_end().to_string());
+    }
+    out
+}
+
 /// One line as printed.
 struct DocLine {
     description: String,
     quantity: String,
     unit_price: String,
     amount: String,
+}
+
+/// How a document formats its figures: layout 1 (documents issued before
+/// SPEC §14: English, ISO dates, plain amounts — byte for byte as they
+/// were rendered) or layout 2 (the document's language).
+struct Fmt {
+    l: &'static crate::locale::Labels,
+    layout2: bool,
+}
+
+impl Fmt {
+    fn of(legal: Option<&DocumentLegal>) -> Fmt {
+        match legal {
+            None => Fmt {
+                l: &crate::locale::EN,
+                layout2: false,
+            },
+            Some(d) => Fmt {
+                l: crate::locale::labels(&d.language),
+                layout2: true,
+            },
+        }
+    }
+    fn date(&self, t: chrono::DateTime<chrono::Utc>) -> String {
+        if self.layout2 {
+            crate::locale::date(self.l.code, t)
+        } else {
+            day(t)
+        }
+    }
+    fn period(&self, p: &accrue_core::Period) -> String {
+        format!(
+            "{} – {}",
+            self.date(p.start),
+            self.date(p.end - Duration::days(1))
+        )
+    }
+    fn amount(&self, a: Decimal) -> String {
+        if self.layout2 {
+            crate::locale::amount(self.l.code, a)
+        } else {
+            display(a)
+        }
+    }
+    fn quantity(&self, q: Decimal) -> String {
+        if self.layout2 {
+            crate::locale::rate(self.l.code, q)
+        } else {
+            q.normalize().to_string()
+        }
+    }
+    fn money(&self, currency: &str, a: Decimal) -> String {
+        format!("{currency} {}", self.amount(a))
+    }
 }
 
 /// What a document prints: an invoice or a credit note, from its event.
@@ -157,112 +237,237 @@ struct Doc {
     doc_title: String,
     number: String,
     issued_at: chrono::DateTime<chrono::Utc>,
+    /// The issuer's name, then its address and contact lines.
+    issuer: Vec<String>,
+    bill_to: &'static str,
     customer_name: String,
     customer_address: Option<String>,
-    serial_number: String,
+    /// Below the address: the serial number, the customer's tax id.
+    customer_lines: Vec<String>,
     facts: Vec<(&'static str, String)>,
+    header: [&'static str; 4],
     lines: Vec<DocLine>,
-    currency: String,
-    total: rust_decimal::Decimal,
+    /// Rows above the total (net, tax per rate); none in layout 1.
+    subtotals: Vec<(String, String)>,
+    total_label: &'static str,
+    total: String,
     terms: Vec<String>,
+    /// The footer's first part (the issuer's name).
+    footer_name: String,
+    /// A second footer line (tax id, registration), layout 2 only.
+    footer_legal: Option<String>,
+    page_label: &'static str,
+    /// The Factur-X XML to embed (PDF/A-3), see `einvoice::applies`.
+    xml: Option<String>,
+    /// Layout 2: running text wraps at `wrap_at` characters and may
+    /// continue on a new page (layout 1 never did either).
+    layout2: bool,
+    wrap_at: usize,
+}
+
+/// The issuer block and footer of a document: the issuer it was issued
+/// with, else (layout 1, or no issuer configured) the built-in one.
+fn issuer_parts(f: &Fmt, legal: Option<&DocumentLegal>) -> (Vec<String>, String, Option<String>) {
+    match legal.and_then(|l| l.issuer.as_ref()) {
+        None => (
+            ISSUER.iter().map(|s| s.to_string()).collect(),
+            ISSUER[0].to_string(),
+            None,
+        ),
+        Some(i) => {
+            let mut lines = vec![i.legal_name.clone()];
+            lines.extend(i.address.iter().cloned());
+            if let Some(e) = &i.email {
+                lines.push(e.clone());
+            }
+            let mut legal_line = Vec::new();
+            if let Some(t) = &i.tax_id {
+                legal_line.push(format!("{}: {t}", f.l.issuer_tax_id));
+            }
+            if let Some(r) = &i.registration {
+                legal_line.push(r.clone());
+            }
+            let footer = (!legal_line.is_empty()).then(|| legal_line.join(" · "));
+            (lines, i.legal_name.clone(), footer)
+        }
+    }
+}
+
+/// Net and tax rows, the tax wording, for a document with tax facts.
+fn tax_parts(
+    f: &Fmt,
+    currency: &str,
+    tax: Option<&InvoiceTax>,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let Some(t) = tax else {
+        return (vec![], vec![]);
+    };
+    let mut rows = vec![(f.l.net.to_string(), f.money(currency, t.net))];
+    for r in &t.rates {
+        rows.push((
+            fill(f.l.tax, &[("rate", &crate::locale::rate(f.l.code, r.rate))]),
+            f.money(currency, r.amount),
+        ));
+    }
+    let notes = match t.treatment {
+        TaxTreatment::ReverseCharge => vec![f.l.reverse_charge.to_string()],
+        TaxTreatment::Exempt => vec![fill(
+            f.l.exempt,
+            &[("reason", t.exempt_reason.as_deref().unwrap_or(""))],
+        )],
+        TaxTreatment::Standard => vec![],
+    };
+    (rows, notes)
+}
+
+fn customer_lines(f: &Fmt, serial: &str, tax: Option<&InvoiceTax>) -> Vec<String> {
+    let mut v = vec![format!("{}: {serial}", f.l.serial_number)];
+    if let Some(id) = tax.and_then(|t| t.customer_tax_id.as_deref()) {
+        v.push(format!("{}: {id}", f.l.customer_tax_id));
+    }
+    v
+}
+
+fn payment_lines(f: &Fmt, legal: Option<&DocumentLegal>) -> Vec<String> {
+    legal
+        .and_then(|l| l.issuer.as_ref())
+        .and_then(|i| i.payment_instructions.as_deref())
+        .map(|p| vec![format!("{}: {p}", f.l.payment)])
+        .unwrap_or_default()
 }
 
 impl Doc {
     fn invoice(inv: &InvoiceIssued) -> Doc {
+        let legal = inv.legal.as_deref();
+        let f = Fmt::of(legal);
+        let l = f.l;
+        let tax = legal.and_then(|d| d.tax.as_ref());
         let mut facts = vec![
-            ("Invoice number", inv.number.clone()),
-            ("Issue date", day(inv.issued_at)),
-            ("Due date", day(inv.due_date)),
-            ("Currency", inv.currency.clone()),
+            (l.invoice_number, inv.number.clone()),
+            (l.issue_date, f.date(inv.issued_at)),
+            (l.due_date, f.date(inv.due_date)),
+            (l.currency, inv.currency.clone()),
         ];
         if let Some(b) = &inv.billing_period {
-            facts.push(("Subscription period", period_text(b)));
+            facts.push((l.subscription_period, f.period(b)));
         }
         if let Some(c) = &inv.credit_period {
-            facts.push(("AI-credit period", period_text(c)));
+            facts.push((l.ai_period, f.period(c)));
         }
+        let (issuer, footer_name, footer_legal) = issuer_parts(&f, legal);
+        let (subtotals, notes) = tax_parts(&f, &inv.currency, tax);
+        let mut terms = notes;
+        terms.push(fill(
+            l.terms,
+            &[
+                (
+                    "days",
+                    &accrue_core::invoice::PAYMENT_TERMS_DAYS.to_string(),
+                ),
+                ("amount", &f.money(&inv.currency, inv.total)),
+                ("date", &f.date(inv.due_date)),
+            ],
+        ));
+        terms.extend(payment_lines(&f, legal));
+        terms.push(fill(l.quote, &[("number", &inv.number)]));
+        terms.push(l.arrears.to_string());
+        terms.push(l.advance.to_string());
         Doc {
-            title: "INVOICE",
+            title: l.invoice,
             doc_title: format!("Invoice {}", inv.number),
             number: inv.number.clone(),
             issued_at: inv.issued_at,
+            issuer,
+            bill_to: l.bill_to,
             customer_name: inv.customer_name.clone(),
             customer_address: inv.customer_address.clone(),
-            serial_number: inv.serial_number.clone(),
+            customer_lines: customer_lines(&f, &inv.serial_number, tax),
             facts,
+            header: [l.description, l.qty, l.unit_price, l.amount],
             lines: inv
                 .lines
                 .iter()
-                .map(|l| DocLine {
-                    description: l.description.clone(),
-                    quantity: l.quantity.normalize().to_string(),
-                    unit_price: display(l.unit_price),
-                    amount: display(l.amount),
+                .map(|line| DocLine {
+                    description: line.description.clone(),
+                    quantity: f.quantity(line.quantity),
+                    unit_price: f.amount(line.unit_price),
+                    amount: f.amount(line.amount),
                 })
                 .collect(),
-            currency: inv.currency.clone(),
-            total: inv.total,
-            terms: vec![
-                format!(
-                    "Payment terms: net {} days. Please pay {} {} by {}.",
-                    accrue_core::invoice::PAYMENT_TERMS_DAYS,
-                    inv.currency,
-                    display(inv.total),
-                    day(inv.due_date)
-                ),
-                format!(
-                    "Please quote invoice number {} with your payment.",
-                    inv.number
-                ),
-                "AI credits are billed in arrears (usage beyond the included base credits);"
-                    .to_string(),
-                "seats and add-ons are billed in advance for the subscription period.".to_string(),
-            ],
+            subtotals,
+            total_label: l.total,
+            total: f.money(&inv.currency, inv.total),
+            terms,
+            footer_name,
+            footer_legal,
+            page_label: l.page,
+            layout2: f.layout2,
+            wrap_at: if l.code == "ja" { 52 } else { 100 },
+            xml: crate::einvoice::applies(legal).then(|| crate::einvoice::invoice_xml(inv)),
         }
     }
 
     fn credit_note(cn: &CreditNoteIssued) -> Doc {
+        let legal = cn.legal.as_deref();
+        let f = Fmt::of(legal);
+        let l = f.l;
+        let tax = legal.and_then(|d| d.tax.as_ref());
+        let (issuer, footer_name, footer_legal) = issuer_parts(&f, legal);
+        let (subtotals, notes) = tax_parts(&f, &cn.currency, tax);
+        let mut terms = notes;
+        terms.push(fill(l.reason, &[("reason", &cn.reason)]));
+        terms.push(fill(
+            l.reduces,
+            &[
+                ("invoice", &cn.invoice_number),
+                ("amount", &f.money(&cn.currency, cn.total)),
+            ],
+        ));
+        terms.push(l.refunded.to_string());
         Doc {
-            title: "CREDIT NOTE",
+            title: l.credit_note,
             doc_title: format!("Credit note {}", cn.number),
             number: cn.number.clone(),
             issued_at: cn.issued_at,
+            issuer,
+            bill_to: l.bill_to,
             customer_name: cn.customer_name.clone(),
             customer_address: cn.customer_address.clone(),
-            serial_number: cn.serial_number.clone(),
+            customer_lines: customer_lines(&f, &cn.serial_number, tax),
             facts: vec![
-                ("Credit note number", cn.number.clone()),
-                ("Issue date", day(cn.issued_at)),
-                ("Credits invoice", cn.invoice_number.clone()),
-                ("Currency", cn.currency.clone()),
+                (l.credit_note_number, cn.number.clone()),
+                (l.issue_date, f.date(cn.issued_at)),
+                (l.credits_invoice, cn.invoice_number.clone()),
+                (l.currency, cn.currency.clone()),
             ],
+            header: [l.description, l.qty, l.unit_price, l.amount],
             lines: cn
                 .lines
                 .iter()
-                .map(|l| DocLine {
-                    description: l.description.clone(),
+                .map(|line| DocLine {
+                    description: line.description.clone(),
                     quantity: "1".into(),
-                    unit_price: display(l.amount),
-                    amount: display(l.amount),
+                    unit_price: f.amount(line.amount),
+                    amount: f.amount(line.amount),
                 })
                 .collect(),
-            currency: cn.currency.clone(),
-            total: cn.total,
-            terms: vec![
-                format!("Reason: {}", cn.reason),
-                format!(
-                    "This credit note reduces invoice {} by {} {}.",
-                    cn.invoice_number,
-                    cn.currency,
-                    display(cn.total)
-                ),
-                "An amount already paid is refunded or set against the next invoice.".into(),
-            ],
+            subtotals,
+            total_label: l.total,
+            total: f.money(&cn.currency, cn.total),
+            terms,
+            footer_name,
+            footer_legal,
+            page_label: l.page,
+            layout2: f.layout2,
+            wrap_at: if l.code == "ja" { 52 } else { 100 },
+            xml: crate::einvoice::applies(legal).then(|| crate::einvoice::credit_note_xml(cn)),
         }
     }
 }
 
-/// Renders the invoice as issued. Pure: same event, same bytes.
+/// Renders the invoice as issued. Pure: same event, same bytes. An invoice
+/// with legal facts (layout 2) is printed in its language, with its
+/// issuer and tax, and carries its Factur-X XML (PDF/A-3).
 pub fn render(inv: &InvoiceIssued) -> Result<Vec<u8>, PdfError> {
     render_doc(&Doc::invoice(inv))
 }
@@ -279,8 +484,8 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     let mut p = pages.last_mut().expect("one page");
 
     // Header: issuer left, title right.
-    p.text(LEFT, 275.0, 16.0, ISSUER[0]);
-    for (i, l) in ISSUER[1..].iter().enumerate() {
+    p.text(LEFT, 275.0, 16.0, &inv.issuer[0]);
+    for (i, l) in inv.issuer[1..].iter().enumerate() {
         p.text(LEFT, 269.0 - 4.5 * i as f32, 9.0, l);
     }
     p.text_right(RIGHT, 275.0, 20.0, inv.title);
@@ -288,21 +493,24 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     p.rule(252.0, 0.6);
 
     // Customer and invoice facts.
-    p.text(LEFT, 244.0, 9.0, "Bill to");
+    p.text(LEFT, 244.0, 9.0, inv.bill_to);
     p.text(LEFT, 238.0, 12.0, &inv.customer_name);
     let mut y = 232.5;
     if let Some(addr) = &inv.customer_address {
-        for l in wrap(addr, 45) {
+        // Layout 2 keeps the address's own line breaks.
+        let lines: Vec<String> = if inv.layout2 {
+            addr.lines().flat_map(|l| wrap(l.trim(), 45)).collect()
+        } else {
+            wrap(addr, 45)
+        };
+        for l in lines {
             p.text(LEFT, y, 9.0, &l);
             y -= 4.5;
         }
     }
-    p.text(
-        LEFT,
-        y,
-        9.0,
-        &format!("Serial number: {}", inv.serial_number),
-    );
+    for (i, l) in inv.customer_lines.iter().enumerate() {
+        p.text(LEFT, y - 4.5 * i as f32, 9.0, l);
+    }
 
     let mut fy = 244.0;
     for (k, v) in inv.facts.iter() {
@@ -314,10 +522,10 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     // Lines.
     let mut y = 200.0;
     let header = |p: &mut Page, y: f32| {
-        p.text(LEFT, y, 9.0, "Description");
-        p.text_right(135.0, y, 9.0, "Qty");
-        p.text_right(162.0, y, 9.0, "Unit price");
-        p.text_right(RIGHT, y, 9.0, "Amount");
+        p.text(LEFT, y, 9.0, inv.header[0]);
+        p.text_right(135.0, y, 9.0, inv.header[1]);
+        p.text_right(162.0, y, 9.0, inv.header[2]);
+        p.text_right(RIGHT, y, 9.0, inv.header[3]);
         p.rule(y - 2.5, 0.3);
     };
     header(p, y);
@@ -342,35 +550,47 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     }
     p.rule(y + 2.0, 0.3);
     y -= 5.0;
-    p.text(120.0, y, 11.0, "Total");
-    p.text_right(
-        RIGHT,
-        y,
-        11.0,
-        &format!("{} {}", inv.currency, display(inv.total)),
-    );
+    for (k, v) in &inv.subtotals {
+        p.text(120.0, y, 9.0, k);
+        p.text_right(RIGHT, y, 9.0, v);
+        y -= 5.5;
+    }
+    p.text(120.0, y, 11.0, inv.total_label);
+    p.text_right(RIGHT, y, 11.0, &inv.total);
     y -= 14.0;
 
-    // Terms.
-    let terms = &inv.terms;
-    for t in terms {
-        p.text(LEFT, y, 8.5, t);
-        y -= 4.5;
+    // Terms (running text is wrapped in layout 2; layout 1's lines fit).
+    for t in &inv.terms {
+        let lines = if inv.layout2 {
+            wrap_words(t, inv.wrap_at)
+        } else {
+            vec![t.clone()]
+        };
+        for l in lines {
+            if inv.layout2 && y < 24.0 {
+                pages.push(Page { ops: Vec::new() });
+                p = pages.last_mut().expect("just pushed");
+                y = 270.0;
+            }
+            p.text(LEFT, y, 8.5, &l);
+            y -= 4.5;
+        }
     }
     let count = pages.len();
     for (i, pg) in pages.iter_mut().enumerate() {
+        let page = fill(
+            inv.page_label,
+            &[("n", &(i + 1).to_string()), ("count", &count.to_string())],
+        );
         pg.text(
             LEFT,
             12.0,
             7.5,
-            &format!(
-                "{} · {} · page {} of {}",
-                ISSUER[0],
-                inv.number,
-                i + 1,
-                count
-            ),
+            &format!("{} · {} · {page}", inv.footer_name, inv.number),
         );
+        if let Some(l) = &inv.footer_legal {
+            pg.text(LEFT, 16.0, 7.5, l);
+        }
     }
 
     let mut doc = PdfDocument::new(&inv.doc_title);
@@ -383,7 +603,7 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     doc.metadata.info.creation_date = issued;
     doc.metadata.info.modification_date = issued;
     doc.metadata.info.metadata_date = issued;
-    doc.metadata.info.author = ISSUER[0].to_string();
+    doc.metadata.info.author = inv.footer_name.clone();
     doc.metadata.info.creator = "accrue".to_string();
     doc.metadata.info.producer = "accrue".to_string();
     doc.metadata.info.subject = format!("{} for {}", inv.doc_title, inv.customer_name);
@@ -401,6 +621,15 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     );
     lo.trailer
         .set("ID", lopdf::Object::Array(vec![id.clone(), id]));
+    if let Some(xml) = &inv.xml {
+        crate::einvoice::embed(
+            &mut lo,
+            xml.as_bytes(),
+            inv.issued_at,
+            &inv.doc_title,
+            &inv.footer_name,
+        );
+    }
     if opts.optimize {
         lo.compress();
     }

@@ -7,12 +7,15 @@
 //! - `InvoiceIssued`: debit accounts receivable with each line; credit the
 //!   revenue account of the line's kind (a negative line — a downgrade
 //!   credit — posts the other way round).
+//!   With tax (SPEC §14) receivables are also debited with the tax, which
+//!   is credited to `tax_payable` (owed to the tax office): receivables
+//!   hold the gross, revenue the net.
 //! - `PaymentSucceeded`: debit cash, credit accounts receivable.
 //! - `InvoiceVoided`: debit invoice voids (contra-revenue), credit receivables
 //!   with what no credit note credited yet (a void today issues a full
 //!   credit note first, so this is 0; older logs voided without one).
-//! - `CreditNoteIssued`: debit credit notes (contra-revenue), credit
-//!   receivables with its total.
+//! - `CreditNoteIssued`: debit credit notes (contra-revenue) with its net
+//!   and `tax_payable` with its tax, credit receivables with its total.
 //! - `PaymentRefunded`: debit receivables, credit cash (the money goes back;
 //!   what the customer was owed after a credit note is settled).
 
@@ -22,7 +25,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 /// The chart of accounts, in report order.
-pub const CHART: [(&str, &str); 7] = [
+pub const CHART: [(&str, &str); 8] = [
     ("accounts_receivable", "asset"),
     ("cash", "asset"),
     ("revenue_subscription", "revenue"),
@@ -30,6 +33,7 @@ pub const CHART: [(&str, &str); 7] = [
     ("proration_adjustments", "revenue"),
     ("invoice_voids", "contra-revenue"),
     ("credit_notes", "contra-revenue"),
+    ("tax_payable", "liability"),
 ];
 
 /// One balanced entry: `amount` debited to one chart account and credited
@@ -103,18 +107,34 @@ pub fn entries(
         }
     };
     match event {
-        AccountEvent::InvoiceIssued(InvoiceIssued { lines, .. }) => lines
-            .iter()
-            .filter(|l| !l.amount.is_zero())
-            .map(|l| pair("accounts_receivable", revenue_account(l.kind), l.amount))
-            .collect(),
+        AccountEvent::InvoiceIssued(InvoiceIssued { lines, legal, .. }) => {
+            let tax = legal
+                .as_ref()
+                .and_then(|l| l.tax.as_ref())
+                .map_or(Decimal::ZERO, |t| t.tax_total());
+            lines
+                .iter()
+                .filter(|l| !l.amount.is_zero())
+                .map(|l| pair("accounts_receivable", revenue_account(l.kind), l.amount))
+                .chain((!tax.is_zero()).then(|| pair("accounts_receivable", "tax_payable", tax)))
+                .collect()
+        }
         AccountEvent::PaymentSucceeded(p) => vec![pair("cash", "accounts_receivable", p.amount)],
         AccountEvent::InvoiceVoided(v) => uncredited(&v.number)
             .filter(|t| !t.is_zero())
             .map(|t| vec![pair("invoice_voids", "accounts_receivable", t)])
             .unwrap_or_default(),
         AccountEvent::CreditNoteIssued(c) => {
-            vec![pair("credit_notes", "accounts_receivable", c.total)]
+            let tax = c
+                .legal
+                .as_ref()
+                .and_then(|l| l.tax.as_ref())
+                .map_or(Decimal::ZERO, |t| t.tax_total());
+            let mut v = vec![pair("credit_notes", "accounts_receivable", c.total - tax)];
+            if !tax.is_zero() {
+                v.push(pair("tax_payable", "accounts_receivable", tax));
+            }
+            v
         }
         AccountEvent::PaymentRefunded(r) => {
             vec![pair("accounts_receivable", "cash", r.amount)]

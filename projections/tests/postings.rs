@@ -23,7 +23,20 @@ fn plan(full: u32, viewer: u32, dm: bool) -> Plan {
     }
 }
 
-fn history(ops: &[(u8, u16)]) -> ReadModels {
+fn legal() -> &'static accrue_core::tax::Legal {
+    static L: std::sync::OnceLock<accrue_core::tax::Legal> = std::sync::OnceLock::new();
+    L.get_or_init(|| accrue_core::tax::Legal {
+        issuer: None,
+        rates: accrue_core::tax::TaxTable::new(vec![
+            ("DE".into(), Decimal::new(19, 0)),
+            ("US-CA".into(), Decimal::new(725, 2)),
+        ])
+        .unwrap(),
+    })
+}
+
+/// `tax`: 0 none, 1 German standard 19 %, 2 Californian 7.25 %, 3 reverse charge.
+fn history(ops: &[(u8, u16)], tax: u8) -> ReadModels {
     let mut now: DateTime<Utc> = "2026-01-31T00:00:00Z".parse().unwrap();
     let mut state = AccountState::default();
     let mut models = ReadModels::default();
@@ -31,7 +44,11 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
     let mut seq = 0u64;
     let mut run =
         |state: &mut AccountState, models: &mut ReadModels, cmd: Command, now: DateTime<Utc>| {
-            if let Ok(events) = decide(state, cmd, &Context::at(now)) {
+            let ctx = Context {
+                legal: Some(legal()),
+                ..Context::at(now)
+            };
+            if let Ok(events) = decide(state, cmd, &ctx) {
                 for e in events {
                     state.apply(&e);
                     pos += 1;
@@ -57,6 +74,16 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
         base_credits: Decimal::new(100, 2),
         credit_limit: Some(Decimal::new(5000, 2)),
         invoice_number: number(),
+        tax: (tax > 0).then(|| accrue_core::tax::TaxProfile {
+            country: if tax == 2 { "US-CA" } else { "DE" }.into(),
+            customer_tax_id: Some("DE123456789".into()),
+            treatment: if tax == 3 {
+                accrue_core::tax::TaxTreatment::ReverseCharge
+            } else {
+                accrue_core::tax::TaxTreatment::Standard
+            },
+            exempt_reason: None,
+        }),
     };
     run(&mut state, &mut models, Command::Open(Box::new(open)), now);
     for (i, (op, n)) in ops.iter().enumerate() {
@@ -128,8 +155,8 @@ fn history(ops: &[(u8, u16)]) -> ReadModels {
 
 proptest! {
     #[test]
-    fn books_balance_and_receivables_match_unpaid_invoices(ops in prop::collection::vec((0u8..8, 0u16..2000), 1..80)) {
-        let models = history(&ops);
+    fn books_balance_and_receivables_match_unpaid_invoices(ops in prop::collection::vec((0u8..8, 0u16..2000), 1..80), tax in 0u8..4) {
+        let models = history(&ops, tax);
         let tb = trial_balance(&models.postings, None);
         prop_assert!(tb.balanced(), "{:?}", tb);
         // Receivables: what every invoice billed, less its credit notes and
@@ -139,9 +166,25 @@ proptest! {
         prop_assert_eq!(tb.balance_of("accounts_receivable"), receivable);
         let cash: Decimal = st.invoices.values().map(|i| i.paid - i.refunded).sum();
         prop_assert_eq!(tb.balance_of("cash"), cash);
-        // Contra revenue: every credit note's total.
+        // Tax payable: what was invoiced in tax less what credit notes
+        // credited of it (a credit balance).
+        let tax_of = |f: fn(&accrue_core::account::InvoiceTaxState) -> Decimal| -> Decimal {
+            st.invoices.values().filter_map(|i| i.tax.as_deref()).map(f).sum()
+        };
+        let invoiced_tax = tax_of(|t| t.facts.tax_total());
+        let credited_tax = tax_of(|t| t.credited_tax);
+        prop_assert_eq!(-tb.balance_of("tax_payable"), invoiced_tax - credited_tax);
+        prop_assert!(credited_tax <= invoiced_tax);
+        if tax == 0 || tax == 3 { prop_assert!(invoiced_tax.is_zero()); }
+        // Contra revenue: every credit note's net (its total less its tax).
         let credited: Decimal = st.invoices.values().map(|i| i.credited).sum();
-        prop_assert_eq!(tb.balance_of("credit_notes") + tb.balance_of("invoice_voids"), credited);
+        prop_assert_eq!(tb.balance_of("credit_notes") + tb.balance_of("invoice_voids"), credited - credited_tax);
+        // Every invoice: the total is its net plus its tax.
+        for i in st.invoices.values() {
+            if let Some(t) = i.tax.as_deref() {
+                prop_assert_eq!(i.total, t.facts.net + t.facts.tax_total());
+            }
+        }
         // A status agrees with the amounts.
         for r in models.invoices.values() {
             let i = st.invoices.get(&r.issued.number).unwrap();

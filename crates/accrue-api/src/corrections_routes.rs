@@ -67,6 +67,13 @@ pub struct CreditNoteDto {
     pub issued_at: DateTime<Utc>,
     pub reason: String,
     pub lines: Vec<CreditNoteLineView>,
+    /// The sum of the (net) lines.
+    pub net: Money,
+    /// Tax at the credited invoice's rate (empty when it had none).
+    pub tax: Vec<crate::routes::TaxAmountDto>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tax_treatment: Option<crate::routes::TaxTreatmentDto>,
+    /// The gross credited: `net` + the tax.
     pub total: Money,
     pub currency: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,7 +85,16 @@ fn credit_note_dto(
     cn: &CreditNoteIssued,
     pdf_sha256: Option<String>,
 ) -> CreditNoteDto {
+    let legal = cn.legal.as_deref();
+    let (tax, tax_treatment) = crate::routes::tax_dto(legal);
     CreditNoteDto {
+        net: Money(
+            legal
+                .and_then(|l| l.tax.as_ref())
+                .map_or(cn.total, |t| t.net),
+        ),
+        tax,
+        tax_treatment,
         kind: "credit_note",
         number: cn.number.clone(),
         invoice_number: cn.invoice_number.clone(),
@@ -445,6 +461,11 @@ pub struct UpcomingInvoiceDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub billing_period: Option<PeriodDto>,
     pub lines: Vec<UpcomingLineDto>,
+    /// The sum of the rounded lines.
+    pub net: Money,
+    /// Tax per rate, with the account's tax facts and the rates in force.
+    pub tax: Vec<crate::routes::TaxAmountDto>,
+    /// The gross.
     pub total: Money,
     pub currency: String,
     /// Always false: a preview is never stored.
@@ -480,7 +501,11 @@ pub async fn upcoming_invoice(
         .accounts
         .get(&id)
         .filter(|a| a.is_open())
-        .and_then(|a| accrue_core::correction::upcoming(a))
+        .and_then(|a| {
+            let none = accrue_core::tax::TaxTable::EMPTY;
+            let rates = accrue_ledger::legal().map_or(&none, |l| &l.rates);
+            accrue_core::correction::upcoming(a, rates)
+        })
         .ok_or_else(|| ApiError::not_found(format!("no account {id:?}")))?;
     Ok(Json(UpcomingInvoiceDto {
         account_id: id,
@@ -496,6 +521,17 @@ pub async fn upcoming_invoice(
                 quantity: l.quantity.normalize().to_string(),
                 unit_price: Money(l.unit_price),
                 amount: Money(l.amount),
+            })
+            .collect(),
+        net: Money(up.net),
+        tax: up
+            .tax
+            .iter()
+            .flat_map(|t| &t.rates)
+            .map(|r| crate::routes::TaxAmountDto {
+                rate: r.rate.normalize().to_string(),
+                taxable: Money(r.taxable),
+                amount: Money(r.amount),
             })
             .collect(),
         total: Money(up.total),

@@ -155,6 +155,60 @@ pub struct CreateAccount {
     /// Subscribe to additional credits at once with this limit.
     #[serde(default, alias = "additional_credit_limit", alias = "limit")]
     pub credit_limit: Option<Money>,
+    /// Tax country, customer tax id and treatment (SPEC §14).
+    #[serde(default)]
+    pub tax: Option<TaxDto>,
+}
+
+/// An account's tax facts: `{"country": "DE", "customer_tax_id":
+/// "DE123456789", "treatment": "reverse_charge"}`; `standard` takes the
+/// country's rate from the configured table, `exempt` needs a reason.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaxDto {
+    /// ISO 3166 code, optionally with a subdivision: `DE`, `US-CA`.
+    pub country: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_tax_id: Option<String>,
+    /// `standard`, `reverse_charge` or `exempt`.
+    pub treatment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exempt_reason: Option<String>,
+}
+
+impl TryFrom<TaxDto> for accrue_core::tax::TaxProfile {
+    type Error = crate::error::ApiError;
+    /// The shape; the rate table is checked by the ledger's decision.
+    fn try_from(t: TaxDto) -> Result<Self, Self::Error> {
+        let bad =
+            |e: accrue_core::DomainError| crate::error::ApiError::unprocessable(e.to_string());
+        if let Some(r) = &t.exempt_reason {
+            if r.len() > 200 || r.chars().any(char::is_control) {
+                return Err(crate::error::ApiError::unprocessable(
+                    "exempt_reason: at most 200 characters, no control characters",
+                ));
+            }
+        }
+        Ok(accrue_core::tax::TaxProfile {
+            country: t.country.trim().to_ascii_uppercase(),
+            customer_tax_id: t
+                .customer_tax_id
+                .map(|i| i.replace(' ', "").to_ascii_uppercase()),
+            treatment: accrue_core::tax::TaxTreatment::parse(&t.treatment).map_err(bad)?,
+            exempt_reason: t.exempt_reason.map(|r| r.trim().to_string()),
+        })
+    }
+}
+
+impl From<&accrue_core::tax::TaxProfile> for TaxDto {
+    fn from(t: &accrue_core::tax::TaxProfile) -> TaxDto {
+        TaxDto {
+            country: t.country.clone(),
+            customer_tax_id: t.customer_tax_id.clone(),
+            treatment: t.treatment.as_str().to_string(),
+            exempt_reason: t.exempt_reason.clone(),
+        }
+    }
 }
 
 fn en() -> String {
@@ -316,6 +370,9 @@ pub struct Overview {
     /// them; a corrected billing email gets them again.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mail_bounces: Vec<BounceView>,
+    /// The account's tax facts, if set (SPEC §14).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tax: Option<TaxDto>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_of: Option<DateTime<Utc>>,
 }
@@ -359,7 +416,7 @@ pub fn overview(s: &AccountState, as_of: Option<DateTime<Utc>>) -> Option<Overvi
             .map_or(info.email_language.to_string(), |m| {
                 m.email_language.clone()
             }),
-        currency: info.currency.clone(),
+        currency: info.currency.to_string(),
         billing_frequency: info.billing_frequency.as_str(),
         period_anchor: info.anchor_day,
         current_period: period.into(),
@@ -406,6 +463,7 @@ pub fn overview(s: &AccountState, as_of: Option<DateTime<Utc>>) -> Option<Overvi
             suspended: s.suspended(),
         },
         mail_bounces: Vec::new(),
+        tax: info.tax.as_deref().map(TaxDto::from),
         as_of,
     })
 }

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(post_payment))
         .routes(routes!(get_invoice))
         .routes(routes!(get_invoice_pdf))
+        .routes(routes!(get_invoice_xml))
         .routes(routes!(void_invoice))
         .routes(routes!(create_credit_note))
         .routes(routes!(get_credit_note))

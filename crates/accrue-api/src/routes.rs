@@ -351,6 +351,7 @@ pub async fn create_account(
         base_credits: req.base_credits.0,
         credit_limit: req.credit_limit.map(|m| m.0),
         invoice_number: String::new(),
+        tax: req.tax.map(TryInto::try_into).transpose()?,
     };
     st.ledger
         .execute(id.as_str(), Command::Open(Box::new(open)))
@@ -455,6 +456,9 @@ pub struct AccountPatch {
     address: Option<String>,
     #[serde(default, alias = "language")]
     email_language: Option<String>,
+    /// New tax facts (SPEC §14) for invoices issued from now on.
+    #[serde(default)]
+    tax: Option<crate::dto::TaxDto>,
 }
 
 #[utoipa::path(patch, path = "/v1/accounts/{id}", tag = "accounts", request_body(content = AccountPatch, content_type = "application/json"), params(("id" = String, Path, description = "account id")), responses((status = 200, description = "details changed (one AccountDetailsChanged event)", body = crate::dto::Overview), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
@@ -483,6 +487,7 @@ pub async fn patch_account(
         billing_email: req.billing_email,
         address: req.address,
         email_language: req.email_language,
+        tax: req.tax.map(TryInto::try_into).transpose()?,
     };
     st.ledger
         .execute(id.as_str(), Command::ChangeDetails(change))
@@ -1057,9 +1062,22 @@ pub struct InvoiceDto {
     pub billing_period: Option<PeriodDto>,
     pub subscription: String,
     pub lines: Vec<InvoiceLineDto>,
+    /// The net (sum of the rounded lines); `subtotal` is the same figure.
+    pub net: Money,
     pub subtotal: Money,
+    /// Tax per rate (empty for an invoice issued without tax facts).
+    pub tax: Vec<TaxAmountDto>,
+    /// The gross: `net` + the tax.
     pub total: Money,
     pub currency: String,
+    /// The tax facts as issued: treatment, country, the customer's tax id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tax_treatment: Option<TaxTreatmentDto>,
+    /// The issuer as issued (absent when none was configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<IssuerDto>,
+    /// The language the PDF is printed in.
+    pub language: String,
     /// `unpaid`, `paid`, `credited`, `partially_credited` or `void`.
     pub status: &'static str,
     /// `total − credited − paid`, never below zero.
@@ -1074,6 +1092,64 @@ pub struct InvoiceDto {
     pub last_failure_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pdf_sha256: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TaxAmountDto {
+    /// Percent, as a decimal string (`"19"`, `"7.25"`).
+    #[schema(value_type = String)]
+    pub rate: String,
+    pub taxable: Money,
+    pub amount: Money,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TaxTreatmentDto {
+    /// `standard`, `reverse_charge` or `exempt`.
+    pub treatment: &'static str,
+    pub country: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_tax_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exempt_reason: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct IssuerDto {
+    pub legal_name: String,
+    pub address: Vec<String>,
+    pub country: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tax_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_instructions: Option<String>,
+}
+
+/// The tax rows and facts of a document's legal part.
+pub fn tax_dto(
+    legal: Option<&accrue_core::events::DocumentLegal>,
+) -> (Vec<TaxAmountDto>, Option<TaxTreatmentDto>) {
+    let Some(t) = legal.and_then(|l| l.tax.as_ref()) else {
+        return (vec![], None);
+    };
+    (
+        t.rates
+            .iter()
+            .map(|r| TaxAmountDto {
+                rate: r.rate.normalize().to_string(),
+                taxable: Money(r.taxable),
+                amount: Money(r.amount),
+            })
+            .collect(),
+        Some(TaxTreatmentDto {
+            treatment: t.treatment.as_str(),
+            country: t.country.clone(),
+            customer_tax_id: t.customer_tax_id.clone(),
+            exempt_reason: t.exempt_reason.clone(),
+        }),
+    )
 }
 
 /// An invoice's money after its issue, from the account's state.
@@ -1169,7 +1245,24 @@ pub fn invoice_dto(
     amounts: Amounts,
 ) -> InvoiceDto {
     let i = &r.issued;
+    let legal = full.legal.as_deref();
+    let (tax, tax_treatment) = tax_dto(legal);
+    let net = legal
+        .and_then(|l| l.tax.as_ref())
+        .map_or(i.total, |t| t.net);
     InvoiceDto {
+        net: Money(net),
+        tax,
+        tax_treatment,
+        issuer: legal.and_then(|l| l.issuer.as_ref()).map(|x| IssuerDto {
+            legal_name: x.legal_name.clone(),
+            address: x.address.clone(),
+            country: x.country.clone(),
+            tax_id: x.tax_id.clone(),
+            registration: x.registration.clone(),
+            payment_instructions: x.payment_instructions.clone(),
+        }),
+        language: legal.map_or("en", |l| l.language.as_str()).to_string(),
         number: i.number.clone(),
         account_id: r.account_id.clone(),
         serial_number: i.serial_number.to_string(),
@@ -1194,7 +1287,7 @@ pub fn invoice_dto(
                 amount: Money(l.amount),
             })
             .collect(),
-        subtotal: Money(i.total),
+        subtotal: Money(net),
         total: Money(i.total),
         currency: i.currency.to_string(),
         status: r.status.as_str(),
@@ -1379,6 +1472,35 @@ pub async fn get_invoice_pdf(
             ),
         ],
         pdf,
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/invoices/{number}/xml", tag = "invoices", params(("number" = String, Path, description = "invoice number")), responses((status = 200, description = "the Factur-X / ZUGFeRD CII XML (EN 16931) embedded in the PDF as issued", body = String, content_type = "application/xml"), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found, or issued without an issuer or tax facts (no e-invoice)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn get_invoice_xml(
+    State(st): State<AppState>,
+    p: Principal,
+    P(number): P<String>,
+) -> ApiResult<Response> {
+    let rec = invoice_for(&st, &p, &number)?;
+    let ledger = st.ledger.clone();
+    let full = blocking(move || ledger.invoice_issued(&rec)).await?;
+    // Only an invoice issued with an issuer and tax facts has one.
+    if !accrue_projections::einvoice::applies(full.legal.as_deref()) {
+        return Err(ApiError::not_found(format!(
+            "invoice {number:?} was issued without an issuer or tax facts: it has no e-invoice"
+        )));
+    }
+    let xml = accrue_projections::einvoice::invoice_xml(&full);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/xml".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{number}.xml\""),
+            ),
+        ],
+        xml,
     )
         .into_response())
 }

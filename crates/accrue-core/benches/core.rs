@@ -32,6 +32,7 @@ fn opened(now: DateTime<Utc>) -> AccountState {
         base_credits: Decimal::new(1_000_000, 0),
         credit_limit: Some(Decimal::new(500, 0)),
         invoice_number: "INV-2026-000001".into(),
+        tax: None,
     }));
     decide(&AccountState::default(), open, &Context::at(now))
         .unwrap()

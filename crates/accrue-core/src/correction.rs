@@ -108,6 +108,11 @@ pub(crate) fn apply(state: &mut AccountState, event: &AccountEvent) {
         AccountEvent::CreditNoteIssued(cn) => {
             if let Some(i) = state.invoices.get_mut(&cn.invoice_number) {
                 i.credited += cn.total;
+                let tax = cn.legal.as_ref().and_then(|l| l.tax.as_ref());
+                if let (Some(t), Some(facts)) = (i.tax.as_deref_mut(), tax) {
+                    t.credited_net += facts.net;
+                    t.credited_tax += facts.tax_total();
+                }
                 i.refresh_status();
             }
             state.corrections_mut().credit_notes.push((
@@ -229,26 +234,40 @@ fn customer(state: &AccountState) -> (String, Option<String>, String, String) {
         info.name.clone(),
         info.address.clone(),
         info.serial_number.clone(),
-        info.currency.clone(),
+        info.currency.to_string(),
     )
 }
 
-/// A credit note against `invoice_number`, numbered by the writer as it
-/// stages it (the number is left empty here).
+/// A credit note against `invoice_number` dated `ctx.now`, numbered by the
+/// writer as it stages it (the number is left empty here). Its lines are
+/// net, like the invoice's: an invoice issued with tax is credited with
+/// tax at its own rate and treatment, and `total` is the gross.
 pub fn credit_note(
     state: &AccountState,
     invoice_number: &str,
     reason: String,
     lines: Vec<CreditNoteLine>,
-    at: DateTime<Utc>,
+    ctx: &Context,
 ) -> CreditNoteIssued {
     let (customer_name, customer_address, serial_number, currency) = customer(state);
-    let mut total: Decimal = lines.iter().map(|l| l.amount).sum();
+    let mut net: Decimal = lines.iter().map(|l| l.amount).sum();
+    net.rescale(2);
+    let invoice_tax = state.invoices.get(invoice_number).and_then(|i| {
+        i.tax.as_deref().map(|t| {
+            (
+                t,
+                (i.uncredited_net(), t.facts.tax_total() - t.credited_tax),
+            )
+        })
+    });
+    let tax = invoice_tax.map(|(t, rest)| crate::tax::credit(&t.facts, net, rest));
+    let legal = crate::invoice::document_legal(state, ctx, tax);
+    let mut total = legal.tax.as_ref().map_or(net, |t| t.gross());
     total.rescale(2);
     CreditNoteIssued {
         number: String::new(),
         invoice_number: invoice_number.to_string(),
-        issued_at: at,
+        issued_at: ctx.now,
         reason,
         lines,
         total,
@@ -256,6 +275,7 @@ pub fn credit_note(
         customer_name,
         customer_address,
         serial_number,
+        legal: Some(Box::new(legal)),
     }
 }
 
@@ -275,7 +295,7 @@ pub(crate) fn issue_credit_note(
     if reason.trim().is_empty() {
         return Err(DomainError::Invalid("reason must not be empty".into()));
     }
-    let available = invoice.uncredited();
+    let available = invoice.uncredited_net();
     let lines = match lines {
         None => vec![CreditNoteLine {
             description: format!("Full credit of invoice {invoice_number}"),
@@ -319,7 +339,7 @@ pub(crate) fn issue_credit_note(
             available,
         });
     }
-    let cn = credit_note(state, &invoice_number, reason, lines, ctx.now);
+    let cn = credit_note(state, &invoice_number, reason, lines, ctx);
     Ok(with_reinstatement(
         state,
         vec![AccountEvent::CreditNoteIssued(cn)],
@@ -350,7 +370,7 @@ pub(crate) fn void_invoice(
         });
     }
     let mut events = Vec::new();
-    let rest = invoice.uncredited();
+    let rest = invoice.uncredited_net();
     if rest > Decimal::ZERO {
         let line = CreditNoteLine {
             description: format!("Void of invoice {number}"),
@@ -362,7 +382,7 @@ pub(crate) fn void_invoice(
             &number,
             reason.clone(),
             vec![line],
-            ctx.now,
+            ctx,
         )));
     }
     events.push(AccountEvent::InvoiceVoided(InvoiceVoided {
@@ -562,7 +582,7 @@ pub(crate) fn suspend_due(
 pub(crate) fn close_credit_notes(
     state: &AccountState,
     negative: Option<&[InvoiceLine]>,
-    at: DateTime<Utc>,
+    ctx: &Context,
 ) -> Vec<AccountEvent> {
     let mut events = Vec::new();
     // What is left to credit per invoice, as the notes of this close use it.
@@ -570,7 +590,7 @@ pub(crate) fn close_credit_notes(
         .invoices
         .iter()
         .filter(|(_, i)| i.status != InvoiceStatus::Void)
-        .map(|(n, i)| (n.clone(), i.uncredited()))
+        .map(|(n, i)| (n.clone(), i.uncredited_net()))
         .collect();
     let mut take = |number: &str, want: Decimal| -> Decimal {
         match left.iter_mut().find(|(n, _)| n == number) {
@@ -602,7 +622,7 @@ pub(crate) fn close_credit_notes(
                 &n,
                 "Cancelled usage".to_string(),
                 lines,
-                at,
+                ctx,
             )));
         }
     }
@@ -655,7 +675,7 @@ pub(crate) fn close_credit_notes(
                 &n,
                 "Period close below zero (plan change credit)".to_string(),
                 lines,
-                at,
+                ctx,
             )));
         }
     }
@@ -669,22 +689,37 @@ pub struct Upcoming {
     pub credit_period: Period,
     pub billing_period: Option<Period>,
     pub lines: Vec<InvoiceLine>,
+    /// The sum of the rounded lines.
+    pub net: Decimal,
+    /// The tax the close would add (SPEC §14), with the rates in force.
+    pub tax: Option<crate::tax::InvoiceTax>,
+    /// The gross.
     pub total: Decimal,
     pub currency: String,
 }
 
-pub fn upcoming(state: &AccountState) -> Option<Upcoming> {
+/// `rates`: the tax-rate table in force (the close will tax with it).
+pub fn upcoming(state: &AccountState, rates: &crate::tax::TaxTable) -> Option<Upcoming> {
     let info = state.info.as_ref()?;
     let period = state.credit_period?;
     let (lines, next_billing_period) = crate::account::close_lines(state, period);
-    let mut total = crate::account::total_of(&lines);
+    let mut net = crate::account::total_of(&lines);
+    net.rescale(2);
+    let tax = info
+        .tax
+        .as_deref()
+        .filter(|_| net > Decimal::ZERO)
+        .map(|p| crate::tax::compute(p, rates, net));
+    let mut total = tax.as_ref().map_or(net, |t| t.gross());
     total.rescale(2);
     Some(Upcoming {
+        net,
+        tax,
         issued_at: period.end,
         credit_period: period,
         billing_period: next_billing_period,
         lines,
         total,
-        currency: info.currency.clone(),
+        currency: info.currency.to_string(),
     })
 }

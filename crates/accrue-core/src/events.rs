@@ -91,7 +91,8 @@ pub struct AccountOpened {
     pub email_language: Box<str>,
     #[serde(default)]
     pub address: Option<String>,
-    pub currency: String,
+    /// Boxed like `email_language`, to leave room for `tax`.
+    pub currency: Box<str>,
     pub billing_frequency: BillingFrequency,
     pub anchor_day: u32,
     pub opened_at: DateTime<Utc>,
@@ -99,6 +100,11 @@ pub struct AccountOpened {
     pub billing_period: Period,
     pub plan: Plan,
     pub base_credits: Decimal,
+    /// Tax country, customer tax id and treatment (SPEC §14), if set.
+    /// Boxed: most accounts of older logs have none, and the struct must
+    /// stay in its allocation class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax: Option<Box<crate::tax::TaxProfile>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +193,32 @@ pub struct InvoiceIssued {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_address: Option<String>,
     pub serial_number: String,
+    /// The legal facts as issued (SPEC §14). All absent on invoices issued
+    /// before them: such an invoice renders in layout 1, byte for byte as
+    /// it did. With any of them the layout is 2 (see `projections::pdf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal: Option<Box<DocumentLegal>>,
+}
+
+/// What SPEC §14 adds to an issued invoice or credit note: the issuer then
+/// configured, the tax computed at issue (when the account has a tax
+/// profile), and the language the document is printed in. `total` is then
+/// the gross (`tax.net + tax`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentLegal {
+    /// The layout the document was issued with (2 today).
+    pub layout: u32,
+    /// One of the email languages.
+    pub language: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<crate::tax::Issuer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax: Option<crate::tax::InvoiceTax>,
+}
+
+impl DocumentLegal {
+    /// The layout version of this document's PDF.
+    pub const LAYOUT: u32 = 2;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,6 +275,9 @@ pub struct AccountDetailsChanged {
     pub address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email_language: Option<String>,
+    /// A new tax profile (SPEC §14), applied to invoices issued from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax: Option<crate::tax::TaxProfile>,
 }
 
 /// One line of a credit note: a positive amount credited (a negative one
@@ -272,6 +307,10 @@ pub struct CreditNoteIssued {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_address: Option<String>,
     pub serial_number: String,
+    /// As on `InvoiceIssued`: the issuer, the language, and the tax at the
+    /// rate and treatment of the invoice credited. Absent on older notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal: Option<Box<DocumentLegal>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use rust_decimal::Decimal;
 
-use crate::account::AccountState;
-use crate::events::{InvoiceIssued, InvoiceLine, LineKind, Plan};
+use crate::account::{AccountState, Context};
+use crate::events::{DocumentLegal, InvoiceIssued, InvoiceLine, LineKind, Plan};
 use crate::money::{display, round_cents};
 use crate::period::Period;
 
@@ -163,21 +163,32 @@ pub fn proration_lines(
     lines
 }
 
-/// Builds the invoice if it does not total 0.00.
+/// Builds the invoice if it does not total 0.00, dated `ctx.now`. The
+/// lines are net; with a tax profile the tax is added at issue and `total`
+/// is the gross. The issuer, the tax and the language become part of the
+/// fact (layout 2).
 pub fn issue(
     state: &AccountState,
     number: String,
-    issued_at: DateTime<Utc>,
+    ctx: &Context,
     credit_period: Option<Period>,
     billing_period: Option<Period>,
     lines: Vec<InvoiceLine>,
 ) -> Option<InvoiceIssued> {
     let info = state.info.as_ref()?;
-    let total: Decimal = lines.iter().map(|l| round_cents(l.amount)).sum();
-    if total.is_zero() {
+    let issued_at = ctx.now;
+    let net: Decimal = lines.iter().map(|l| round_cents(l.amount)).sum();
+    if net.is_zero() {
         return None;
     }
-    let mut total = total;
+    let mut net = net;
+    net.rescale(2);
+    let tax = info
+        .tax
+        .as_deref()
+        .map(|p| crate::tax::compute(p, ctx.rates(), net));
+    let legal = document_legal(state, ctx, tax);
+    let mut total = legal.tax.as_ref().map_or(net, |t| t.gross());
     total.rescale(2);
     Some(InvoiceIssued {
         number,
@@ -187,11 +198,27 @@ pub fn issue(
         billing_period,
         lines,
         total,
-        currency: info.currency.clone(),
+        currency: info.currency.to_string(),
         customer_name: info.name.clone(),
         customer_address: info.address.clone(),
         serial_number: info.serial_number.clone(),
+        legal: Some(Box::new(legal)),
     })
+}
+
+/// The legal facts of a document issued now for `state`: the issuer in
+/// force, the account's language, and `tax`.
+pub(crate) fn document_legal(
+    state: &AccountState,
+    ctx: &Context,
+    tax: Option<crate::tax::InvoiceTax>,
+) -> DocumentLegal {
+    DocumentLegal {
+        layout: DocumentLegal::LAYOUT,
+        language: state.language().to_string(),
+        issuer: ctx.legal.and_then(|l| l.issuer.clone()),
+        tax,
+    }
 }
 
 /// `INV-YYYY-NNNNNN`.

@@ -12,6 +12,7 @@ pub mod invoice;
 pub mod license;
 pub mod money;
 pub mod period;
+pub mod tax;
 pub mod ts;
 
 pub use account::{

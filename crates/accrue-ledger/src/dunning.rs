@@ -31,11 +31,26 @@ pub fn dunning_policy() -> DunningPolicy {
     *POLICY.read()
 }
 
+static LEGAL: RwLock<Option<&'static accrue_core::tax::Legal>> = RwLock::new(None);
+
+/// Sets the issuer and the tax-rate table (SPEC §14, `accrue.toml` /
+/// `ACCRUE_ISSUER_*`) for decisions from now on. Set once when `serve`
+/// starts; leaked, so every context holds a plain reference.
+pub fn set_legal(legal: accrue_core::tax::Legal) {
+    *LEGAL.write() = Some(Box::leak(Box::new(legal)));
+}
+
+/// The legal configuration in force, if any.
+pub fn legal() -> Option<&'static accrue_core::tax::Legal> {
+    *LEGAL.read()
+}
+
 /// The decision context at `now` with the policy in force.
 pub(crate) fn context(now: DateTime<Utc>) -> Context {
     Context {
         now,
         dunning: dunning_policy(),
+        legal: legal(),
     }
 }
 

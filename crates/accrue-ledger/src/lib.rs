@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 pub use clock::{Clock, ClockMode};
 pub use metrics::Metrics;
 pub use replay::{account_as_of, for_each_decoded, replay_into, Decoded, ReplayStats};
-pub use writer::dunning::{dunning_policy, set_dunning_policy};
+pub use writer::dunning::{dunning_policy, legal, set_dunning_policy, set_legal};
 pub use writer::license::{
     release_after_days, set_release_after_days, LicenseOutcome, LicenseTarget, ISSUER,
     MAX_FAILURES_PER_MINUTE,

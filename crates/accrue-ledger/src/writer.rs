@@ -1317,6 +1317,7 @@ mod tests {
                 data_management_price: Decimal::ZERO,
             },
             base_credits: Decimal::ZERO,
+            tax: None,
         })
     }
 

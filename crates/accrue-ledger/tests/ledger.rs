@@ -44,6 +44,7 @@ fn open_cmd(id: &str, base: Decimal, limit: Option<Decimal>) -> Command {
         base_credits: base,
         credit_limit: limit,
         invoice_number: String::new(),
+        tax: None,
     }))
 }
 

@@ -198,6 +198,7 @@ fn open_cmd(id: &str) -> Command {
         base_credits: dec!(0),
         credit_limit: Some(dec!(100)),
         invoice_number: String::new(),
+        tax: None,
     }))
 }
 

@@ -76,6 +76,7 @@ fn open_cmd(id: &str) -> Command {
         base_credits: Decimal::new(100_000, 0),
         credit_limit: Some(Decimal::new(500, 0)),
         invoice_number: String::new(),
+        tax: None,
     }))
 }
 

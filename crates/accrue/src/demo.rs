@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use accrue_core::events::{PaymentMethodReplaced, Plan};
+use accrue_core::tax::{Issuer, Legal, TaxProfile, TaxTable, TaxTreatment};
 use accrue_core::{BillingFrequency, Command, OpenAccount, SeatsInUse, UsageInput};
 use accrue_ledger::{ClockMode, Ledger, UsageItem, UsageOutcome};
 use accrue_store::sqlite::SqliteStore;
@@ -24,6 +25,8 @@ struct Customer {
     limit: Option<&'static str>,
     /// Usage per day, in USD.
     daily: &'static str,
+    /// Tax country, customer VAT id, treatment (SPEC §14).
+    tax: (&'static str, Option<&'static str>, TaxTreatment),
 }
 
 const CUSTOMERS: [Customer; 4] = [
@@ -37,6 +40,7 @@ const CUSTOMERS: [Customer; 4] = [
         base: "10.00",
         limit: Some("50.00"),
         daily: "1.3725",
+        tax: ("US-CA", None, TaxTreatment::Standard),
     },
     Customer {
         id: "mueller",
@@ -48,6 +52,7 @@ const CUSTOMERS: [Customer; 4] = [
         base: "5.00",
         limit: Some("20.00"),
         daily: "0.8125",
+        tax: ("DE", Some("DE811907980"), TaxTreatment::ReverseCharge),
     },
     Customer {
         id: "sakura",
@@ -59,6 +64,7 @@ const CUSTOMERS: [Customer; 4] = [
         base: "20.00",
         limit: Some("100.00"),
         daily: "2.05",
+        tax: ("JP", None, TaxTreatment::Standard),
     },
     Customer {
         id: "petit",
@@ -70,6 +76,7 @@ const CUSTOMERS: [Customer; 4] = [
         base: "2.00",
         limit: None,
         daily: "0.0625",
+        tax: ("FR", Some("FR40303265045"), TaxTreatment::ReverseCharge),
     },
 ];
 
@@ -88,8 +95,40 @@ fn fresh(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's issuer and rates, unless the folder has an `accrue.toml`
+/// with an issuer of its own.
+fn demo_legal(out: &Path) -> anyhow::Result<Legal> {
+    let configured = crate::legal::load(out, |k| std::env::var(k).ok())?;
+    if configured.issuer.is_some() {
+        return Ok(configured);
+    }
+    Ok(Legal {
+        issuer: Some(Issuer {
+            legal_name: "accrue Billing B.V.".into(),
+            address: vec![
+                "Keizersgracht 1".into(),
+                "1015 CJ Amsterdam".into(),
+                "Netherlands".into(),
+            ],
+            country: "NL".into(),
+            tax_id: Some("NL123456789B01".into()),
+            registration: Some("KvK 12345678".into()),
+            payment_instructions: Some("IBAN NL91 ABNA 0417 1643 00 · BIC ABNANL2A".into()),
+            iban: Some("NL91ABNA0417164300".into()),
+            email: Some("billing@accrue.example".into()),
+        }),
+        rates: TaxTable::new(vec![
+            ("NL".into(), d("21")),
+            ("US-CA".into(), d("7.25")),
+            ("JP".into(), d("10")),
+        ])
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    })
+}
+
 pub fn run(out: &Path) -> anyhow::Result<()> {
     fresh(out).with_context(|| format!("preparing {}", out.display()))?;
+    accrue_ledger::set_legal(demo_legal(out)?);
     let start: DateTime<Utc> = "2026-01-15T00:00:00Z".parse()?;
     let store = Arc::new(SqliteStore::open(out.join("ledger.db"))?);
     let ledger = Ledger::open(store, ClockMode::Manual(start))?;
@@ -121,6 +160,12 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
             base_credits: d(c.base),
             credit_limit: c.limit.map(d),
             invoice_number: String::new(),
+            tax: Some(TaxProfile {
+                country: c.tax.0.into(),
+                customer_tax_id: c.tax.1.map(Into::into),
+                treatment: c.tax.2,
+                exempt_reason: None,
+            }),
         };
         ledger.execute_blocking(c.id, Command::Open(Box::new(open)))?;
         ledger.execute_blocking(

@@ -136,6 +136,12 @@ pub fn export(
                 "currency",
                 "lines",
                 "pdf_sha256",
+                // SPEC §14, appended so earlier columns keep their place.
+                "net",
+                "tax",
+                "tax_treatment",
+                "tax_country",
+                "customer_tax_id",
             ]
             .map(String::from),
         )?;
@@ -143,6 +149,7 @@ pub fn export(
     for r in &invoices {
         let i = &r.issued;
         let full = accrue_ledger::invoice_issued(store.as_ref(), r)?;
+        let tax = tax_columns(full.legal.as_deref(), i.total);
         let (ps, pe) = i
             .billing_period
             .or(i.credit_period)
@@ -164,6 +171,11 @@ pub fn export(
                     i.currency.to_string(),
                     full.lines.len().to_string(),
                     r.pdf_sha256.clone().unwrap_or_default(),
+                    tax.net.clone(),
+                    tax.tax.clone(),
+                    tax.treatment.clone(),
+                    tax.country.clone(),
+                    tax.customer_tax_id.clone(),
                 ],
             )?;
         } else {
@@ -177,7 +189,9 @@ pub fn export(
                 "{}",
                 serde_json::json!({"number": i.number, "account_id": r.account_id, "date": i.issued_at.format("%Y-%m-%d").to_string(),
                     "due_date": i.due_date.format("%Y-%m-%d").to_string(), "period": {"start": ps, "end": pe}, "status": r.status.as_str(),
-                    "total": i.total.to_string(), "currency": i.currency, "lines": lines, "pdf_sha256": r.pdf_sha256})
+                    "net": tax.net, "tax": tax.tax, "total": i.total.to_string(), "currency": i.currency,
+                    "tax_treatment": tax.treatment, "tax_country": tax.country, "customer_tax_id": tax.customer_tax_id,
+                    "lines": lines, "pdf_sha256": r.pdf_sha256})
             )?;
         }
     }
@@ -209,12 +223,18 @@ pub fn export(
                 "currency",
                 "lines",
                 "pdf_sha256",
+                "net",
+                "tax",
+                "tax_treatment",
+                "tax_country",
+                "customer_tax_id",
             ]
             .map(String::from),
         )?;
     }
     for r in &notes {
         let full = accrue_ledger::credit_note_issued(store.as_ref(), r)?;
+        let tax = tax_columns(full.legal.as_deref(), r.total);
         if csv {
             csv_row(
                 &mut cv,
@@ -228,6 +248,11 @@ pub fn export(
                     r.currency.clone(),
                     full.lines.len().to_string(),
                     r.pdf_sha256.clone().unwrap_or_default(),
+                    tax.net.clone(),
+                    tax.tax.clone(),
+                    tax.treatment.clone(),
+                    tax.country.clone(),
+                    tax.customer_tax_id.clone(),
                 ],
             )?;
         } else {
@@ -240,7 +265,8 @@ pub fn export(
                 cv,
                 "{}",
                 serde_json::json!({"number": r.number, "invoice_number": r.invoice_number, "account_id": r.account_id,
-                    "date": r.issued_at.format("%Y-%m-%d").to_string(), "reason": r.reason, "total": r.total.to_string(),
+                    "date": r.issued_at.format("%Y-%m-%d").to_string(), "reason": r.reason, "net": tax.net, "tax": tax.tax, "total": r.total.to_string(),
+                    "tax_treatment": tax.treatment, "tax_country": tax.country, "customer_tax_id": tax.customer_tax_id,
                     "currency": r.currency, "lines": lines, "pdf_sha256": r.pdf_sha256})
             )?;
         }
@@ -379,4 +405,40 @@ pub fn audit_invoices(store: Arc<dyn EventStore>) -> anyhow::Result<u64> {
 
 pub fn default_export_dir() -> PathBuf {
     PathBuf::from("./accrue-export")
+}
+
+/// A document's tax as exported: net, tax, treatment, country and the
+/// customer's tax id (empty without tax facts; the net is then the total).
+struct TaxColumns {
+    net: String,
+    tax: String,
+    treatment: String,
+    country: String,
+    customer_tax_id: String,
+}
+
+fn tax_columns(
+    legal: Option<&accrue_core::events::DocumentLegal>,
+    total: rust_decimal::Decimal,
+) -> TaxColumns {
+    match legal.and_then(|l| l.tax.as_ref()) {
+        None => TaxColumns {
+            net: total.to_string(),
+            tax: "0.00".into(),
+            treatment: String::new(),
+            country: String::new(),
+            customer_tax_id: String::new(),
+        },
+        Some(t) => {
+            let mut tax = t.tax_total();
+            tax.rescale(2);
+            TaxColumns {
+                net: t.net.to_string(),
+                tax: tax.to_string(),
+                treatment: t.treatment.as_str().into(),
+                country: t.country.clone(),
+                customer_tax_id: t.customer_tax_id.clone().unwrap_or_default(),
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod finance;
+mod legal;
 mod license_agent;
 mod progress;
 
@@ -337,6 +338,8 @@ fn serve(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
+    // The issuer and tax rates in force for invoices issued from now on.
+    accrue_ledger::set_legal(legal::load(&args.data, |k| std::env::var(k).ok())?);
     let store = open_store(&args)?;
     let mode = match clock {
         Some(c) => ClockMode::Manual(parse_clock(&c)?),

@@ -21,6 +21,9 @@ pub struct Context {
     pub now: DateTime<Utc>,
     /// The dunning policy in force (`serve --dunning`, `--grace-days`).
     pub dunning: crate::correction::DunningPolicy,
+    /// The issuer and the tax-rate table in force (SPEC §14), set once
+    /// when `serve` starts; `None` → no issuer, no rates.
+    pub legal: Option<&'static crate::tax::Legal>,
 }
 
 impl Context {
@@ -29,7 +32,13 @@ impl Context {
         Context {
             now,
             dunning: crate::correction::DEFAULT_DUNNING,
+            legal: None,
         }
+    }
+    /// The tax-rate table in force (empty without a configuration).
+    pub fn rates(&self) -> &crate::tax::TaxTable {
+        static NONE: crate::tax::TaxTable = crate::tax::TaxTable::EMPTY;
+        self.legal.map_or(&NONE, |l| &l.rates)
     }
 }
 
@@ -64,6 +73,8 @@ pub struct OpenAccount {
     pub credit_limit: Option<Decimal>,
     /// The number for the opening invoice, used only if one is due.
     pub invoice_number: String,
+    /// Tax country, customer tax id and treatment (SPEC §14).
+    pub tax: Option<crate::tax::TaxProfile>,
 }
 
 /// A usage event already parsed at the edge.
@@ -188,6 +199,17 @@ pub struct InvoiceState {
     pub credit_period: Option<Period>,
     pub usage_charge: Decimal,
     pub usage_credited: Decimal,
+    /// Its tax facts and what credit notes credited of them (SPEC §14);
+    /// `None` for an invoice issued without tax (its net is its total).
+    pub tax: Option<Box<InvoiceTaxState>>,
+}
+
+/// An invoice's tax as issued and as credited since.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvoiceTaxState {
+    pub facts: crate::tax::InvoiceTax,
+    pub credited_net: Decimal,
+    pub credited_tax: Decimal,
 }
 
 impl InvoiceState {
@@ -204,6 +226,17 @@ impl InvoiceState {
             return Decimal::ZERO;
         }
         (self.total - self.credited).max(Decimal::ZERO)
+    }
+    /// The net that credit notes may still credit (their lines are net,
+    /// like the invoice's; tax is added at the invoice's rate).
+    pub fn uncredited_net(&self) -> Decimal {
+        if self.status == InvoiceStatus::Void {
+            return Decimal::ZERO;
+        }
+        match &self.tax {
+            Some(t) => (t.facts.net - t.credited_net).max(Decimal::ZERO),
+            None => self.uncredited(),
+        }
     }
     /// The status from the amounts (a void stays void).
     pub fn refresh_status(&mut self) {
@@ -321,6 +354,15 @@ impl AccountState {
     pub fn additional_used(&self) -> Decimal {
         (self.used - self.base).max(Decimal::ZERO)
     }
+    /// The language documents and mails are in: the saved payment
+    /// method's, else the one the account opened with.
+    pub fn language(&self) -> &str {
+        match (&self.payment_method, &self.info) {
+            (Some(m), _) => crate::email_language(&m.email_language),
+            (None, Some(i)) => &i.email_language,
+            (None, None) => "en",
+        }
+    }
     /// When the current credit period ends (the next reset).
     pub fn period_end(&self) -> Option<DateTime<Utc>> {
         self.credit_period.map(|p| p.end)
@@ -395,6 +437,13 @@ impl AccountState {
                             .map(|l| l.amount)
                             .sum(),
                         usage_credited: Decimal::ZERO,
+                        tax: e.legal.as_ref().and_then(|l| l.tax.clone()).map(|facts| {
+                            Box::new(InvoiceTaxState {
+                                facts,
+                                credited_net: Decimal::ZERO,
+                                credited_tax: Decimal::ZERO,
+                            })
+                        }),
                     },
                 );
                 // The opening invoice carries pending prorations too.
@@ -503,6 +552,9 @@ impl AccountState {
                     if let Some(l) = &e.email_language {
                         info.email_language = l.as_str().into();
                     }
+                    if let Some(t) = &e.tax {
+                        info.tax = Some(Box::new(t.clone()));
+                    }
                 }
                 // The saved payment method carries its own email and
                 // language (what mails and the overview use): the newer fact wins.
@@ -598,7 +650,7 @@ pub fn decide(
             let plan = change.over(current);
             change_plan(state, plan, ctx)
         }
-        Command::ChangeDetails(change) => change_details(state, change),
+        Command::ChangeDetails(change) => change_details(state, change, ctx),
     }
 }
 
@@ -641,6 +693,9 @@ fn open_account(
     if let Some(l) = open.credit_limit {
         validate_limit(l)?;
     }
+    if let Some(t) = &open.tax {
+        t.validate(ctx.rates())?;
+    }
     let anchor_day = open
         .anchor_day
         .unwrap_or_else(|| chrono::Datelike::day(&ctx.now));
@@ -662,7 +717,7 @@ fn open_account(
         billing_email: open.billing_email,
         email_language: crate::email_language(&open.email_language).into(),
         address: open.address,
-        currency: open.currency,
+        currency: open.currency.into(),
         billing_frequency: open.billing_frequency,
         anchor_day,
         opened_at: ctx.now,
@@ -670,6 +725,7 @@ fn open_account(
         billing_period,
         plan: open.plan,
         base_credits: open.base_credits,
+        tax: open.tax.map(Box::new),
     };
     let mut events = vec![AccountEvent::AccountOpened(std::sync::Arc::new(opened))];
     if let Some(limit) = open.credit_limit {
@@ -686,7 +742,7 @@ fn open_account(
     if let Some(issued) = invoice::issue(
         &after,
         open.invoice_number,
-        ctx.now,
+        ctx,
         None,
         Some(billing_period),
         lines,
@@ -872,18 +928,20 @@ fn close_period(
     // A close that totals below zero (a downgrade's credit larger than
     // what else it bills) issues a credit note, never a negative invoice.
     let negative = total_of(&lines) < Decimal::ZERO;
-    let credit_notes = crate::correction::close_credit_notes(
-        state,
-        negative.then_some(lines.as_slice()),
-        period.end,
-    );
+    // The documents of a close are dated at its end.
+    let at_end = Context {
+        now: period.end,
+        ..*ctx
+    };
+    let credit_notes =
+        crate::correction::close_credit_notes(state, negative.then_some(lines.as_slice()), &at_end);
     let issued = if negative {
         None
     } else {
         invoice::issue(
             state,
             invoice_number,
-            period.end,
+            &at_end,
             Some(period),
             next_billing_period,
             lines,
@@ -949,6 +1007,7 @@ fn record_pdf(
 fn change_details(
     state: &AccountState,
     change: AccountDetailsChanged,
+    ctx: &Context,
 ) -> Result<Vec<AccountEvent>, DomainError> {
     let info = state.info.as_ref().expect("an open account has details");
     let method = state.payment_method.as_deref();
@@ -968,11 +1027,16 @@ fn change_details(
             .email_language
             .map(|l| crate::email_language(&l).to_string())
             .filter(|l| l != lang_now),
+        tax: change.tax.filter(|t| info.tax.as_deref() != Some(t)),
     };
+    if let Some(t) = &changed.tax {
+        t.validate(ctx.rates())?;
+    }
     if changed.name.is_none()
         && changed.billing_email.is_none()
         && changed.address.is_none()
         && changed.email_language.is_none()
+        && changed.tax.is_none()
     {
         return Ok(vec![]);
     }

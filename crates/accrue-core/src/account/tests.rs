@@ -36,6 +36,7 @@ fn open_cmd(base: Decimal, limit: Option<Decimal>) -> Command {
         base_credits: base,
         credit_limit: limit,
         invoice_number: "INV-2026-000001".into(),
+        tax: None,
     }))
 }
 
@@ -382,6 +383,7 @@ fn details_change_records_only_what_differs_and_applies_everywhere() {
             billing_email: None,
             address: None,
             email_language: Some("de-DE".into()),
+            tax: None,
         })
     };
     assert_eq!(
@@ -391,6 +393,7 @@ fn details_change_records_only_what_differs_and_applies_everywhere() {
                 billing_email: None,
                 address: None,
                 email_language: Some("en".into()),
+                tax: None,
             }),
             T0
         ),
@@ -832,7 +835,7 @@ proptest! {
         if seats > 0 {
             g = g.and(Command::ChangePlan(plan(5 + seats, 20)), "2026-01-25T00:00:00Z");
         }
-        let preview = crate::correction::upcoming(&g.0).unwrap();
+        let preview = crate::correction::upcoming(&g.0, &crate::tax::TaxTable::EMPTY).unwrap();
         let evs = g.when(Command::ClosePeriod { invoice_number: "INV-2026-000002".into() }, "2026-02-15T00:00:00Z").unwrap();
         let issued = evs.iter().find_map(|e| match e {
             AccountEvent::InvoiceIssued(i) => Some(i.clone()),
@@ -841,5 +844,204 @@ proptest! {
         prop_assert_eq!(preview.lines, issued.lines);
         prop_assert_eq!(preview.total, issued.total);
         prop_assert_eq!(preview.issued_at, issued.issued_at);
+    }
+}
+
+// ------------------------------------------------ tax and the issuer (SPEC §14)
+
+fn legal() -> &'static crate::tax::Legal {
+    use std::sync::OnceLock;
+    static L: OnceLock<crate::tax::Legal> = OnceLock::new();
+    L.get_or_init(|| crate::tax::Legal {
+        issuer: Some(crate::tax::Issuer {
+            legal_name: "Muster GmbH".into(),
+            address: vec!["Hauptstr. 1".into(), "80331 München".into()],
+            country: "DE".into(),
+            tax_id: Some("DE111111111".into()),
+            registration: None,
+            payment_instructions: None,
+            iban: None,
+            email: None,
+        }),
+        rates: crate::tax::TaxTable::new(vec![
+            ("DE".into(), dec!(19)),
+            ("US-CA".into(), dec!(7.25)),
+        ])
+        .unwrap(),
+    })
+}
+
+fn taxed_open(treatment: crate::tax::TaxTreatment, country: &str) -> Command {
+    let Command::Open(mut o) = open_cmd(dec!(0), Some(dec!(12))) else {
+        unreachable!()
+    };
+    o.tax = Some(crate::tax::TaxProfile {
+        country: country.into(),
+        customer_tax_id: Some("DE123456789".into()),
+        treatment,
+        exempt_reason: (treatment == crate::tax::TaxTreatment::Exempt)
+            .then(|| "Charity, §4 Nr. 18 UStG".into()),
+    });
+    Command::Open(o)
+}
+
+fn legal_ctx(now: &str) -> Context {
+    Context {
+        legal: Some(legal()),
+        ..ctx(now)
+    }
+}
+
+fn issued(events: &[AccountEvent]) -> &InvoiceIssued {
+    events
+        .iter()
+        .find_map(|e| match e {
+            AccountEvent::InvoiceIssued(i) => Some(i),
+            _ => None,
+        })
+        .expect("an invoice")
+}
+
+#[test]
+fn a_standard_invoice_adds_the_countrys_rate_to_the_net_and_records_the_issuer() {
+    let ev = decide(
+        &AccountState::default(),
+        taxed_open(crate::tax::TaxTreatment::Standard, "DE"),
+        &legal_ctx("2026-01-15T00:00:00Z"),
+    )
+    .unwrap();
+    let inv = issued(&ev);
+    let legal = inv.legal.as_deref().unwrap();
+    let tax = legal.tax.as_ref().unwrap();
+    // 5 × 10 + 20 × 2 = 90.00 net, 19 % = 17.10, gross 107.10.
+    assert_eq!(tax.net, dec!(90.00));
+    assert_eq!(tax.tax_total(), dec!(17.10));
+    assert_eq!(inv.total.to_string(), "107.10");
+    assert_eq!(legal.issuer.as_ref().unwrap().legal_name, "Muster GmbH");
+    assert_eq!(legal.language, "en");
+    assert_eq!(legal.layout, 2);
+}
+
+#[test]
+fn reverse_charge_and_exempt_invoices_carry_no_tax_but_their_facts() {
+    for (t, c) in [
+        (crate::tax::TaxTreatment::ReverseCharge, "DE"),
+        (crate::tax::TaxTreatment::Exempt, "FR"),
+    ] {
+        let ev = decide(
+            &AccountState::default(),
+            taxed_open(t, c),
+            &legal_ctx("2026-01-15T00:00:00Z"),
+        )
+        .unwrap();
+        let inv = issued(&ev);
+        let tax = inv.legal.as_deref().unwrap().tax.as_ref().unwrap();
+        assert_eq!(tax.treatment, t);
+        assert_eq!(tax.tax_total(), dec!(0));
+        assert_eq!(inv.total, dec!(90.00));
+    }
+    // Standard needs a configured rate; exempt needs a reason.
+    assert!(matches!(
+        decide(
+            &AccountState::default(),
+            taxed_open(crate::tax::TaxTreatment::Standard, "ES"),
+            &legal_ctx("2026-01-15T00:00:00Z"),
+        ),
+        Err(DomainError::Invalid(_))
+    ));
+}
+
+#[test]
+fn credit_notes_carry_the_invoices_rate_and_a_full_credit_reverses_all_its_tax() {
+    let c = legal_ctx("2026-01-16T00:00:00Z");
+    let mut st = decide(
+        &AccountState::default(),
+        taxed_open(crate::tax::TaxTreatment::Standard, "US-CA"),
+        &legal_ctx("2026-01-15T00:00:00Z"),
+    )
+    .map(|ev| Given::events(ev).0)
+    .unwrap();
+    // 90.00 net, 7.25 % = 6.525 → 6.53, gross 96.53.
+    assert_eq!(
+        st.invoices.get("INV-2026-000001").unwrap().total,
+        dec!(96.53)
+    );
+    let part = decide(
+        &st,
+        Command::IssueCreditNote {
+            invoice_number: "INV-2026-000001".into(),
+            reason: "goodwill".into(),
+            lines: Some(vec![CreditNoteLine {
+                description: "goodwill".into(),
+                amount: dec!(10.00),
+                usage_id: None,
+            }]),
+        },
+        &c,
+    )
+    .unwrap();
+    for e in &part {
+        st.apply(e);
+    }
+    let AccountEvent::CreditNoteIssued(cn) = &part[0] else {
+        panic!("{part:?}")
+    };
+    assert_eq!(cn.total, dec!(10.73), "10.00 + 0.725 → 0.73");
+    let full = decide(
+        &st,
+        Command::IssueCreditNote {
+            invoice_number: "INV-2026-000001".into(),
+            reason: "cancel".into(),
+            lines: None,
+        },
+        &c,
+    )
+    .unwrap();
+    for e in &full {
+        st.apply(e);
+    }
+    let i = st.invoices.get("INV-2026-000001").unwrap();
+    let t = i.tax.as_deref().unwrap();
+    assert_eq!(t.credited_tax, t.facts.tax_total());
+    assert_eq!(i.credited, i.total);
+    assert_eq!(i.status, InvoiceStatus::Credited);
+}
+
+#[test]
+fn invoices_without_a_configuration_keep_total_equal_to_net() {
+    let ev = decide(
+        &AccountState::default(),
+        open_cmd(dec!(0), None),
+        &ctx("2026-01-15T00:00:00Z"),
+    )
+    .unwrap();
+    let inv = issued(&ev);
+    let legal = inv.legal.as_deref().unwrap();
+    assert!(legal.issuer.is_none() && legal.tax.is_none());
+    assert_eq!(inv.total, dec!(90.00));
+}
+
+proptest! {
+    /// The invoice rule with tax: the net is the sum of the rounded lines,
+    /// the tax the net at the rate half-up to cents, the total net + tax.
+    #[test]
+    fn net_plus_tax_is_the_gross_total(amounts in prop::collection::vec(1i64..1_000_000, 1..12)) {
+        let mut st = decide(
+            &AccountState::default(),
+            taxed_open(crate::tax::TaxTreatment::Standard, "US-CA"),
+            &legal_ctx("2026-01-15T00:00:00Z"),
+        ).map(|ev| Given::events(ev).0).unwrap();
+        st.pending_proration = amounts.iter().map(|a| InvoiceLine {
+            kind: LineKind::Proration, description: String::new(), quantity: Decimal::ONE,
+            unit_price: Decimal::new(*a, 4), amount: round_cents(Decimal::new(*a, 4)),
+        }).collect();
+        let ev = decide(&st, Command::ClosePeriod { invoice_number: "INV-2026-000002".into() },
+            &legal_ctx("2026-02-15T00:00:00Z")).unwrap();
+        let inv = issued(&ev);
+        let tax = inv.legal.as_deref().unwrap().tax.as_ref().unwrap();
+        prop_assert_eq!(tax.net, total_of(&inv.lines));
+        prop_assert_eq!(tax.tax_total(), round_cents(tax.net * dec!(7.25) / dec!(100)));
+        prop_assert_eq!(inv.total, tax.net + tax.tax_total());
+        prop_assert_eq!(inv.total.scale(), 2);
     }
 }

@@ -45,6 +45,7 @@ impl Given {
             base_credits: dec!(10),
             credit_limit: None,
             invoice_number: "INV-2026-000001".into(),
+            tax: None,
         }));
         Given(AccountState::default()).and(open, T0).and(
             lic(LicenseCommand::IssueControlNumber {
