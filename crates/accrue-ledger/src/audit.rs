@@ -145,7 +145,21 @@ pub fn verify_with(
     for n in names {
         let (v, hash) = heads[n];
         let h = store.stream_head(n)?;
-        if h.version != v || h.hash != hash {
+        // Appended while the check ran: the stream's later events must all
+        // lie beyond the checked head and chain on from where it ended.
+        let appended_since = h.version > v && {
+            let later = store.read_stream(n, v, (h.version - v) as usize)?;
+            let mut prev = hash;
+            let ok = later.iter().all(|e| {
+                let fits = e.position > head && recorded_hash(&prev, e) == e.hash;
+                prev = e.hash;
+                fits
+            });
+            ok && later
+                .last()
+                .is_some_and(|e| e.version == h.version && e.hash == h.hash)
+        };
+        if !appended_since && (h.version != v || h.hash != hash) {
             note(
                 BrokenEvent {
                     position: after,
