@@ -456,6 +456,77 @@ fn files_in(dir: &std::path::Path, ext: &str) -> usize {
 /// `serve`'s PDF writer and mailer (to an outbox) run beside them. Halfway
 /// through, the clock closes every account's period: the time until each
 /// new invoice has its PDF and its mail is measured while ingest goes on.
+/// A minimal SMTP server on loopback that takes every mail and counts
+/// mails and sessions (the bench must not need an outside relay).
+#[derive(Clone)]
+struct SmtpSink {
+    addr: std::net::SocketAddr,
+    mails: Arc<std::sync::atomic::AtomicUsize>,
+    sessions: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SmtpSink {
+    fn start() -> anyhow::Result<SmtpSink> {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let sink = SmtpSink {
+            addr: listener.local_addr()?,
+            mails: Default::default(),
+            sessions: Default::default(),
+        };
+        let s = sink.clone();
+        std::thread::Builder::new()
+            .name("bench-smtp".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let s = s.clone();
+                    s.sessions
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::thread::spawn(move || -> std::io::Result<()> {
+                        conn.set_nodelay(true)?;
+                        let mut w = conn.try_clone()?;
+                        let mut r = BufReader::new(conn);
+                        w.write_all(b"220 bench ESMTP\r\n")?;
+                        let mut line = String::new();
+                        let mut data = false;
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line)? == 0 {
+                                return Ok(());
+                            }
+                            if data {
+                                if line == ".\r\n" {
+                                    data = false;
+                                    s.mails.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    w.write_all(b"250 2.0.0 queued\r\n")?;
+                                }
+                                continue;
+                            }
+                            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                            match verb.as_str() {
+                                "EHLO" | "HELO" => w.write_all(b"250 bench\r\n")?,
+                                "DATA" => {
+                                    data = true;
+                                    w.write_all(b"354 go ahead\r\n")?
+                                }
+                                "QUIT" => {
+                                    w.write_all(b"221 bye\r\n")?;
+                                    return Ok(());
+                                }
+                                _ => w.write_all(b"250 ok\r\n")?,
+                            }
+                        }
+                    });
+                }
+            })?;
+        Ok(sink)
+    }
+
+    fn mails(&self) -> usize {
+        self.mails.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// `POST /api/v1/events` with `application/cloudevents-batch+json`
 /// batches from `connections` clients; events per second accepted.
 fn cloudevents_ingest(
@@ -559,11 +630,19 @@ fn http_ingest(
     open_accounts(&ledger, "h", accounts)?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (pdf_dir, outbox) = (dir.join("invoices"), dir.join("outbox"));
+    // Mails go over SMTP to a sink on loopback, through the mailer's pooled
+    // connection, as `serve --smtp` sends them.
+    let sink = SmtpSink::start()?;
     let pdf =
         accrue_ledger::projectors::spawn_pdf_writer(ledger.clone(), pdf_dir.clone(), stop.clone())?;
     let mailer = accrue_ledger::projectors::spawn_mailer(
         ledger.clone(),
-        accrue_projections::mail::MailTransport::Outbox(outbox.clone()),
+        accrue_projections::mail::MailTransport::from_url(
+            Some(&format!("smtp://{}", sink.addr)),
+            outbox.clone(),
+            &accrue_projections::mail::SmtpOptions::default(),
+        )
+        .map_err(|e| anyhow::anyhow!("bench SMTP sink: {e}"))?,
         "Billing <billing@bench.example>".into(),
         stop.clone(),
     )?;
@@ -571,7 +650,7 @@ fn http_ingest(
     for p in ["pdf", "mailer"] {
         accrue_ledger::projectors::wait_caught_up(&ledger, p, Duration::from_secs(300));
     }
-    let (pdfs_before, mails_before) = (files_in(&pdf_dir, ".pdf"), files_in(&outbox, ".eml"));
+    let (pdfs_before, mails_before) = (files_in(&pdf_dir, ".pdf"), sink.mails());
     let (tokens, _) =
         Tokens::load(&ledger, Some("bench-admin-token")).map_err(|e| anyhow::anyhow!(e.detail))?;
     let state = AppState {
@@ -651,7 +730,9 @@ fn http_ingest(
         .enable_all()
         .build()?;
     let closer_ledger = ledger.clone();
+    let closer_sink = sink.clone();
     let load = rt.block_on(async move {
+        let sink = closer_sink;
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(connections + 2)
             .build()?;
@@ -660,7 +741,7 @@ fn http_ingest(
         let started = Instant::now();
         let closer = {
             let (next, ledger) = (next.clone(), closer_ledger);
-            let (pdf_dir, outbox) = (pdf_dir.clone(), outbox.clone());
+            let (pdf_dir, sink) = (pdf_dir.clone(), sink.clone());
             let half = events.div_ceil(batch) / 2;
             std::thread::spawn(move || -> anyhow::Result<Option<Effects>> {
                 while next.load(std::sync::atomic::Ordering::Relaxed) < half {
@@ -674,7 +755,7 @@ fn http_ingest(
                 loop {
                     lag_max = lag_max.max(ledger.metrics().projector_lag_max());
                     let pdfs = files_in(&pdf_dir, ".pdf") - pdfs_before;
-                    let mails = files_in(&outbox, ".eml") - mails_before;
+                    let mails = sink.mails() - mails_before;
                     if first.is_none() && pdfs >= 1 && mails >= 1 {
                         first = Some(closed_at.elapsed().as_secs_f64());
                     }
@@ -743,6 +824,11 @@ fn http_ingest(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = pdf.join();
     let _ = mailer.join();
+    eprintln!(
+        "smtp sink: {} mails over {} SMTP sessions",
+        sink.mails(),
+        sink.sessions.load(std::sync::atomic::Ordering::Relaxed)
+    );
     ledger.shutdown();
     result
 }
