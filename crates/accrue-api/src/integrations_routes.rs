@@ -45,15 +45,16 @@ fn usage_of(ce: &Value) -> Result<UsageEventDto, String> {
         }
     }
     let subject = text(ce, "subject").ok_or("subject (the account id) is required")?;
+    // Structured mode may carry the data as a JSON string: one level only.
+    let parsed;
     let data = match ce.get("data") {
         Some(d @ Value::Object(_)) => d,
         Some(Value::String(s)) => {
-            // Structured mode with data as a JSON string.
-            return usage_of(&{
-                let mut c = ce.clone();
-                c["data"] = serde_json::from_str(s).map_err(|_| "data must be a JSON object")?;
-                c
-            });
+            parsed = serde_json::from_str::<Value>(s)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or("data must be a JSON object")?;
+            &parsed
         }
         _ => return Err("data must be an object with amount".into()),
     };
