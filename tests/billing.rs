@@ -6,31 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-fn pdftotext(pdf: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("i.pdf");
-    std::fs::write(&p, pdf).unwrap();
-    let out = std::process::Command::new("pdftotext")
-        .arg("-layout")
-        .arg(&p)
-        .arg("-")
-        .output()
-        .expect("pdftotext (poppler-utils) must be installed");
-    assert!(out.status.success());
-    let check = std::process::Command::new("qpdf")
-        .arg("--check")
-        .arg(&p)
-        .output()
-        .expect("qpdf must be installed");
-    assert_eq!(
-        check.status.code(),
-        Some(0),
-        "qpdf --check: {}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn a_close_issues_one_invoice_with_the_charge_and_the_next_fee() {
     let app = spawn_app("2026-01-15T00:00:00Z").await;

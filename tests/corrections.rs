@@ -24,19 +24,6 @@ async fn invoice(app: &App, number: &str) -> serde_json::Value {
     r.body
 }
 
-fn pdftotext(pdf: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("c.pdf");
-    std::fs::write(&p, pdf).unwrap();
-    let out = std::process::Command::new("pdftotext")
-        .arg(&p)
-        .arg("-")
-        .output()
-        .expect("pdftotext (poppler-utils) must be installed");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn credit_notes_are_numbered_bounded_listed_and_rendered() {
     let app = spawn_app("2026-01-15T00:00:00Z").await;

@@ -68,20 +68,7 @@ async fn send(app: &App, token: &str, headers: &[(String, String)], body: String
     for (k, v) in headers {
         r = r.header(k, v);
     }
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = r.bytes().await.unwrap().to_vec();
-    Resp {
-        status,
-        content_type,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        bytes,
-    }
+    finish(r.send().await.unwrap()).await
 }
 
 fn ce(id: &str, account: &str, amount: &str) -> Value {
@@ -190,19 +177,7 @@ async fn stripe(app: &App, payload: &Value, signature: Option<String>) -> Resp {
         .send()
         .await
         .unwrap();
-    let status = r.status().as_u16();
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = r.bytes().await.unwrap().to_vec();
-    Resp {
-        status,
-        content_type,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        bytes,
-    }
+    finish(r).await
 }
 
 fn event(id: &str, kind: &str, object: Value) -> Value {

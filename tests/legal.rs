@@ -98,31 +98,6 @@ fn account(id: &str, lang: &str, name: &str, tax: Option<Value>) -> Value {
     b
 }
 
-fn pdftotext(pdf: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("i.pdf");
-    std::fs::write(&p, pdf).unwrap();
-    let out = std::process::Command::new("pdftotext")
-        .arg("-layout")
-        .arg(&p)
-        .arg("-")
-        .output()
-        .expect("pdftotext (poppler-utils) must be installed");
-    assert!(out.status.success());
-    let check = std::process::Command::new("qpdf")
-        .arg("--check")
-        .arg(&p)
-        .output()
-        .expect("qpdf must be installed");
-    assert_eq!(
-        check.status.code(),
-        Some(0),
-        "qpdf --check: {}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Runs tests/facturx_check.py (the PyPI `factur-x` library) on the PDF
 /// and the served XML; returns what it read from the XML.
 fn facturx(pdf: &[u8], xml: &[u8]) -> Value {

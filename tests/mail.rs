@@ -2,6 +2,7 @@
 //! loopback) and the real binary: language, content, exactly-once effect.
 
 mod common;
+use common::free_port;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,14 +11,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "mail-test-admin";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn python() -> &'static str {
     let ok = |p: &str| {

@@ -7,6 +7,7 @@
 //! `ACCRUE_TEST_BACKEND=postgres`.
 
 mod common;
+use common::free_port;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,14 +20,6 @@ const TOKEN: &str = "mail-tls-test-admin";
 const USER: &str = "billing-relay";
 const PASSWORD: &str = "correct horse battery staple";
 const WRONG_PASSWORD: &str = "Tr0ub4dor&3";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn python() -> &'static str {
     let ok = |p: &str| {

@@ -168,7 +168,8 @@ impl App {
     }
 }
 
-async fn finish(r: reqwest::Response) -> Resp {
+/// A response as the tests read it (status, content type, JSON body, bytes).
+pub async fn finish(r: reqwest::Response) -> Resp {
     let status = r.status().as_u16();
     let content_type = r
         .headers()
@@ -300,4 +301,40 @@ pub fn serve_binary_env(
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, base, err)
+}
+
+/// The text of a PDF as `pdftotext -layout` extracts it, after `qpdf
+/// --check` passed on it (both real tools: poppler-utils, qpdf).
+pub fn pdftotext(pdf: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("doc.pdf");
+    std::fs::write(&p, pdf).unwrap();
+    let out = std::process::Command::new("pdftotext")
+        .arg("-layout")
+        .arg(&p)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils) must be installed");
+    assert!(out.status.success());
+    let check = std::process::Command::new("qpdf")
+        .arg("--check")
+        .arg(&p)
+        .output()
+        .expect("qpdf must be installed");
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "qpdf --check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
