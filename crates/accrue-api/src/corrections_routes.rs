@@ -6,7 +6,7 @@ use accrue_core::events::{CreditNoteIssued, CreditNoteLine};
 use accrue_core::{Command, DomainError};
 use accrue_ledger::LedgerError;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -290,17 +290,7 @@ pub async fn get_credit_note_pdf(
         accrue_projections::pdf::render_credit_note(&cn).map_err(|e| e.to_string())
     })
     .await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/pdf".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("inline; filename=\"{number}.pdf\""),
-            ),
-        ],
-        pdf,
-    )
-        .into_response())
+    Ok(crate::routes::pdf_response(&number, pdf))
 }
 
 // ------------------------------------------------------ usage cancellations

@@ -1463,7 +1463,12 @@ pub async fn get_invoice_pdf(
         accrue_projections::pdf::render(&full).map_err(|e| e.to_string())
     })
     .await?;
-    Ok((
+    Ok(pdf_response(&number, pdf))
+}
+
+/// A document's PDF as served: inline, named after its number.
+pub(crate) fn pdf_response(number: &str, pdf: Vec<u8>) -> Response {
+    (
         [
             (header::CONTENT_TYPE, "application/pdf".to_string()),
             (
@@ -1473,7 +1478,7 @@ pub async fn get_invoice_pdf(
         ],
         pdf,
     )
-        .into_response())
+        .into_response()
 }
 
 #[utoipa::path(get, path = "/v1/invoices/{number}/xml", tag = "invoices", params(("number" = String, Path, description = "invoice number")), responses((status = 200, description = "the Factur-X / ZUGFeRD CII XML (EN 16931) embedded in the PDF as issued", body = String, content_type = "application/xml"), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found, or issued without an issuer or tax facts (no e-invoice)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
