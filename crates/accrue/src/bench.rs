@@ -456,6 +456,38 @@ fn files_in(dir: &std::path::Path, ext: &str) -> usize {
 /// `serve`'s PDF writer and mailer (to an outbox) run beside them. Halfway
 /// through, the clock closes every account's period: the time until each
 /// new invoice has its PDF and its mail is measured while ingest goes on.
+type Served = (
+    tokio::runtime::Runtime,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+/// The real router on loopback, on a runtime of its own (as a separate
+/// server process would be), pinned like `serve`'s.
+fn serve_router(state: AppState) -> anyhow::Result<Served> {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-server")
+        .on_thread_start(accrue_ledger::priority::pin_serving)
+        .worker_threads(crate::SERVER_THREADS.max(crate::cores()))
+        .enable_all()
+        .build()?;
+    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let server = server_rt.spawn(async move {
+        axum::serve(crate::no_delay(listener), accrue_api::router(state)).await
+    });
+    Ok((server_rt, addr, server))
+}
+
+/// The load clients' runtime (nice 19: they stand for remote clients).
+fn load_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-load")
+        .on_thread_start(accrue_ledger::priority::lower_current_thread)
+        .enable_all()
+        .build()
+}
+
 /// A minimal SMTP server on loopback that takes every mail and counts
 /// mails and sessions (the bench must not need an outside relay).
 #[derive(Clone)]
@@ -559,22 +591,8 @@ fn cloudevents_ingest(
             .collect();
         Some(format!("[{}]", evs.join(",")))
     };
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("bench-server")
-        .on_thread_start(accrue_ledger::priority::pin_serving)
-        .worker_threads(crate::SERVER_THREADS.max(crate::cores()))
-        .enable_all()
-        .build()?;
-    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    let server = server_rt.spawn(async move {
-        axum::serve(crate::no_delay(listener), accrue_api::router(state)).await
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("bench-load")
-        .on_thread_start(accrue_ledger::priority::lower_current_thread)
-        .enable_all()
-        .build()?;
+    let (server_rt, addr, server) = serve_router(state)?;
+    let rt = load_runtime()?;
     let rate = rt.block_on(async move {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(connections + 2)
@@ -676,17 +694,7 @@ fn http_ingest(
     // The server, the load clients and the query client each get their own
     // runtime (threads), as separate processes would: the load generator's
     // work never queues the server's or the query client's tasks.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("bench-server")
-        .on_thread_start(accrue_ledger::priority::pin_serving)
-        .worker_threads(crate::SERVER_THREADS.max(crate::cores()))
-        .enable_all()
-        .build()?;
-    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    let server = server_rt.spawn(async move {
-        axum::serve(crate::no_delay(listener), accrue_api::router(state)).await
-    });
+    let (server_rt, addr, server) = serve_router(state)?;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Overview queries every 2 ms while ingest runs.
     let query = {
@@ -724,11 +732,7 @@ fn http_ingest(
                 })
             })?
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("bench-load")
-        .on_thread_start(accrue_ledger::priority::lower_current_thread)
-        .enable_all()
-        .build()?;
+    let rt = load_runtime()?;
     let closer_ledger = ledger.clone();
     let closer_sink = sink.clone();
     let load = rt.block_on(async move {
@@ -851,22 +855,8 @@ fn license_bench(
         ledger: ledger.clone(),
         tokens: Arc::new(tokens),
     };
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("bench-server")
-        .on_thread_start(accrue_ledger::priority::pin_serving)
-        .worker_threads(crate::SERVER_THREADS.max(crate::cores()))
-        .enable_all()
-        .build()?;
-    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    let server = server_rt.spawn(async move {
-        axum::serve(crate::no_delay(listener), accrue_api::router(state)).await
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("bench-load")
-        .on_thread_start(accrue_ledger::priority::lower_current_thread)
-        .enable_all()
-        .build()?;
+    let (server_rt, addr, server) = serve_router(state)?;
+    let rt = load_runtime()?;
     let result = rt.block_on(async move {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(connections + 2)
