@@ -787,3 +787,48 @@ fn the_client_answers_from_its_cache_while_accrue_is_down_and_refuses_after_exp(
     assert!(lic.is_active());
     srv.stop();
 }
+
+/// SPEC §8: a suspension is in the signed definition (a new version, not a
+/// 304) and ends with the payment of the overdue invoice.
+#[test]
+fn a_suspension_is_signed_into_the_definition_and_a_payment_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Srv::start(dir.path());
+    let (serial, control) = srv.account("dun");
+    let token = srv.activate(&serial, &control, "s1").json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = srv.call("GET", "/v1/license", Some(&token), None);
+    assert_eq!(claims(&before.text)["status"], "active");
+    let pay = |reference: &str, outcome: &str| {
+        let r = srv.admin(
+            "POST",
+            "/v1/payments",
+            Some(json!({"invoice_number": "INV-2026-000001", "outcome": outcome, "reference": reference})),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+    };
+    pay("ch_1", "failed");
+    // The server keeps polling (a silent one would be released at 14 days).
+    srv.clock("2026-01-22T00:00:00Z");
+    assert_eq!(
+        srv.call("GET", "/v1/license", Some(&token), None).status,
+        200
+    );
+    srv.clock("2026-01-29T00:00:00Z");
+    let suspended = srv.call_h(
+        "GET",
+        "/v1/license",
+        Some(&token),
+        None,
+        &[("If-None-Match", before.etag.as_deref().unwrap())],
+    );
+    assert_eq!(suspended.status, 200, "a new version, not 304");
+    assert_eq!(claims(&suspended.text)["status"], "suspended");
+    pay("ch_2", "succeeded");
+    let after = srv.call("GET", "/v1/license", Some(&token), None);
+    assert_eq!(claims(&after.text)["status"], "active");
+    assert_ne!(after.etag, suspended.etag);
+    srv.stop();
+}
