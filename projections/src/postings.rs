@@ -40,7 +40,7 @@ pub const CHART: [(&str, &str); 8] = [
 /// to another by the event at `position`. Compact (40 bytes, no strings):
 /// there is one per invoice line, payment and void for the life of the
 /// ledger; the event at `position` tells the invoice and the account.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Posting {
     pub position: u64,
     pub recorded_at: DateTime<Utc>,

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use crate::postings::Posting;
 
 /// One status change of an invoice, as finance sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StatusChange {
     pub status: InvoiceStatus,
     pub at: DateTime<Utc>,
@@ -21,11 +21,49 @@ pub struct StatusChange {
     pub reference: Option<String>,
 }
 
+/// The events that change an invoice's status (what [`StatusChange::event`]
+/// names).
+const STATUS_EVENTS: [&str; 6] = [
+    "InvoiceIssued",
+    "PaymentSucceeded",
+    "PaymentFailed",
+    "InvoiceVoided",
+    "CreditNoteIssued",
+    "PaymentRefunded",
+];
+
+/// A [`StatusChange`] as a snapshot stores it.
+#[derive(serde::Deserialize)]
+struct StatusChangeWire {
+    status: InvoiceStatus,
+    at: DateTime<Utc>,
+    position: u64,
+    event: String,
+    reference: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for StatusChange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StatusChange, D::Error> {
+        let w = StatusChangeWire::deserialize(d)?;
+        let event = STATUS_EVENTS
+            .into_iter()
+            .find(|e| *e == w.event)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown event {:?}", w.event)))?;
+        Ok(StatusChange {
+            status: w.status,
+            at: w.at,
+            position: w.position,
+            event,
+            reference: w.reference,
+        })
+    }
+}
+
 /// What the read models keep of an `InvoiceIssued`: all but its lines and
 /// the customer's name and address, which are read from the log (at the
 /// record's `position`) when an invoice is shown or rendered. Invoices
 /// accumulate every month for every account; their lines stay on disk.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IssuedHead {
     pub number: String,
     pub issued_at: DateTime<Utc>,
@@ -53,7 +91,7 @@ impl IssuedHead {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceRecord {
     pub account_id: String,
     /// The global position of its `InvoiceIssued` event.
@@ -93,7 +131,7 @@ impl InvoiceRecord {
     }
 }
 
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReadModels {
     /// The global position applied last (the checkpoint).
     pub position: u64,
@@ -120,7 +158,7 @@ pub struct ReadModels {
 }
 
 /// An outgoing webhook endpoint as registered.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WebhookEndpoint {
     pub id: String,
     pub url: String,
@@ -133,7 +171,7 @@ pub struct WebhookEndpoint {
 
 /// What the read models keep of a credit note; its lines stay in the log
 /// at `position`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CreditNoteRecord {
     pub account_id: String,
     pub position: u64,

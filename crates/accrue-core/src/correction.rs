@@ -35,7 +35,7 @@ impl Default for DunningPolicy {
 }
 
 /// One invoice in dunning.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DunningCase {
     pub invoice_number: String,
     pub first_failed_at: DateTime<Utc>,
@@ -59,7 +59,7 @@ impl DunningCase {
 
 /// What an account holds of corrections and dunning. Boxed in the state:
 /// most accounts never have any.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Corrections {
     /// Usage ids cancelled (a second cancellation is a duplicate).
     pub cancelled: BTreeSet<String>,

@@ -156,13 +156,13 @@ pub struct SessionsReported {
 
 // ------------------------------------------------------------------- state
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ActivationStatus {
     Active,
     Released(ReleaseReason),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Activation {
     pub id: String,
     pub server_id: String,
@@ -199,7 +199,7 @@ impl Activation {
 }
 
 /// An account's license, once its control number is issued.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LicenseState {
     pub control_number: Box<str>,
     pub term_end: Option<NaiveDate>,

@@ -90,6 +90,14 @@ impl Index {
         }
     }
 
+    /// Indexes an account loaded from a snapshot as its replay would have.
+    pub(crate) fn rebuild(&mut self, account: &str, st: &AccountState) {
+        if let Some(t) = st.next_suspension() {
+            self.due.insert((t, account.to_string()));
+            self.due_of.insert(account.to_string(), t);
+        }
+    }
+
     fn clear(&mut self, account: &str) {
         if let Some(old) = self.due_of.remove(account) {
             self.due.remove(&(old, account.to_string()));

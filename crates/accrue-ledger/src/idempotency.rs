@@ -76,7 +76,7 @@ const FREEZE_AT: usize = 190_000;
 /// in `recent` (16 bytes more a key, past four billion events).
 const FROZEN_MAX_POSITION: u64 = u32::MAX as u64 - 1;
 
-#[derive(Default)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct IdempotencyIndex {
     /// The newest keys (and every pending one): hash → packed slot.
     recent: HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>,
@@ -94,6 +94,7 @@ pub struct IdempotencyIndex {
 /// 6 bytes a key. Keys may share a fingerprint: a lookup returns every
 /// match and the caller confirms each against the stored event (with 10M
 /// keys about one new key in 400 costs one extra read of a stored event).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Run {
     fps: Vec<u16>,
     positions: Vec<u32>,

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod priority;
 pub mod projectors;
 mod replay;
+pub mod snapshot;
 pub mod webhooks;
 mod writer;
 

@@ -81,6 +81,26 @@ impl Index {
         }
     }
 
+    /// Indexes an account loaded from a snapshot as its replay would have.
+    pub(crate) fn rebuild(&mut self, account: &str, st: &AccountState) {
+        if let Some(o) = &st.info {
+            self.by_serial
+                .insert(o.serial_number.clone(), account.to_string());
+        }
+        let next = st
+            .license
+            .as_deref()
+            .and_then(|l| l.next_due(release_after_days()));
+        self.set_due(account, next);
+    }
+
+    /// The index in a stable order (snapshot tests).
+    pub(crate) fn digest(&self) -> String {
+        let mut serials: Vec<_> = self.by_serial.iter().collect();
+        serials.sort();
+        format!("{serials:?} {:?}", self.due)
+    }
+
     fn set_due(&mut self, account: &str, next: Option<DateTime<Utc>>) {
         if self.due_of.get(account).copied() == next {
             return;

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub commits: AtomicU64,
     pub mails_sent: AtomicU64,
     pub mails_bounced: AtomicU64,
+    /// Snapshots written, and the position of the newest (SPEC §12).
+    pub snapshots_written: AtomicU64,
+    pub snapshot_position: AtomicU64,
     /// Events each side-effect projector is behind the head.
     projector_lag: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; 12],
@@ -88,6 +91,16 @@ impl Metrics {
         s.push_str(&format!(
             "accrue_mails_bounced_total {}\n",
             self.mails_bounced.load(Relaxed)
+        ));
+        s.push_str("# HELP accrue_snapshots_written_total Snapshots of the derived state written.\n# TYPE accrue_snapshots_written_total counter\n");
+        s.push_str(&format!(
+            "accrue_snapshots_written_total {}\n",
+            self.snapshots_written.load(Relaxed)
+        ));
+        s.push_str("# HELP accrue_snapshot_position Global position of the newest snapshot written.\n# TYPE accrue_snapshot_position gauge\n");
+        s.push_str(&format!(
+            "accrue_snapshot_position {}\n",
+            self.snapshot_position.load(Relaxed)
         ));
         let lags = self.projector_lag.lock().clone();
         if !lags.is_empty() {

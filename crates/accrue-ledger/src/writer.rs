@@ -22,6 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::oneshot;
 
 use crate::idempotency::{self, IdempotencyIndex, Slot};
+use crate::snapshot;
 use crate::{Job, LedgerError, Shared, UsageItem, UsageOutcome};
 
 #[path = "license.rs"]
@@ -33,7 +34,7 @@ pub(crate) mod dunning;
 /// A gapless series of document numbers: invoices and credit notes share
 /// the mechanism (a number event in the series' own stream, committed in
 /// the same group as the document, expected version exact).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Series {
     Invoice,
     CreditNote,
@@ -105,6 +106,8 @@ pub(crate) struct State {
     /// Which account recorded each payment reference: a reference reused
     /// on another account's invoice is a conflict, not a new payment.
     pub payment_refs: HashMap<String, String>,
+    /// The latest `ClockAdvanced` staged or replayed (the stored clock).
+    pub clock: Option<DateTime<Utc>>,
 }
 
 fn account_of(stream: &str) -> Option<&str> {
@@ -233,8 +236,10 @@ impl State {
                 let s = self.seq.entry((Series::CreditNote, n.year)).or_insert(0);
                 *s = (*s).max(n.sequence);
             }
-            LedgerEvent::ClockAdvanced(_)
-            | LedgerEvent::TokenIssued(_)
+            LedgerEvent::ClockAdvanced(c) => {
+                self.clock = Some(self.clock.map_or(c.now, |k| k.max(c.now)));
+            }
+            LedgerEvent::TokenIssued(_)
             | LedgerEvent::MailBounced(_)
             | LedgerEvent::MailResent(_)
             | LedgerEvent::WebhookEndpointRegistered(_)
@@ -251,21 +256,126 @@ impl State {
     fn next_invoice_number(&self, at: DateTime<Utc>) -> (i32, u64, String) {
         self.next_number(Series::Invoice, at)
     }
+
+    /// A copy of what a snapshot stores of this state, as of `position`
+    /// (nothing pending).
+    pub(crate) fn snapshot_part(&self, position: u64) -> snapshot::WriterPart {
+        let mut seq: Vec<_> = self.seq.iter().map(|((s, y), n)| (*s, *y, *n)).collect();
+        seq.sort_by_key(|(s, y, _)| (s.label(), *y));
+        snapshot::WriterPart {
+            position,
+            accounts: self.accounts.clone(),
+            idem: self.idem.clone(),
+            seq,
+            globals: self.globals.clone(),
+            payment_refs: self.payment_refs.clone(),
+            clock: self.clock,
+        }
+    }
+
+    /// The state a snapshot stored, with the indexes derived from accounts
+    /// rebuilt as a replay would have built them.
+    fn from_part(part: snapshot::WriterPart) -> State {
+        let mut st = State {
+            idem: part.idem,
+            seq: part.seq.into_iter().map(|(s, y, n)| ((s, y), n)).collect(),
+            globals: part.globals,
+            payment_refs: part.payment_refs,
+            clock: part.clock,
+            ..State::default()
+        };
+        for (id, a) in &part.accounts {
+            if let Some(end) = a.period_end() {
+                st.due.insert((end, id.clone()));
+            }
+            for number in a.invoices.keys() {
+                st.invoice_owner.insert(number, id, a.info.as_ref());
+            }
+            st.license.rebuild(id, a);
+            st.dunning.rebuild(id, a);
+        }
+        st.accounts = part.accounts;
+        st
+    }
+
+    /// Everything a decision can see, as text in a stable order, with the
+    /// idempotency lookup of each given (account, usage id).
+    pub(crate) fn digest(&self, usage: &[(String, String)]) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let sorted = |m: &HashMap<String, _>| -> Vec<String> {
+            let mut v: Vec<String> = m.keys().cloned().collect();
+            v.sort();
+            v
+        };
+        for id in sorted(&self.accounts) {
+            let _ = writeln!(out, "account {id} {:?}", self.accounts[&id]);
+            for number in self.accounts[&id].invoices.keys() {
+                let _ = writeln!(out, "  owner {number} {:?}", self.invoice_owner.get(number));
+            }
+        }
+        let mut seq: Vec<_> = self.seq.iter().collect();
+        seq.sort_by_key(|((s, y), _)| (s.label(), *y));
+        let mut globals: Vec<_> = self.globals.iter().collect();
+        globals.sort();
+        let mut refs: Vec<_> = self.payment_refs.iter().collect();
+        refs.sort();
+        let _ = writeln!(out, "seq {seq:?}\nglobals {globals:?}\nrefs {refs:?}");
+        let _ = writeln!(out, "due {:?}\nclock {:?}", self.due, self.clock);
+        let _ = writeln!(
+            out,
+            "license {}\ndunning {:?}",
+            self.license.digest(),
+            self.dunning.due
+        );
+        for (a, u) in usage {
+            let mut slots = self.idem.by_hash(idempotency::key(a, u));
+            slots.sort_by_key(|s| format!("{s:?}"));
+            let _ = writeln!(out, "usage {a} {u} {slots:?} {:?}", self.idem.exact(a, u));
+        }
+        out
+    }
 }
 
-/// Replays the whole log into fresh writer state and read models.
+/// Loads the writer state and read models: from the newest snapshot that
+/// checks out and the log after it, else from the whole log.
 pub(crate) fn load(
     store: &dyn EventStore,
 ) -> Result<(State, ReadModels, Option<DateTime<Utc>>), LedgerError> {
-    let mut state = State::default();
-    let mut read = ReadModels::default();
-    let mut clock: Option<DateTime<Utc>> = None;
-    // The highest sequence issued per series and year, as the documents say.
+    load_with(store, true)
+}
+
+/// [`load`], or (`use_snapshots` false) a replay of the whole log.
+pub(crate) fn load_with(
+    store: &dyn EventStore,
+    use_snapshots: bool,
+) -> Result<(State, ReadModels, Option<DateTime<Utc>>), LedgerError> {
+    let loaded = if use_snapshots {
+        snapshot::load_newest(store)?
+    } else {
+        None
+    };
+    // The highest sequence issued per series and year, as the documents
+    // say; a snapshot's own sequences were checked when it was taken.
     let mut issued: HashMap<(Series, i32), (u64, String)> = HashMap::new();
-    crate::replay::for_each_decoded(store, 0, |page| {
+    let (mut state, mut read, from) = match loaded {
+        None => (State::default(), ReadModels::default(), 0),
+        Some(l) => {
+            let from = l.writer.position;
+            for (series, year, seq) in &l.writer.seq {
+                issued.insert((*series, *year), (*seq, series.format(*year, *seq)));
+            }
+            (State::from_part(l.writer), l.read, from)
+        }
+    };
+    let read_from = read.position.min(from);
+    crate::replay::for_each_decoded(store, read_from, |page| {
         for d in &page {
-            if let LedgerEvent::ClockAdvanced(c) = &d.event {
-                clock = Some(clock.map_or(c.now, |k| k.max(c.now)));
+            if d.position > read.position {
+                read.apply(d.position, &d.stream, d.recorded_at, &d.event);
+            }
+            if d.position <= from {
+                continue;
             }
             let document = match &d.event {
                 LedgerEvent::Account(AccountEvent::InvoiceIssued(i)) => {
@@ -285,7 +395,6 @@ pub(crate) fn load(
                 }
             }
             state.apply_committed(&d.stream, d.position, &d.event);
-            read.apply(d.position, &d.stream, d.recorded_at, &d.event);
         }
     })?;
     // The sequence never goes backwards: a log whose `invoice-sequence`
@@ -302,6 +411,7 @@ pub(crate) fn load(
             )));
         }
     }
+    let clock = state.clock;
     Ok((state, read, clock))
 }
 
@@ -482,6 +592,8 @@ struct Writer {
     /// Stored events read for the usage job being decided (position →
     /// stream and event; `None`: no event there).
     prefetched: HashMap<u64, Option<(String, LedgerEvent)>>,
+    /// Snapshots of the state as groups are sealed (`snapshot.rs`).
+    snapshots: snapshot::Snapshotter,
 }
 
 pub(crate) fn spawn(
@@ -490,6 +602,7 @@ pub(crate) fn spawn(
     jobs: Receiver<Job>,
 ) -> Result<JoinHandle<()>, LedgerError> {
     let head = shared.store.head_position()?;
+    let snapshots = snapshot::Snapshotter::start(shared.clone(), head)?;
     let (to_committer, commits) = crossbeam_channel::bounded::<Commit>(1);
     let (done, results) = crossbeam_channel::bounded(1);
     let committer = {
@@ -519,6 +632,7 @@ pub(crate) fn spawn(
         results,
         committer: Some(committer),
         prefetched: HashMap::new(),
+        snapshots,
     };
     // Finish any close that came due while we were down, before serving.
     w.close_due(w.shared.clock.now());
@@ -719,6 +833,7 @@ impl Writer {
         if let Some(c) = self.committer.take() {
             let _ = c.join();
         }
+        self.snapshots.stop();
     }
 
     /// Handles one job; true when the writer should stop.
@@ -973,6 +1088,10 @@ impl Writer {
         let v = self.state.globals.entry(stream.to_string()).or_insert(0);
         let before = *v;
         *v += 1;
+        if let LedgerEvent::ClockAdvanced(c) = &e {
+            let k = &mut self.state.clock;
+            *k = Some(k.map_or(c.now, |k| k.max(c.now)));
+        }
         self.group.push(stream, Some(before), at, e);
     }
 
@@ -1218,6 +1337,12 @@ impl Writer {
         // Nothing is pending now (the next group is empty).
         self.state.idem.compact();
         self.head = pos - 1;
+        if self.snapshots.due(self.head) {
+            // The state is exactly the log up to `head` (this group
+            // included); the read models are at the group before it.
+            let read = self.shared.read.read();
+            self.snapshots.take(&self.state, self.head, &read);
+        }
         let sealed = Arc::new(Sealed {
             appends: group.appends,
             decoded: group.decoded,

@@ -202,6 +202,30 @@ pub fn checkpoints_and_meta_persist_and_never_go_back(store: &dyn EventStore) {
     assert_eq!(store.meta_get("nope").unwrap(), None);
 }
 
+pub fn snapshots_keep_the_newest(store: &dyn EventStore) {
+    assert!(store.snapshot_positions().unwrap().is_empty());
+    assert_eq!(store.read_snapshot(1).unwrap(), None);
+    let big = vec![7u8; 3 << 20];
+    store.put_snapshot(10, b"ten", 2).unwrap();
+    store.put_snapshot(30, &big, 2).unwrap();
+    store.put_snapshot(20, b"twenty", 2).unwrap();
+    // The two newest by position stay, whatever the order they came in.
+    assert_eq!(store.snapshot_positions().unwrap(), vec![30, 20]);
+    assert_eq!(store.read_snapshot(30).unwrap().as_deref(), Some(&big[..]));
+    assert_eq!(
+        store.read_snapshot(20).unwrap().as_deref(),
+        Some(&b"twenty"[..])
+    );
+    assert_eq!(store.read_snapshot(10).unwrap(), None);
+    // Rewriting one position replaces it; snapshots are no events.
+    store.put_snapshot(30, b"again", 2).unwrap();
+    assert_eq!(
+        store.read_snapshot(30).unwrap().as_deref(),
+        Some(&b"again"[..])
+    );
+    assert_eq!(store.head_position().unwrap(), 0);
+}
+
 /// Reopening sees everything and keeps chaining (the factory is called again
 /// on the same folder).
 pub fn reopening_keeps_everything(open: &dyn Fn() -> Box<dyn EventStore>) {
@@ -303,6 +327,7 @@ macro_rules! conformance_suite {
             check!(reads_page_and_filter);
             check!(followers_wake_on_append);
             check!(checkpoints_and_meta_persist_and_never_go_back);
+            check!(snapshots_keep_the_newest);
             check!(large_logs_read_back_per_stream);
 
             #[test]

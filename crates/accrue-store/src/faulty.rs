@@ -172,6 +172,18 @@ impl EventStore for FaultyStore {
         self.inner.meta_list(prefix)
     }
 
+    fn put_snapshot(&self, position: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {
+        self.inner.put_snapshot(position, bytes, keep)
+    }
+
+    fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError> {
+        self.inner.snapshot_positions()
+    }
+
+    fn read_snapshot(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.read_snapshot(position)
+    }
+
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }

@@ -239,6 +239,18 @@ pub trait EventStore: Send + Sync {
     fn meta_put(&self, key: &str, value: &str) -> Result<(), StoreError>;
     fn meta_list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
 
+    /// Stores a snapshot of derived state as of global `position` and drops
+    /// all but the `keep` newest. A snapshot is not an event: it is a cache
+    /// of what the log folds to, written beside the log so that appends
+    /// never wait for it, and checked by its reader before use.
+    fn put_snapshot(&self, position: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError>;
+
+    /// The positions of the stored snapshots, newest first.
+    fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError>;
+
+    /// The snapshot stored at `position`, if any.
+    fn read_snapshot(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// A short name of the backend, for reports.
     fn backend(&self) -> &'static str;
 }

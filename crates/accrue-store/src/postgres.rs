@@ -16,6 +16,7 @@ use crate::{Appended, EventStore, RecordedEvent, StoreError, StreamAppend, Strea
 
 const SCHEMA: &str = include_str!("../../../migrations/postgres/0001_events.sql");
 const GLOBAL_CHAIN: &str = include_str!("../../../migrations/postgres/0002_global_chain.sql");
+const SNAPSHOTS: &str = include_str!("../../../migrations/postgres/0003_snapshots.sql");
 /// The class of the session advisory lock one writer holds per ledger (the
 /// second key is the schema's name hashed), for the store's lifetime.
 const WRITER_LOCK_CLASS: i32 = 0x6163_6372;
@@ -43,6 +44,9 @@ pub struct PgInner {
     writer: Mutex<Client>,
     cache: Mutex<HeadCache>,
     reader: Mutex<Client>,
+    /// Snapshots have their own session: writing one never holds the
+    /// appends' connection.
+    snapshots: Mutex<Client>,
     /// Wakes local followers after a local append; remote appends are polled.
     appended: Condvar,
     appended_at: Mutex<u64>,
@@ -159,6 +163,15 @@ impl EventStore for PgStore {
     fn meta_list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         off_runtime(|| self.0.meta_list(prefix))
     }
+    fn put_snapshot(&self, position: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {
+        off_runtime(|| self.0.put_snapshot(position, bytes, keep))
+    }
+    fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError> {
+        off_runtime(|| self.0.snapshot_positions())
+    }
+    fn read_snapshot(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        off_runtime(|| self.0.read_snapshot(position))
+    }
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -235,14 +248,17 @@ impl PgStore {
         let migrated = writer
             .batch_execute(SCHEMA)
             .map_err(StoreError::from)
-            .and_then(|_| add_global_chain(&mut writer));
+            .and_then(|_| add_global_chain(&mut writer))
+            .and_then(|_| Ok(writer.batch_execute(SNAPSHOTS)?));
         writer.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])?;
         migrated?;
         let reader = connect(url, schema)?;
+        let snapshots = connect(url, schema)?;
         Ok(PgStore(std::mem::ManuallyDrop::new(PgInner {
             writer: Mutex::new(writer),
             cache: Mutex::new(HeadCache::default()),
             reader: Mutex::new(reader),
+            snapshots: Mutex::new(snapshots),
             appended: Condvar::new(),
             appended_at: Mutex::new(0),
         })))
@@ -459,6 +475,41 @@ impl EventStore for PgInner {
             &[&prefix],
         )?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn put_snapshot(&self, position: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {
+        let mut c = self.snapshots.lock();
+        let mut tx = c.transaction()?;
+        let pos = position as i64;
+        let now = Utc::now().timestamp_micros();
+        tx.execute(
+            "INSERT INTO snapshots (pos, created_us, bytes) VALUES ($1, $2, $3) \
+             ON CONFLICT (pos) DO UPDATE SET created_us = excluded.created_us, bytes = excluded.bytes",
+            &[&pos, &now, &bytes],
+        )?;
+        tx.execute(
+            "DELETE FROM snapshots WHERE pos NOT IN \
+             (SELECT pos FROM snapshots ORDER BY pos DESC LIMIT $1)",
+            &[&(keep.max(1) as i64)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError> {
+        let rows = self
+            .snapshots
+            .lock()
+            .query("SELECT pos FROM snapshots ORDER BY pos DESC", &[])?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    fn read_snapshot(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = self.snapshots.lock().query_opt(
+            "SELECT bytes FROM snapshots WHERE pos = $1",
+            &[&(position as i64)],
+        )?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     fn backend(&self) -> &'static str {

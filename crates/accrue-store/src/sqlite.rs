@@ -128,6 +128,10 @@ pub struct SqliteStore {
     head: Mutex<u64>,
     appended: Condvar,
     checkpointer: Checkpointer,
+    /// Snapshots live in a file of their own beside the log
+    /// (`<file>.snapshots`): SQLite has one writer per file, and writing a
+    /// snapshot must never hold up an append.
+    snapshots: Mutex<Connection>,
     _lock: File,
 }
 
@@ -279,6 +283,7 @@ impl SqliteStore {
             readers.push(Mutex::new(r));
         }
         let checkpointer = Checkpointer::start(&path)?;
+        let snapshots = open_snapshots(&path)?;
         Ok(SqliteStore {
             path,
             writer: Mutex::new(writer),
@@ -286,6 +291,7 @@ impl SqliteStore {
             head: Mutex::new(head),
             appended: Condvar::new(),
             checkpointer,
+            snapshots: Mutex::new(snapshots),
             _lock: lock,
         })
     }
@@ -337,6 +343,23 @@ impl Drop for SqliteStore {
 }
 
 const GLOBAL_CHAIN: &str = include_str!("../../../migrations/sqlite/0003_global_chain.sql");
+const SNAPSHOTS: &str = include_str!("../../../migrations/sqlite/0004_snapshots.sql");
+
+/// The snapshot file of the log at `path`.
+pub fn snapshots_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".snapshots");
+    PathBuf::from(p)
+}
+
+fn open_snapshots(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(snapshots_path(path))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.execute_batch(SNAPSHOTS)?;
+    Ok(conn)
+}
 const NO_UPDATE_TRIGGER: &str =
     "CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;";
@@ -810,6 +833,44 @@ impl EventStore for SqliteStore {
             out.push(r?);
         }
         Ok(out)
+    }
+
+    fn put_snapshot(&self, position: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {
+        let mut c = self.snapshots.lock();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO snapshots (pos, created_us, bytes) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(pos) DO UPDATE SET created_us = excluded.created_us, bytes = excluded.bytes",
+            params![position as i64, Utc::now().timestamp_micros(), bytes],
+        )?;
+        tx.execute(
+            "DELETE FROM snapshots WHERE pos NOT IN \
+             (SELECT pos FROM snapshots ORDER BY pos DESC LIMIT ?1)",
+            params![keep.max(1) as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError> {
+        let c = self.snapshots.lock();
+        let mut stmt = c.prepare_cached("SELECT pos FROM snapshots ORDER BY pos DESC")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r? as u64);
+        }
+        Ok(out)
+    }
+
+    fn read_snapshot(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let c = self.snapshots.lock();
+        let mut stmt = c.prepare_cached("SELECT bytes FROM snapshots WHERE pos = ?1")?;
+        let mut rows = stmt.query([position as i64])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(r.get(0)?),
+            None => None,
+        })
     }
 
     fn backend(&self) -> &'static str {

@@ -200,6 +200,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let (mut inproc_out, mut rss_out, mut rebuild_out) = (None, None, None);
+    let mut restart_out: Option<(f64, u64, f64)> = None;
     if want("inproc") || want("rebuild") {
         // 2. In-process ingest: two producers, so commits group as they would under load.
         let dir = tmp.path().join("inproc");
@@ -277,6 +278,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rebuild_out = Some(rebuild);
         }
         ledger.shutdown();
+        if want("rebuild") {
+            // 3b. A restart (SPEC §12–13): open the store, load the newest
+            // snapshot and the log after it, answer the first overview.
+            let store = ledger.store().clone();
+            drop(ledger);
+            let t = Instant::now();
+            let at = accrue_ledger::snapshot::write_now(store.as_ref())?;
+            let write_s = t.elapsed().as_secs_f64();
+            drop(store);
+            let t = Instant::now();
+            let again = open_ledger(&dir, pg)?;
+            let used = again.read().accounts.get("a0").map(|a| a.used);
+            let restart = t.elapsed().as_secs_f64();
+            anyhow::ensure!(used.is_some(), "the restarted ledger lost account a0");
+            eprintln!(
+                "restart from a snapshot at {at} events: {restart:.3} s (writing it from a replay took {write_s:.3} s)"
+            );
+            restart_out = Some((restart, at, write_s));
+            again.shutdown();
+        }
     }
 
     // 4a. CloudEvents ingest (SPEC §11) over HTTP, the same fast path.
@@ -409,6 +430,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "overview_p99_ms": http_out.map(|h| (h.1 * 1000.0).round() / 1000.0),
         "overview_p50_ms": http_out.map(|h| (h.2 * 1000.0).round() / 1000.0),
         "rebuild_events_per_s": rebuild_out.map(f64::round),
+        "restart_s": restart_out.map(|r| (r.0 * 1000.0).round() / 1000.0),
+        "restart_events": restart_out.map(|r| r.1),
+        "snapshot_write_s": restart_out.map(|r| (r.2 * 1000.0).round() / 1000.0),
         "projector_lag_max_events": effects_out.as_ref().map(|e| e.lag_max_events),
         "invoice_effects_after_close_s": effects_out.as_ref().map(|e| (e.all_s * 1000.0).round() / 1000.0),
         "invoice_effects_first_after_close_s": effects_out.as_ref().map(|e| (e.first_s * 1000.0).round() / 1000.0),

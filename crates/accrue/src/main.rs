@@ -101,6 +101,13 @@ enum Cmd {
         /// Days after the first failed payment before the license is suspended.
         #[arg(long, default_value_t = 14)]
         grace_days: u32,
+        /// Snapshot the derived state after this many events (0: never); a
+        /// restart loads the newest snapshot and replays only the tail.
+        #[arg(long, env = "ACCRUE_SNAPSHOT_EVERY", default_value_t = 1_000_000)]
+        snapshot_every: u64,
+        /// ... or after this many seconds, if any event came since.
+        #[arg(long, env = "ACCRUE_SNAPSHOT_SECS", default_value_t = 600)]
+        snapshot_secs: u64,
     },
     /// A whole month for a few accounts on a fresh embedded store: PDFs written, a summary printed.
     Demo {
@@ -273,7 +280,10 @@ fn main() -> anyhow::Result<()> {
             release_after_days,
             dunning,
             grace_days,
+            snapshot_every,
+            snapshot_secs,
         } => {
+            accrue_ledger::snapshot::set_policy(snapshot_every, snapshot_secs);
             accrue_ledger::set_release_after_days(release_after_days);
             accrue_ledger::set_dunning_policy(dunning.0, grace_days);
             serve(store, listen, clock, smtp)

@@ -42,13 +42,13 @@ impl Context {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SeatsInUse {
     pub full: u32,
     pub viewer: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum PaymentStatus {
     #[default]
     Ok,
@@ -174,15 +174,38 @@ impl PlanChange {
 }
 
 /// What a payment reference was first recorded as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PaymentRef {
     pub invoice_number: String,
     /// `succeeded`, `failed` or `refunded`.
     pub outcome: &'static str,
 }
 
+/// A [`PaymentRef`] as a snapshot stores it.
+#[derive(serde::Deserialize)]
+struct PaymentRefWire {
+    invoice_number: String,
+    outcome: String,
+}
+
+impl<'de> serde::Deserialize<'de> for PaymentRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PaymentRef, D::Error> {
+        let w = PaymentRefWire::deserialize(d)?;
+        let outcome = ["succeeded", "failed", "refunded"]
+            .into_iter()
+            .find(|o| *o == w.outcome)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("unknown payment outcome {:?}", w.outcome))
+            })?;
+        Ok(PaymentRef {
+            invoice_number: w.invoice_number,
+            outcome,
+        })
+    }
+}
+
 /// An invoice as the aggregate needs to know it to decide payments.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceState {
     pub total: Decimal,
     pub status: InvoiceStatus,
@@ -205,7 +228,7 @@ pub struct InvoiceState {
 }
 
 /// An invoice's tax as issued and as credited since.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceTaxState {
     pub facts: crate::tax::InvoiceTax,
     pub credited_net: Decimal,
@@ -258,7 +281,7 @@ impl InvoiceState {
 /// An account's invoices by number, in number order. A sorted vector, not a
 /// `BTreeMap`: most accounts hold a few invoices, and a map's first node
 /// alone is about 800 bytes (two copies per account, writer and read model).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceBook(Vec<(String, InvoiceState)>);
 
 impl InvoiceBook {
@@ -302,7 +325,7 @@ impl InvoiceBook {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct AccountState {
     /// `None` until `AccountOpened`.
     pub info: Option<std::sync::Arc<AccountOpened>>,

@@ -1,0 +1,368 @@
+//! Snapshots (SPEC §12): what the log folds to at a position, so that a
+//! restart replays only the tail.
+//!
+//! A snapshot holds two parts taken at the same moment in the writer: the
+//! writer's decision state (accounts, the idempotency index, sequences,
+//! stream versions, payment references, the stored clock) as of the group
+//! it has just sealed, at position `P1`, and a copy of the read models as
+//! the committer has applied them, at `P2 ≤ P1`. The indexes the writer
+//! derives from accounts (due closes, invoice owners, license and dunning
+//! deadlines) are not stored: they are rebuilt from the accounts on load.
+//!
+//! Bytes: `ACCRUESN`, the format version (u32 LE), a probe of the
+//! idempotency hash (u64 LE: the index is only valid for a build that
+//! hashes keys the same way), the SHA-256 of the body, then the body (CBOR).
+//! On load a snapshot is used only if all of that checks out **and** the
+//! log still holds, at `P1` and at `P2`, the events whose global chain
+//! hashes the snapshot recorded; anything else falls back to an older
+//! snapshot, then to the whole log. A snapshot is written on a thread of
+//! its own, after its group is durable, into a table (SQLite: a file)
+//! beside the log, so appends never wait for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use accrue_core::AccountState;
+use accrue_projections::ReadModels;
+use accrue_store::EventStore;
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::idempotency::{self, IdempotencyIndex};
+use crate::writer::{Series, State};
+use crate::{LedgerError, Shared};
+
+const MAGIC: &[u8; 8] = b"ACCRUESN";
+/// Bump when any part's shape changes: an older snapshot is then skipped
+/// (and the log replayed once), never misread.
+pub const FORMAT: u32 = 1;
+/// Snapshots kept: the newest, and one before it in case it is unreadable.
+const KEEP: usize = 2;
+
+static EVERY_EVENTS: AtomicU64 = AtomicU64::new(1_000_000);
+static EVERY_SECS: AtomicU64 = AtomicU64::new(600);
+
+/// When the writer snapshots: after `every_events` events since the last
+/// one, or after `every_secs` seconds if any event came since (0 events:
+/// never).
+pub fn set_policy(every_events: u64, every_secs: u64) {
+    EVERY_EVENTS.store(every_events, Relaxed);
+    EVERY_SECS.store(every_secs.max(1), Relaxed);
+}
+
+/// The writer's part.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WriterPart {
+    pub position: u64,
+    pub accounts: HashMap<String, Box<AccountState>>,
+    pub idem: IdempotencyIndex,
+    pub seq: Vec<(Series, i32, u64)>,
+    pub globals: HashMap<String, u64>,
+    pub payment_refs: HashMap<String, String>,
+    pub clock: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    writer: WriterPart,
+    /// The global chain hash of the event at `writer.position`.
+    writer_chain: [u8; 32],
+    read: ReadModels,
+    read_chain: [u8; 32],
+}
+
+/// A snapshot that checked out, ready to be replayed onto.
+pub(crate) struct Loaded {
+    pub writer: WriterPart,
+    pub read: ReadModels,
+}
+
+fn probe() -> u64 {
+    idempotency::key("accrue-snapshot", "probe")
+}
+
+fn encode(body: &Body) -> Result<Vec<u8>, String> {
+    let mut cbor = Vec::new();
+    ciborium::into_writer(body, &mut cbor).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(cbor.len() + 52);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&probe().to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&cbor));
+    out.extend_from_slice(&cbor);
+    Ok(out)
+}
+
+fn decode(bytes: &[u8]) -> Result<Body, String> {
+    let header = 8 + 4 + 8 + 32;
+    if bytes.len() < header || &bytes[..8] != MAGIC {
+        return Err("not a snapshot".into());
+    }
+    let format = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| "short")?);
+    if format != FORMAT {
+        return Err(format!("format {format}, this build reads {FORMAT}"));
+    }
+    let p = u64::from_le_bytes(bytes[12..20].try_into().map_err(|_| "short")?);
+    if p != probe() {
+        return Err("made by a build that hashes usage ids differently".into());
+    }
+    let body = &bytes[header..];
+    if Sha256::digest(body).as_slice() != &bytes[20..52] {
+        return Err("its hash does not match its bytes".into());
+    }
+    ciborium::from_reader(body).map_err(|e| format!("unreadable: {e}"))
+}
+
+/// The global chain hash at `position` (the genesis hash at 0), if the log
+/// holds an event there.
+fn chain_at(store: &dyn EventStore, position: u64) -> Result<Option<[u8; 32]>, LedgerError> {
+    if position == 0 {
+        return Ok(Some(accrue_store::hash::GENESIS));
+    }
+    Ok(store.read_at(position)?.map(|e| e.chain))
+}
+
+/// The newest snapshot that checks out against the log, if any. Snapshots
+/// that do not are reported and skipped.
+pub(crate) fn load_newest(store: &dyn EventStore) -> Result<Option<Loaded>, LedgerError> {
+    let head = store.head_position()?;
+    for position in store.snapshot_positions()? {
+        let why = match store.read_snapshot(position)? {
+            None => continue,
+            Some(bytes) => match decode(&bytes) {
+                Err(e) => e,
+                Ok(body) => {
+                    let w = body.writer.position;
+                    let r = body.read.position;
+                    if w != position || r > w || w > head {
+                        format!("it claims position {w} (read models {r}), the log ends at {head}")
+                    } else if chain_at(store, w)? != Some(body.writer_chain)
+                        || chain_at(store, r)? != Some(body.read_chain)
+                    {
+                        "the log no longer holds the events it was taken from".into()
+                    } else {
+                        return Ok(Some(Loaded {
+                            writer: body.writer,
+                            read: body.read,
+                        }));
+                    }
+                }
+            },
+        };
+        tracing::warn!(position, "snapshot skipped: {why}; replaying further back");
+    }
+    Ok(None)
+}
+
+/// A snapshot on its way to the store.
+pub(crate) struct Job {
+    writer: WriterPart,
+    read: ReadModels,
+}
+
+/// The writer's side: decides when a snapshot is due and hands the copies
+/// to the snapshot thread (if it is busy with the previous one, later).
+pub(crate) struct Snapshotter {
+    tx: Option<Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    last_position: u64,
+    last_at: Instant,
+}
+
+impl Snapshotter {
+    pub(crate) fn start(shared: Arc<Shared>, from: u64) -> Result<Snapshotter, LedgerError> {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(1);
+        let thread = std::thread::Builder::new()
+            .name("accrue-snapshot".into())
+            .spawn(move || {
+                crate::priority::lower_current_thread();
+                run(&shared, &rx);
+            })
+            .map_err(|e| LedgerError::Corrupt(format!("cannot start the snapshot thread: {e}")))?;
+        Ok(Snapshotter {
+            tx: Some(tx),
+            thread: Some(thread),
+            last_position: from,
+            last_at: Instant::now(),
+        })
+    }
+
+    /// Whether a snapshot of the state at `head` is due.
+    pub(crate) fn due(&self, head: u64) -> bool {
+        let every = EVERY_EVENTS.load(Relaxed);
+        let busy = self.tx.as_ref().is_none_or(|t| t.is_full());
+        if every == 0 || head <= self.last_position || busy {
+            return false;
+        }
+        head - self.last_position >= every
+            || self.last_at.elapsed() >= Duration::from_secs(EVERY_SECS.load(Relaxed))
+    }
+
+    /// Takes the copies (the writer's state as of `head`, no group pending)
+    /// and hands them over.
+    pub(crate) fn take(&mut self, state: &State, head: u64, read: &ReadModels) {
+        let job = Job {
+            writer: state.snapshot_part(head),
+            read: read.clone(),
+        };
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        match tx.try_send(job) {
+            Ok(()) => {
+                self.last_position = head;
+                self.last_at = Instant::now();
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl Snapshotter {
+    /// Lets the snapshot in progress finish (its group is durable by now)
+    /// and ends the thread, so the store can be opened again at once.
+    pub(crate) fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, jobs: &Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        let started = Instant::now();
+        let position = job.writer.position;
+        match write(shared, job) {
+            Ok(Some(bytes)) => {
+                shared.metrics.snapshots_written.fetch_add(1, Relaxed);
+                shared.metrics.snapshot_position.store(position, Relaxed);
+                tracing::info!(
+                    position,
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "snapshot written"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(position, "snapshot not written: {e}"),
+        }
+    }
+}
+
+/// Waits until the snapshot's group is durable, then stores it. `None`
+/// when the ledger failed first (the group may never be stored).
+fn write(shared: &Shared, job: Job) -> Result<Option<usize>, String> {
+    let store = shared.store.as_ref();
+    let position = job.writer.position;
+    loop {
+        if shared.health.failed().is_some() {
+            return Ok(None);
+        }
+        let head = store
+            .wait_for(position.saturating_sub(1), Duration::from_millis(500))
+            .map_err(|e| e.to_string())?;
+        if head >= position {
+            break;
+        }
+    }
+    let chain = |p| match chain_at(store, p) {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(format!("no event at {p}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let body = Body {
+        writer_chain: chain(position)?,
+        read_chain: chain(job.read.position)?,
+        writer: job.writer,
+        read: job.read,
+    };
+    let bytes = encode(&body)?;
+    store
+        .put_snapshot(position, &bytes, KEEP)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(bytes.len()))
+}
+
+/// Writes a snapshot of the log as it is now, from a replay (for
+/// `accrue snapshot` and tests).
+pub fn write_now(store: &dyn EventStore) -> Result<u64, LedgerError> {
+    let (state, read, _) = crate::writer::load(store)?;
+    let head = store.head_position()?;
+    let body = Body {
+        writer: state.snapshot_part(head),
+        writer_chain: chain_at(store, head)?.unwrap_or(accrue_store::hash::GENESIS),
+        read_chain: chain_at(store, read.position)?.unwrap_or(accrue_store::hash::GENESIS),
+        read,
+    };
+    let bytes = encode(&body).map_err(LedgerError::Corrupt)?;
+    store.put_snapshot(head, &bytes, KEEP)?;
+    Ok(head)
+}
+
+/// What a load produced, in a form two loads can be compared by: the
+/// writer state as text in a stable order (idempotency lookups of every
+/// usage id in the log included) and the read models. Loads with or
+/// without snapshots.
+#[doc(hidden)]
+pub fn loaded_digest(
+    store: &dyn EventStore,
+    use_snapshots: bool,
+) -> Result<(String, ReadModels), LedgerError> {
+    let (state, read, clock) = crate::writer::load_with(store, use_snapshots)?;
+    let mut usage = Vec::new();
+    crate::replay::for_each_decoded(store, 0, |page| {
+        for d in page {
+            if let accrue_core::events::LedgerEvent::Account(
+                accrue_core::AccountEvent::CreditsConsumed(c),
+            ) = &d.event
+            {
+                if let Some(a) = d.stream.strip_prefix("account-") {
+                    usage.push((a.to_string(), c.usage_id.clone()));
+                }
+            }
+        }
+    })?;
+    Ok((format!("{}\nclock {clock:?}", state.digest(&usage)), read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> Body {
+        Body {
+            writer: WriterPart {
+                position: 3,
+                accounts: HashMap::new(),
+                idem: IdempotencyIndex::default(),
+                seq: vec![(Series::Invoice, 2026, 7)],
+                globals: HashMap::from([("invoice-sequence".to_string(), 7)]),
+                payment_refs: HashMap::new(),
+                clock: None,
+            },
+            writer_chain: [1; 32],
+            read: ReadModels::default(),
+            read_chain: [2; 32],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_any_flipped_byte_is_refused() {
+        let bytes = encode(&body()).unwrap();
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back.writer.seq, vec![(Series::Invoice, 2026, 7)]);
+        assert_eq!(back.writer_chain, [1; 32]);
+        for i in [0, 9, 13, 30, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(decode(&bad).is_err(), "byte {i} flipped was accepted");
+        }
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode(b"ACCRUESN").is_err());
+    }
+}
