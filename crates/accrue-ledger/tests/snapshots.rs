@@ -259,23 +259,38 @@ fn random_histories_restart_from_snapshots_as_from_zero_on_postgresql() {
 
 /// Builds a short history with one snapshot; returns the snapshot position.
 fn history_with_snapshot(store: &Arc<dyn EventStore>) -> u64 {
+    short_history(store, "a", "u", 30, dec!(0.5), dec!(5));
     let ledger =
         Ledger::open(store.clone(), ClockMode::Manual(at("2026-01-15T00:00:00Z"))).unwrap();
-    ledger
-        .execute_blocking("a", open_cmd("a", dec!(5)))
-        .unwrap();
-    for i in 0..30 {
-        let t = at("2026-01-15T00:00:00Z");
-        ledger
-            .ingest_blocking(vec![usage("a", &format!("u{i}"), dec!(0.5), t)])
-            .unwrap();
-    }
     ledger
         .advance_clock_blocking(at("2026-02-16T00:00:00Z"))
         .unwrap();
     ledger.shutdown();
     drop(ledger);
     accrue_ledger::snapshot::write_now(store.as_ref()).unwrap()
+}
+
+/// One account opened with `base` credits and `n` usage events of `amount`
+/// (ids `prefix0..`), all at the opening instant.
+fn short_history(
+    store: &Arc<dyn EventStore>,
+    account: &str,
+    prefix: &str,
+    n: usize,
+    amount: Decimal,
+    base: Decimal,
+) {
+    let t = at("2026-01-15T00:00:00Z");
+    let ledger = Ledger::open(store.clone(), ClockMode::Manual(t)).unwrap();
+    ledger
+        .execute_blocking(account, open_cmd(account, base))
+        .unwrap();
+    for i in 0..n {
+        ledger
+            .ingest_blocking(vec![usage(account, &format!("{prefix}{i}"), amount, t)])
+            .unwrap();
+    }
+    ledger.shutdown();
 }
 
 #[test]
@@ -297,20 +312,7 @@ fn a_corrupt_or_foreign_snapshot_is_skipped_and_the_log_replayed() {
     // positions): the chain hashes it recorded are not this log's.
     let (_other_dir, other_open) = sqlite_opener();
     let other = other_open();
-    {
-        let ledger =
-            Ledger::open(other.clone(), ClockMode::Manual(at("2026-01-15T00:00:00Z"))).unwrap();
-        ledger
-            .execute_blocking("b", open_cmd("b", dec!(9)))
-            .unwrap();
-        for i in 0..60 {
-            let t = at("2026-01-15T00:00:00Z");
-            ledger
-                .ingest_blocking(vec![usage("b", &format!("x{i}"), dec!(0.1), t)])
-                .unwrap();
-        }
-        ledger.shutdown();
-    }
+    short_history(&other, "b", "x", 60, dec!(0.1), dec!(9));
     let foreign_at = accrue_ledger::snapshot::write_now(other.as_ref()).unwrap();
     assert!(foreign_at >= p);
     let foreign = other.read_snapshot(foreign_at).unwrap().unwrap();
