@@ -311,7 +311,7 @@ fn one_bouncing_address_never_holds_up_the_others() {
     );
     let all = mails(&smtp.maildir);
     assert_eq!(
-        count(&all, "To: billing@fine.test"),
+        count(&all, "<billing@fine.test>"),
         1,
         "the other customer's invoice mail went out"
     );
@@ -335,7 +335,7 @@ fn one_bouncing_address_never_holds_up_the_others() {
     assert_eq!(s, 200, "{b}");
     assert!(a.mailer_caught_up(Duration::from_secs(30)));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count(&mails(&smtp.maildir), "To: billing@bouncy.test") == 0 {
+    while count(&mails(&smtp.maildir), "<billing@bouncy.test>") == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the bounced mail was not resent"
@@ -353,7 +353,7 @@ fn one_bouncing_address_never_holds_up_the_others() {
     assert!(a.mailer_caught_up(Duration::from_secs(30)));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        count(&mails(&smtp.maildir), "To: billing@bouncy.test"),
+        count(&mails(&smtp.maildir), "<billing@bouncy.test>"),
         1,
         "resent once"
     );
@@ -435,4 +435,129 @@ fn dunning_reminds_suspends_and_reinstates_once_each_across_restarts() {
     assert_eq!(count(&m, "Subject: Your license is active again"), 1);
     assert_eq!(count(&m, "Subject: Your license is suspended"), 1);
     assert_eq!(count(&m, "Subject: Payment failed"), 2);
+}
+
+/// The decoded `text/plain` part of a raw message (quoted-printable or
+/// base64, as lettre chose), so assertions see what the customer reads.
+fn text_part(raw: &str) -> String {
+    use base64::Engine as _;
+    let lines: Vec<&str> = raw.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.eq_ignore_ascii_case("Content-Type: text/plain; charset=utf-8"))
+        .expect("a text/plain part");
+    let mut i = start;
+    let mut encoding = String::new();
+    while i < lines.len() && !lines[i].trim().is_empty() {
+        if let Some(e) = lines[i].strip_prefix("Content-Transfer-Encoding: ") {
+            encoding = e.trim().to_ascii_lowercase();
+        }
+        i += 1;
+    }
+    let body: Vec<&str> = lines[i + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with("--=_"))
+        .copied()
+        .collect();
+    let bytes = match encoding.as_str() {
+        "base64" => base64::engine::general_purpose::STANDARD
+            .decode(body.concat().trim())
+            .unwrap(),
+        "quoted-printable" => {
+            let joined = body.join("\n").replace("=\n", "");
+            let b = joined.as_bytes();
+            let mut out = Vec::new();
+            let mut k = 0;
+            while k < b.len() {
+                if b[k] == b'=' && k + 2 < b.len() {
+                    out.push(u8::from_str_radix(&joined[k + 1..k + 3], 16).unwrap());
+                    k += 3;
+                } else {
+                    out.push(b[k]);
+                    k += 1;
+                }
+            }
+            out
+        }
+        _ => body.join("\n").into_bytes(),
+    };
+    String::from_utf8(bytes).unwrap().replace("\r\n", "\n")
+}
+
+fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    raw.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+}
+
+#[test]
+fn the_failure_alert_reads_in_the_customers_language_and_is_signed_by_the_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let smtp = start_smtp(port, &dir.path().join("maildir"));
+    let smtp_url = format!("smtp://127.0.0.1:{port}");
+    let (child, base, _log) = common::serve_binary_env(
+        &dir.path().join("data"),
+        TOKEN,
+        &["--smtp", &smtp_url],
+        &[
+            ("ACCRUE_PUBLIC_URL", "https://billing.nordlicht.example/"),
+            ("ACCRUE_ISSUER_LEGAL_NAME", "Nordlicht Software GmbH"),
+            ("ACCRUE_ISSUER_COUNTRY", "DE"),
+            (
+                "ACCRUE_MAIL_FROM",
+                "Nordlicht Billing <rechnung@nordlicht.example>",
+            ),
+        ],
+    );
+    let a = Accrue {
+        child,
+        base,
+        client: reqwest::blocking::Client::new(),
+    };
+    let acct = json!({"id": "weber", "name": "Weber KG", "billing_email": "buchhaltung@weber.test", "email_language": "de",
+                      "plan": {"full_seats": 20, "full_seat_price": "70.00"}});
+    assert_eq!(a.call("POST", "/v1/accounts", acct).0, 201);
+    let fail = json!({"invoice_number": "INV-2026-000001", "outcome": "failed", "reference": "ch_1", "failure_reason": "insufficient_funds"});
+    assert_eq!(a.call("POST", "/v1/payments", fail).0, 200);
+    assert!(a.mailer_caught_up(Duration::from_secs(60)));
+    let all = mails(&smtp.maildir);
+    let alert = all
+        .iter()
+        .find(|m| m.contains("Subject: Zahlung fehlgeschlagen"))
+        .expect("the failure alert");
+    let text = text_part(alert);
+    // The amount as a German reader writes it; the plain one in a header.
+    assert!(text.contains("USD 1.400,00"), "{text}");
+    assert_eq!(header(alert, "X-Accrue-Amount"), Some("USD 1400.00"));
+    // The processor's code as a sentence in German, the code kept.
+    assert!(
+        text.contains("Die Karte ist nicht ausreichend gedeckt. (insufficient_funds)"),
+        "{text}"
+    );
+    // Where to update the payment method: the customer's own page.
+    assert!(
+        text.contains("https://billing.nordlicht.example/#account=weber"),
+        "{text}"
+    );
+    // Signed by the issuer, not by the built-in team name.
+    assert!(
+        text.contains("Mit freundlichen Grüßen\nNordlicht Software GmbH"),
+        "{text}"
+    );
+    assert!(!text.contains("accrue-Abrechnungsteam"), "{text}");
+    // The customer's name in `To:`, a Message-ID under the sender's domain.
+    assert_eq!(
+        header(alert, "To"),
+        Some("\"Weber KG\" <buchhaltung@weber.test>")
+    );
+    let id = header(alert, "Message-ID").expect("a Message-ID");
+    assert!(id.ends_with("@nordlicht.example>"), "{id}");
+    // The invoice mail is signed the same way and its amount localized.
+    let invoice = all
+        .iter()
+        .find(|m| m.contains("Subject: Ihre Rechnung INV-2026-000001"))
+        .expect("the invoice mail");
+    let text = text_part(invoice);
+    assert!(text.contains("USD 1.400,00"), "{text}");
+    assert!(text.contains("Nordlicht Software GmbH"), "{text}");
 }

@@ -24,6 +24,7 @@ fn invoice() -> InvoiceIssued {
             quantity: Decimal::from(5),
             unit_price: Decimal::new(4900, 2),
             amount: Decimal::new(24500, 2),
+            prorated: None,
         }],
         total: Decimal::new(24500, 2),
         currency: "USD".into(),

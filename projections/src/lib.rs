@@ -4,6 +4,7 @@
 
 pub mod einvoice;
 pub mod locale;
+pub mod logo;
 pub mod mail;
 pub mod pdf;
 pub mod postings;

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use accrue_core::events::InvoiceIssued;
-use accrue_core::money::display;
 use accrue_core::{email_language, AccountEvent, AccountState};
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
@@ -13,6 +12,22 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{Message, SmtpTransport, Transport};
+
+/// The `X-Accrue-Amount` header: the mail's amount as plain text.
+#[derive(Debug, Clone)]
+pub struct AccrueAmount(pub String);
+
+impl Header for AccrueAmount {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("X-Accrue-Amount")
+    }
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(AccrueAmount(s.to_string()))
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
 
 /// The `Content-Language` header lettre does not ship.
 #[derive(Debug, Clone)]
@@ -34,7 +49,13 @@ impl Header for ContentLanguage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mail {
     pub kind: &'static str,
+    /// The address (what a bounce names).
     pub to: String,
+    /// The customer's name, for the `To:` header's display name.
+    pub to_name: Option<String>,
+    /// The amount the mail is about, unformatted (`USD 1234.50`), for the
+    /// `X-Accrue-Amount` header.
+    pub plain_amount: Option<String>,
     pub language: &'static str,
     pub subject: String,
     pub text: String,
@@ -62,6 +83,10 @@ struct Texts {
     suspended_body: &'static str,
     reinstated_subject: &'static str,
     reinstated_body: &'static str,
+    /// The failure mail's link to the customer page (`ACCRUE_PUBLIC_URL`).
+    update_line: &'static str,
+    /// The closing when an issuer is configured: signed with its name.
+    closing_issuer: &'static str,
 }
 
 // Placeholders: {name} {number} {amount} {reason} {limit} {date} {percent} {used} {capacity}
@@ -88,6 +113,8 @@ fn texts(lang: &str) -> Texts {
             suspended_body: "da Rechnung {number} seit dem {date} unbezahlt ist, wurde Ihre Lizenz gesperrt. Nach Zahlung aller offenen Rechnungen wird sie sofort wieder freigeschaltet.",
             reinstated_subject: "Ihre Lizenz ist wieder aktiv",
             reinstated_body: "vielen Dank für Ihre Zahlung. Ihre Lizenz ist seit dem {date} wieder aktiv.",
+            update_line: "Zahlungsmethode aktualisieren: {link}",
+            closing_issuer: "Mit freundlichen Grüßen\n{issuer}",
         },
         "fr" => Texts {
             failure_subject: "Échec du paiement : facture {number}",
@@ -110,6 +137,8 @@ fn texts(lang: &str) -> Texts {
             suspended_body: "la facture {number} étant impayée depuis le {date}, votre licence a été suspendue. Elle sera rétablie dès le paiement de toutes les factures en retard.",
             reinstated_subject: "Votre licence est rétablie",
             reinstated_body: "merci pour votre paiement. Votre licence est de nouveau active depuis le {date}.",
+            update_line: "Mettre à jour votre moyen de paiement : {link}",
+            closing_issuer: "Cordialement,\n{issuer}",
         },
         "es" => Texts {
             failure_subject: "Pago fallido: factura {number}",
@@ -132,6 +161,8 @@ fn texts(lang: &str) -> Texts {
             suspended_body: "como la factura {number} sigue impagada desde el {date}, su licencia ha sido suspendida. Se reactivará en cuanto se paguen todas las facturas vencidas.",
             reinstated_subject: "Su licencia vuelve a estar activa",
             reinstated_body: "gracias por su pago. Su licencia vuelve a estar activa desde el {date}.",
+            update_line: "Actualizar su método de pago: {link}",
+            closing_issuer: "Atentamente,\n{issuer}",
         },
         "ja" => Texts {
             failure_subject: "お支払いに失敗しました：請求書 {number}",
@@ -154,6 +185,8 @@ fn texts(lang: &str) -> Texts {
             suspended_body: "請求書 {number} が {date} 以降未払いのため、ライセンスを停止しました。未払いの請求書がすべて支払われ次第、再開されます。",
             reinstated_subject: "ライセンスが再開されました",
             reinstated_body: "お支払いありがとうございます。{date} よりライセンスは再び有効です。",
+            update_line: "お支払い方法の更新：{link}",
+            closing_issuer: "{issuer}",
         },
         _ => Texts {
             failure_subject: "Payment failed: invoice {number}",
@@ -176,6 +209,8 @@ fn texts(lang: &str) -> Texts {
             suspended_body: "as invoice {number} is unpaid since {date}, your license has been suspended. It is reinstated as soon as every overdue invoice is paid.",
             reinstated_subject: "Your license is active again",
             reinstated_body: "thank you for your payment. Your license is active again since {date}.",
+            update_line: "Update your payment method: {link}",
+            closing_issuer: "Kind regards,\n{issuer}",
         },
     }
 }
@@ -188,8 +223,107 @@ fn fill(template: &str, vars: &[(&str, String)]) -> String {
     s
 }
 
-fn money(currency: &str, amount: rust_decimal::Decimal) -> String {
-    format!("{currency} {}", display(amount))
+/// An amount as the mail's language writes it (`EUR 1.234,50`).
+fn money(lang: &str, currency: &str, amount: rust_decimal::Decimal) -> String {
+    format!("{currency} {}", crate::locale::amount(lang, amount))
+}
+
+/// What the processor's decline code means, as a sentence in the
+/// customer's language; `None` for a code we do not know (the mail then
+/// names the code as the processor sent it).
+pub fn reason_sentence(lang: &str, code: &str) -> Option<&'static str> {
+    let code = code.trim().to_ascii_lowercase();
+    let i = match code.as_str() {
+        "card_declined" | "generic_decline" | "do_not_honor" | "declined" => 0,
+        "insufficient_funds" => 1,
+        "expired_card" => 2,
+        "incorrect_cvc" | "invalid_cvc" => 3,
+        "processing_error" => 4,
+        "authentication_required" => 5,
+        "lost_card" | "stolen_card" | "pickup_card" => 6,
+        "incorrect_number" | "invalid_number" => 7,
+        _ => return None,
+    };
+    const EN: [&str; 8] = [
+        "Your bank declined the payment.",
+        "The card has insufficient funds.",
+        "The card has expired.",
+        "The card's security code was incorrect.",
+        "An error occurred while processing the card; no money was taken.",
+        "Your bank asks you to confirm the payment (authentication required).",
+        "The card can no longer be used.",
+        "The card number was incorrect.",
+    ];
+    const DE: [&str; 8] = [
+        "Ihre Bank hat die Zahlung abgelehnt.",
+        "Die Karte ist nicht ausreichend gedeckt.",
+        "Die Karte ist abgelaufen.",
+        "Die Kartenprüfnummer war falsch.",
+        "Bei der Verarbeitung der Karte ist ein Fehler aufgetreten; es wurde nichts abgebucht.",
+        "Ihre Bank verlangt eine Bestätigung der Zahlung (Authentifizierung erforderlich).",
+        "Die Karte kann nicht mehr verwendet werden.",
+        "Die Kartennummer war falsch.",
+    ];
+    const FR: [&str; 8] = [
+        "Votre banque a refusé le paiement.",
+        "Le solde de la carte est insuffisant.",
+        "La carte a expiré.",
+        "Le code de sécurité de la carte était incorrect.",
+        "Une erreur s'est produite lors du traitement de la carte ; aucun montant n'a été débité.",
+        "Votre banque demande de confirmer le paiement (authentification requise).",
+        "La carte ne peut plus être utilisée.",
+        "Le numéro de carte était incorrect.",
+    ];
+    const ES: [&str; 8] = [
+        "Su banco ha rechazado el pago.",
+        "La tarjeta no tiene fondos suficientes.",
+        "La tarjeta ha caducado.",
+        "El código de seguridad de la tarjeta era incorrecto.",
+        "Se produjo un error al procesar la tarjeta; no se ha cobrado nada.",
+        "Su banco solicita confirmar el pago (autenticación requerida).",
+        "La tarjeta ya no se puede utilizar.",
+        "El número de tarjeta era incorrecto.",
+    ];
+    const JA: [&str; 8] = [
+        "カード会社により決済が拒否されました。",
+        "カードの残高が不足しています。",
+        "カードの有効期限が切れています。",
+        "カードのセキュリティコードが正しくありません。",
+        "カードの処理中にエラーが発生しました。請求は行われていません。",
+        "カード会社がお支払いの確認（認証）を求めています。",
+        "このカードはご利用いただけません。",
+        "カード番号が正しくありません。",
+    ];
+    let table = match lang {
+        "de" => &DE,
+        "fr" => &FR,
+        "es" => &ES,
+        "ja" => &JA,
+        _ => &EN,
+    };
+    Some(table[i])
+}
+
+/// What a mail says beyond the event: who signs it, and where the
+/// customer page is (`ACCRUE_PUBLIC_URL`) for the payment-method link.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MailContext<'a> {
+    /// The issuer's legal name (SPEC §14), else the built-in team name.
+    pub issuer: Option<&'a str>,
+    /// The customer page's public address, e.g. `https://billing.example`.
+    pub public_url: Option<&'a str>,
+}
+
+impl MailContext<'_> {
+    /// The link to an account's page: the page reads `#account=` itself.
+    fn account_link(&self, account_id: &str) -> Option<String> {
+        let base = self.public_url?.trim().trim_end_matches('/');
+        if base.is_empty() {
+            return None;
+        }
+        let id: String = url::form_urlencoded::byte_serialize(account_id.as_bytes()).collect();
+        Some(format!("{base}/#account={id}"))
+    }
 }
 
 /// The mail an event causes for an account, if any. `pdf` renders an
@@ -197,6 +331,7 @@ fn money(currency: &str, amount: rust_decimal::Decimal) -> String {
 pub fn mail_for(
     event: &AccountEvent,
     account: &AccountState,
+    cx: &MailContext<'_>,
     pdf: impl Fn(&InvoiceIssued) -> Option<Vec<u8>>,
 ) -> Option<Mail> {
     let info = account.info.as_ref()?;
@@ -207,14 +342,37 @@ pub fn mail_for(
     let language = email_language(&lang_req);
     let t = texts(language);
     let cur = &*info.currency;
+    // Dates stay ISO in every language (a reader and a filter both parse
+    // them); amounts follow the language, and the plain amount travels in
+    // the `X-Accrue-Amount` header for mail rules and parsers.
     let day = |d: chrono::DateTime<chrono::Utc>| d.format("%Y-%m-%d").to_string();
+    let money = |c: &str, a: rust_decimal::Decimal| money(language, c, a);
+    let plain =
+        |a: rust_decimal::Decimal| Some(format!("{cur} {}", accrue_core::money::display(a)));
     let mut vars = vec![("name", info.name.clone())];
+    match cx.issuer.filter(|i| !i.trim().is_empty()) {
+        Some(i) => vars.push(("issuer", i.to_string())),
+        None => vars.push(("issuer", String::new())),
+    }
+    let to_name = Some(info.name.clone()).filter(|n| !n.trim().is_empty());
+    let amount = match event {
+        AccountEvent::PaymentRefunded(r) => plain(r.amount),
+        AccountEvent::InvoiceIssued(i) => plain(i.total),
+        AccountEvent::CreditLimitSet(l) => plain(l.limit),
+        _ => None,
+    };
     let (kind, subject, body, attachment) = match event {
         AccountEvent::PaymentFailed(p) => {
             vars.extend([
                 ("number", p.invoice_number.clone()),
                 ("amount", money(cur, p.amount_due)),
-                ("reason", p.reason.clone()),
+                (
+                    "reason",
+                    match reason_sentence(language, &p.reason) {
+                        Some(sentence) => format!("{sentence} ({})", p.reason),
+                        None => p.reason.clone(),
+                    },
+                ),
             ]);
             // The dunning reminder: the next retry and the suspension date.
             let case = account.corrections().and_then(|c| {
@@ -236,6 +394,13 @@ pub fn mail_for(
                 }
                 None => t.failure_body.to_string(),
             };
+            let body = match cx.account_link(&info.account_id) {
+                Some(link) => {
+                    vars.push(("link", link));
+                    format!("{body}\n{}", t.update_line)
+                }
+                None => body,
+            };
             return finish(
                 "payment_failed",
                 t.failure_subject,
@@ -243,8 +408,9 @@ pub fn mail_for(
                 None,
                 &vars,
                 &t,
-                to,
+                (to, to_name),
                 language,
+                plain(p.amount_due),
             );
         }
         AccountEvent::PaymentRefunded(r) => {
@@ -317,7 +483,17 @@ pub fn mail_for(
         }
         _ => return None,
     };
-    finish(kind, subject, body, attachment, &vars, &t, to, language)
+    finish(
+        kind,
+        subject,
+        body,
+        attachment,
+        &vars,
+        &t,
+        (to, to_name),
+        language,
+        amount,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -328,18 +504,26 @@ fn finish(
     attachment: Option<(String, Vec<u8>)>,
     vars: &[(&str, String)],
     t: &Texts,
-    to: String,
+    (to, to_name): (String, Option<String>),
     language: &'static str,
+    plain_amount: Option<String>,
 ) -> Option<Mail> {
+    let signed = vars.iter().any(|(k, v)| *k == "issuer" && !v.is_empty());
+    let closing = if signed {
+        fill(t.closing_issuer, vars)
+    } else {
+        t.closing.to_string()
+    };
     let text = format!(
-        "{}\n\n{}\n\n{}\n",
+        "{}\n\n{}\n\n{closing}\n",
         fill(t.greeting, vars),
         fill(body, vars),
-        t.closing
     );
     Some(Mail {
         kind,
         to,
+        to_name,
+        plain_amount,
         language,
         subject: fill(subject, vars),
         text,
@@ -382,10 +566,11 @@ pub fn build(
     let from: Mailbox = from
         .parse()
         .map_err(|e| MailError::Build(format!("from: {e}")))?;
-    let to: Mailbox = mail
+    let address: lettre::Address = mail
         .to
         .parse()
         .map_err(|e| MailError::Build(format!("to: {e}")))?;
+    let to = Mailbox::new(mail.to_name.clone(), address);
     let html = format!(
         "<!doctype html><html lang=\"{}\"><body>{}</body></html>",
         mail.language,
@@ -417,6 +602,10 @@ pub fn build(
         .message_id(Some(message_id.to_string()))
         .date(std::time::SystemTime::from(date))
         .header(ContentLanguage(mail.language.to_string()));
+    let builder = match &mail.plain_amount {
+        Some(a) => builder.header(AccrueAmount(a.clone())),
+        None => builder,
+    };
     let msg = match &mail.attachment {
         None => builder.multipart(alternative),
         Some((name, bytes)) => builder.multipart(
@@ -433,6 +622,16 @@ pub fn build(
         ),
     };
     msg.map_err(|e| MailError::Build(e.to_string()))
+}
+
+/// A `Message-ID` for `local` under the sender's own domain (RFC 5322
+/// wants a domain the sender controls; `localhost` if `from` has none).
+pub fn message_id(local: &str, from: &str) -> String {
+    let domain = from
+        .parse::<Mailbox>()
+        .map(|m| m.email.domain().to_string())
+        .unwrap_or_else(|_| "localhost".to_string());
+    format!("<{local}@{domain}>")
 }
 
 /// How an SMTP session is secured, from the `--smtp` URL.
@@ -868,6 +1067,8 @@ mod tests {
         let mail = Mail {
             kind: "invoice_issued",
             to: "billing@acme.test".into(),
+            to_name: Some("Müller GmbH".into()),
+            plain_amount: Some("USD 1234.50".into()),
             language: "en",
             subject: "Your invoice INV-2026-000001".into(),
             text: "Hello,\n\nattached.\n".into(),
@@ -886,5 +1087,35 @@ mod tests {
             text.contains("Date: Thu, 15 Jan 2026 00:00:00 +0000"),
             "{text}"
         );
+        // The customer's name in `To:` (RFC 2047-encoded, it is not ASCII).
+        assert!(text.contains("<billing@acme.test>"), "{text}");
+        assert!(!text.contains("To: billing@acme.test"), "{text}");
+        assert!(text.contains("X-Accrue-Amount: USD 1234.50"), "{text}");
+    }
+
+    #[test]
+    fn message_ids_carry_the_senders_domain() {
+        assert_eq!(
+            message_id("7.ab", "Billing <billing@nordlicht.example>"),
+            "<7.ab@nordlicht.example>"
+        );
+        assert_eq!(message_id("7.ab", "billing@b.example"), "<7.ab@b.example>");
+        assert_eq!(message_id("7.ab", "not an address"), "<7.ab@localhost>");
+    }
+
+    #[test]
+    fn decline_codes_become_sentences_in_the_language() {
+        assert_eq!(
+            reason_sentence("de", "insufficient_funds"),
+            Some("Die Karte ist nicht ausreichend gedeckt.")
+        );
+        assert_eq!(
+            reason_sentence("en", "Card_Declined"),
+            Some("Your bank declined the payment.")
+        );
+        assert!(reason_sentence("ja", "expired_card")
+            .unwrap()
+            .contains("有効期限"));
+        assert_eq!(reason_sentence("fr", "something_new"), None);
     }
 }

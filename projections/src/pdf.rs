@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use accrue_core::events::{CreditNoteIssued, DocumentLegal, InvoiceIssued};
+use accrue_core::events::{CreditNoteIssued, DocumentLegal, InvoiceIssued, InvoiceLine, LineKind};
 use accrue_core::money::display;
 use accrue_core::tax::{InvoiceTax, TaxTreatment};
 use rust_decimal::Decimal;
@@ -54,9 +54,35 @@ const RIGHT: f32 = 190.0;
 
 struct Page {
     ops: Vec<Op>,
+    /// Layout 3 measures text with the face's own advance widths; layouts
+    /// 1 and 2 keep the estimate they were issued with.
+    metrics: Option<&'static ParsedFont>,
+}
+
+/// The width of `s` at `size` pt in mm, from the face's advance widths
+/// (no kerning: printpdf shows the text glyph by glyph).
+fn measured_mm(font: &ParsedFont, size: f32, s: &str) -> f32 {
+    let upem = f32::from(font.pdf_font_metrics.units_per_em.max(1));
+    let units: u32 = s
+        .chars()
+        .map(|c| {
+            font.lookup_glyph_index(c as u32)
+                .map_or(upem as u32 / 2, |g| {
+                    u32::from(font.get_horizontal_advance(g))
+                })
+        })
+        .sum();
+    units as f32 / upem * size * 0.3528
 }
 
 impl Page {
+    fn new(metrics: Option<&'static ParsedFont>) -> Page {
+        Page {
+            ops: Vec::new(),
+            metrics,
+        }
+    }
+
     fn text(&mut self, x: f32, y: f32, size: f32, s: &str) {
         let font = PdfFontHandle::External(FontId(FONT_ID.into()));
         self.ops.extend([
@@ -78,12 +104,16 @@ impl Page {
     /// Right-aligned text; widths estimated from the face's figure width
     /// (amounts are digits, so the estimate is close).
     fn text_right(&mut self, x_right: f32, y: f32, size: f32, s: &str) {
-        let w_mm = s
-            .chars()
-            .map(|c| if c.is_ascii() { 0.52 } else { 1.0 })
-            .sum::<f32>()
-            * size
-            * 0.3528;
+        let w_mm = match self.metrics {
+            Some(font) => measured_mm(font, size, s),
+            None => {
+                s.chars()
+                    .map(|c| if c.is_ascii() { 0.52 } else { 1.0 })
+                    .sum::<f32>()
+                    * size
+                    * 0.3528
+            }
+        };
         self.text(x_right - w_mm, y, size, s);
     }
 
@@ -182,6 +212,9 @@ struct DocLine {
 struct Fmt {
     l: &'static crate::locale::Labels,
     layout2: bool,
+    /// Layout 3 (SPEC §14 item 5): measured columns, checkable quantities
+    /// (`16/31 × 2`), an AI-credit line priced in cents.
+    layout3: bool,
 }
 
 impl Fmt {
@@ -190,10 +223,12 @@ impl Fmt {
             None => Fmt {
                 l: &crate::locale::EN,
                 layout2: false,
+                layout3: false,
             },
             Some(d) => Fmt {
                 l: crate::locale::labels(&d.language),
                 layout2: true,
+                layout3: d.layout >= 3,
             },
         }
     }
@@ -227,6 +262,109 @@ impl Fmt {
     }
     fn money(&self, currency: &str, a: Decimal) -> String {
         format!("{currency} {}", self.amount(a))
+    }
+    /// One invoice line as printed. Layout 3 prints what a reader can check:
+    /// quantity × unit price = amount (a proration's quantity carries its
+    /// share of the period, `16/31 × 2`), and the AI-credit line as one
+    /// charge in cents for its period instead of a six-decimal "price".
+    /// A line's description in the document's language (layout 3): the
+    /// core writes it in English from fixed patterns (`accrue_core::invoice`),
+    /// which are read back here; anything else is printed as issued.
+    fn describe(&self, line: &InvoiceLine, billing: Option<&accrue_core::Period>) -> String {
+        const COMPONENTS: [&str; 3] = ["Full seats", "Viewer seats", "Data Management add-on"];
+        let d = line.description.as_str();
+        let component = |name: &str| {
+            COMPONENTS
+                .iter()
+                .position(|c| *c == name)
+                .map(|i| self.l.components[i])
+        };
+        match line.kind {
+            LineKind::Subscription => {
+                let localized = d
+                    .split_once(", ")
+                    .and_then(|(name, _)| component(name))
+                    .zip(billing);
+                match localized {
+                    Some((name, period)) => format!("{name}, {}", self.period(period)),
+                    None => d.to_string(),
+                }
+            }
+            LineKind::Proration => {
+                // "{name} {old} → {new}, {kind}, prorated {r}/{d} days from {date}"
+                let parsed = (|| {
+                    let (head, rest) = d.split_once(", ")?;
+                    let (kind, rest) = rest.split_once(", ")?;
+                    let date = rest.rsplit_once(" from ")?.1;
+                    let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+                    let (name, change) = COMPONENTS
+                        .iter()
+                        .find_map(|c| head.strip_prefix(c).map(|rest| (*c, rest)))?;
+                    let kind = match kind {
+                        "upgrade" => self.l.upgrade,
+                        "downgrade credit" => self.l.downgrade,
+                        _ => return None,
+                    };
+                    let r = line.prorated?;
+                    let at = date.and_hms_opt(0, 0, 0)?.and_utc();
+                    Some(format!(
+                        "{}{change}, {kind}, {}",
+                        component(name)?,
+                        fill(
+                            self.l.prorated,
+                            &[
+                                ("remaining", &r.remaining.to_string()),
+                                ("days", &r.days.to_string()),
+                                ("date", &self.date(at)),
+                            ],
+                        )
+                    ))
+                })();
+                parsed.unwrap_or_else(|| d.to_string())
+            }
+            LineKind::AiCredits => d.to_string(),
+        }
+    }
+
+    fn line(
+        &self,
+        line: &InvoiceLine,
+        credit_period: Option<&accrue_core::Period>,
+        billing: Option<&accrue_core::Period>,
+    ) -> DocLine {
+        if !self.layout3 {
+            return DocLine {
+                description: line.description.clone(),
+                quantity: self.quantity(line.quantity),
+                unit_price: self.amount(line.unit_price),
+                amount: self.amount(line.amount),
+            };
+        }
+        match (line.kind, line.prorated, credit_period) {
+            (LineKind::AiCredits, _, Some(p)) => DocLine {
+                description: format!("{}, {}", self.l.ai_line, self.period(p)),
+                quantity: "1".into(),
+                unit_price: self.amount(line.amount),
+                amount: self.amount(line.amount),
+            },
+            (LineKind::Proration, Some(r), _) => DocLine {
+                description: self.describe(line, billing),
+                quantity: format!(
+                    "{}/{} × {}",
+                    r.remaining,
+                    r.days,
+                    self.quantity(line.quantity)
+                ),
+                unit_price: self.amount(line.unit_price),
+                amount: self.amount(line.amount),
+            },
+            _ => DocLine {
+                description: self.describe(line, billing),
+                quantity: self.quantity(line.quantity),
+                unit_price: self.amount(line.unit_price),
+                amount: self.amount(line.amount),
+            },
+        }
     }
 }
 
@@ -262,8 +400,32 @@ struct Doc {
     /// Layout 2: running text wraps at `wrap_at` characters and may
     /// continue on a new page (layout 1 never did either).
     layout2: bool,
+    layout3: bool,
     wrap_at: usize,
+    /// The issuer's logo, printed top left (layout 3; it did not exist
+    /// before).
+    logo: Option<crate::logo::Pixels>,
 }
+
+/// The issuer's logo of a document, decoded; none before layout 3, and
+/// none if the fact holds bytes that do not decode (checked when the
+/// configuration was read, so only a hand-made event gets here).
+fn logo_of(f: &Fmt, legal: Option<&DocumentLegal>) -> Option<crate::logo::Pixels> {
+    use base64::Engine as _;
+    if !f.layout3 {
+        return None;
+    }
+    let b64 = legal?.issuer.as_ref()?.logo_png.as_deref()?;
+    let png = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    crate::logo::decode(&png).ok()
+}
+
+const LOGO_ID: &str = "AccrueIssuerLogo";
+/// The logo's box, top left above the issuer's name: at most this tall
+/// and this wide (mm), its aspect ratio kept.
+const LOGO_H: f32 = 11.0;
+const LOGO_W: f32 = 60.0;
+const LOGO_BOTTOM: f32 = 281.0;
 
 /// The issuer block and footer of a document: the issuer it was issued
 /// with, else (layout 1, or no issuer configured) the built-in one.
@@ -351,7 +513,13 @@ impl Doc {
         if let Some(b) = &inv.billing_period {
             facts.push((l.subscription_period, f.period(b)));
         }
-        if let Some(c) = &inv.credit_period {
+        // Layout 3 names the AI-credit period only when an AI line bills it.
+        let has_ai_line = inv.lines.iter().any(|l| l.kind == LineKind::AiCredits);
+        if let Some(c) = inv
+            .credit_period
+            .as_ref()
+            .filter(|_| !f.layout3 || has_ai_line)
+        {
             facts.push((l.ai_period, f.period(c)));
         }
         let (issuer, footer_name, footer_legal) = issuer_parts(&f, legal);
@@ -387,11 +555,12 @@ impl Doc {
             lines: inv
                 .lines
                 .iter()
-                .map(|line| DocLine {
-                    description: line.description.clone(),
-                    quantity: f.quantity(line.quantity),
-                    unit_price: f.amount(line.unit_price),
-                    amount: f.amount(line.amount),
+                .map(|line| {
+                    f.line(
+                        line,
+                        inv.credit_period.as_ref(),
+                        inv.billing_period.as_ref(),
+                    )
                 })
                 .collect(),
             subtotals,
@@ -402,7 +571,9 @@ impl Doc {
             footer_legal,
             page_label: l.page,
             layout2: f.layout2,
+            layout3: f.layout3,
             wrap_at: if l.code == "ja" { 52 } else { 100 },
+            logo: logo_of(&f, legal),
             xml: crate::einvoice::applies(legal).then(|| crate::einvoice::invoice_xml(inv)),
         }
     }
@@ -459,7 +630,9 @@ impl Doc {
             footer_legal,
             page_label: l.page,
             layout2: f.layout2,
+            layout3: f.layout3,
             wrap_at: if l.code == "ja" { 52 } else { 100 },
+            logo: logo_of(&f, legal),
             xml: crate::einvoice::applies(legal).then(|| crate::einvoice::credit_note_xml(cn)),
         }
     }
@@ -480,7 +653,8 @@ pub fn render_credit_note(cn: &CreditNoteIssued) -> Result<Vec<u8>, PdfError> {
 
 fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     let font = font()?;
-    let mut pages = vec![Page { ops: Vec::new() }];
+    let metrics = inv.layout3.then_some(font);
+    let mut pages = vec![Page::new(metrics)];
     let mut p = pages.last_mut().expect("one page");
 
     // Header: issuer left, title right.
@@ -533,7 +707,7 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     for line in &inv.lines {
         let desc = wrap(&line.description, 62);
         if y - 4.5 * (desc.len() as f32) < 40.0 {
-            pages.push(Page { ops: Vec::new() });
+            pages.push(Page::new(metrics));
             p = pages.last_mut().expect("just pushed");
             y = 270.0;
             header(p, y);
@@ -568,7 +742,7 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
         };
         for l in lines {
             if inv.layout2 && y < 24.0 {
-                pages.push(Page { ops: Vec::new() });
+                pages.push(Page::new(metrics));
                 p = pages.last_mut().expect("just pushed");
                 y = 270.0;
             }
@@ -594,6 +768,40 @@ fn render_doc(inv: &Doc) -> Result<Vec<u8>, PdfError> {
     }
 
     let mut doc = PdfDocument::new(&inv.doc_title);
+    if let Some(logo) = &inv.logo {
+        let (w, h) = (logo.width as f32, logo.height as f32);
+        // The dpi that makes the image LOGO_H tall, or LOGO_W wide if it
+        // is wider than that allows.
+        let dpi = (h * 25.4 / LOGO_H).max(w * 25.4 / LOGO_W);
+        let data_format = match logo.channels {
+            1 => printpdf::RawImageFormat::R8,
+            2 => printpdf::RawImageFormat::RG8,
+            3 => printpdf::RawImageFormat::RGB8,
+            _ => printpdf::RawImageFormat::RGBA8,
+        };
+        let id = printpdf::XObjectId(LOGO_ID.into());
+        doc.resources.xobjects.map.insert(
+            id.clone(),
+            printpdf::XObject::Image(printpdf::RawImage {
+                pixels: printpdf::RawImageData::U8(logo.data.clone()),
+                width: logo.width as usize,
+                height: logo.height as usize,
+                data_format,
+                tag: Vec::new(),
+            }),
+        );
+        if let Some(first) = pages.first_mut() {
+            first.ops.push(Op::UseXobject {
+                id,
+                transform: printpdf::XObjectTransform {
+                    translate_x: Some(Mm(LEFT).into_pt()),
+                    translate_y: Some(Mm(LOGO_BOTTOM).into_pt()),
+                    dpi: Some(dpi),
+                    ..Default::default()
+                },
+            });
+        }
+    }
     doc.resources
         .fonts
         .map

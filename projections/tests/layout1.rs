@@ -23,6 +23,7 @@ pub(crate) fn invoice(n: usize, address: bool) -> InvoiceIssued {
             quantity: Decimal::from(i as u32 + 1),
             unit_price: Decimal::new(19_984_375, 6),
             amount: Decimal::new(1999 * (i as i64 + 1), 2),
+            prorated: None,
         })
         .collect();
     InvoiceIssued {

@@ -44,6 +44,19 @@ pub struct InvoiceLine {
     pub quantity: Decimal,
     pub unit_price: Decimal,
     pub amount: Decimal,
+    /// A proration line's share of the billing period (`remaining/days`),
+    /// so the document can print `16/31 × 2 × 49.00 = 50.58`. Absent on
+    /// other lines and on lines issued before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prorated: Option<Prorated>,
+}
+
+/// The days of a billing period a proration covers: `remaining` of `days`
+/// (the day of the change counts as remaining).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prorated {
+    pub remaining: u32,
+    pub days: u32,
 }
 
 /// What a line bills, so postings can credit the right revenue account.
@@ -206,7 +219,8 @@ pub struct InvoiceIssued {
 /// the gross (`tax.net + tax`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocumentLegal {
-    /// The layout the document was issued with (2 today).
+    /// The layout the document was issued with (3 today; 2 before its
+    /// figures were made checkable, see `accrue_projections::pdf`).
     pub layout: u32,
     /// One of the email languages.
     pub language: String,
@@ -218,7 +232,7 @@ pub struct DocumentLegal {
 
 impl DocumentLegal {
     /// The layout version of this document's PDF.
-    pub const LAYOUT: u32 = 2;
+    pub const LAYOUT: u32 = 3;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

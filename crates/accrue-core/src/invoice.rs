@@ -34,6 +34,7 @@ fn line(
         quantity,
         unit_price,
         amount: round_cents(exact),
+        prorated: None,
     }
 }
 
@@ -130,13 +131,18 @@ pub fn proration_lines(
         } else {
             "downgrade credit"
         };
-        lines.push(line(
+        let mut l = line(
             LineKind::Proration,
             format!("{name} {old_q} → {new_q}, {kind}, {note}"),
             quantity,
             unit_price,
             (new_fee - old_fee) * ratio,
-        ));
+        );
+        l.prorated = Some(crate::events::Prorated {
+            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+            days: u32::try_from(days).unwrap_or(u32::MAX),
+        });
+        lines.push(l);
     };
     component(
         "Full seats",

@@ -181,6 +181,11 @@ pub struct Issuer {
     pub iban: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// The logo, a PNG (at most 64 KiB, checked when the configuration is
+    /// read), base64: part of each issued fact like every other detail, so
+    /// a new logo never changes an issued invoice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logo_png: Option<String>,
 }
 
 /// The legal configuration in force (set once when `serve` starts).

@@ -250,9 +250,11 @@ pub fn spawn_mailer(
                 resend_bounced(ledger, account, &state, &transport, &from)?;
                 return Ok(());
             }
-            let Some(mail) = accrue_projections::mail::mail_for(event, &state, |i| {
-                accrue_projections::pdf::render(i).ok()
-            }) else {
+            let Some(mail) =
+                accrue_projections::mail::mail_for(event, &state, &mail_context(), |i| {
+                    accrue_projections::pdf::render(i).ok()
+                })
+            else {
                 return Ok(());
             };
             let id: String = rec.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -261,7 +263,7 @@ pub fn spawn_mailer(
             let sent = accrue_projections::mail::build(
                 &mail,
                 &from,
-                &format!("<{}.{id}@accrue>", rec.position),
+                &accrue_projections::mail::message_id(&format!("{}.{id}", rec.position), &from),
                 rec.occurred_at,
             )
             .and_then(|msg| transport.send(&msg, &format!("{:012}-{}", rec.position, mail.kind)));
@@ -345,7 +347,7 @@ fn resend_bounced(
         else {
             continue;
         };
-        let Some(mail) = accrue_projections::mail::mail_for(&event, state, |i| {
+        let Some(mail) = accrue_projections::mail::mail_for(&event, state, &mail_context(), |i| {
             accrue_projections::pdf::render(i).ok()
         }) else {
             continue;
@@ -356,7 +358,7 @@ fn resend_bounced(
         let sent = accrue_projections::mail::build(
             &mail,
             from,
-            &format!("<{}.resent@accrue>", b.cause_position),
+            &accrue_projections::mail::message_id(&format!("{}.resent", b.cause_position), from),
             cause.occurred_at,
         )
         .and_then(|msg| {
@@ -389,6 +391,25 @@ fn resend_bounced(
         }
     }
     Ok(())
+}
+
+/// Who signs the mails (the configured issuer) and where the customer page
+/// is (`ACCRUE_PUBLIC_URL`), for the payment-method link.
+fn mail_context() -> accrue_projections::mail::MailContext<'static> {
+    static PUBLIC_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let public_url = PUBLIC_URL
+        .get_or_init(|| {
+            std::env::var("ACCRUE_PUBLIC_URL")
+                .ok()
+                .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        })
+        .as_deref();
+    accrue_projections::mail::MailContext {
+        issuer: crate::legal()
+            .and_then(|l| l.issuer.as_ref())
+            .map(|i| i.legal_name.as_str()),
+        public_url,
+    }
 }
 
 /// The account events that can cause a mail (see `mail::mail_for`); the

@@ -97,6 +97,37 @@ fn fresh(out: &Path) -> anyhow::Result<()> {
 
 /// The demo's issuer and rates, unless the folder has an `accrue.toml`
 /// with an issuer of its own.
+/// The demo issuer's logo, drawn here (no binary file in the repository):
+/// a rounded indigo badge with three ledger lines, 120×40 px, as PNG.
+fn demo_logo() -> String {
+    use base64::Engine as _;
+    let (w, h) = (120u32, 40u32);
+    let png = accrue_projections::logo::encode_rgba(
+        w,
+        h,
+        |x, y| {
+            let r = 8i64;
+            let (xi, yi) = (i64::from(x), i64::from(y));
+            let (cx, cy) = (
+                xi.clamp(r, i64::from(w) - 1 - r),
+                yi.clamp(r, i64::from(h) - 1 - r),
+            );
+            if (xi - cx).pow(2) + (yi - cy).pow(2) > r * r {
+                return [255, 255, 255, 0];
+            }
+            let line =
+                (10..=30).step_by(10).any(|ly| yi.abs_diff(ly) <= 1) && (14..=106).contains(&xi);
+            if line {
+                [255, 255, 255, 255]
+            } else {
+                [67, 56, 202u8.saturating_sub((x / 4) as u8), 255]
+            }
+        },
+        1,
+    );
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
+
 fn demo_legal(out: &Path) -> anyhow::Result<Legal> {
     let configured = crate::legal::load(out, |k| std::env::var(k).ok())?;
     if configured.issuer.is_some() {
@@ -116,6 +147,7 @@ fn demo_legal(out: &Path) -> anyhow::Result<Legal> {
             payment_instructions: Some("IBAN NL91 ABNA 0417 1643 00 · BIC ABNANL2A".into()),
             iban: Some("NL91ABNA0417164300".into()),
             email: Some("billing@accrue.example".into()),
+            logo_png: Some(demo_logo()),
         }),
         rates: TaxTable::new(vec![
             ("NL".into(), d("21")),

@@ -86,7 +86,7 @@ fn strip_comment(line: &str) -> &str {
     line
 }
 
-const ISSUER_KEYS: [&str; 8] = [
+const ISSUER_KEYS: [&str; 9] = [
     "legal_name",
     "address",
     "country",
@@ -95,6 +95,7 @@ const ISSUER_KEYS: [&str; 8] = [
     "payment_instructions",
     "iban",
     "email",
+    "logo",
 ];
 
 /// Reads `data/accrue.toml` (if present) and the environment.
@@ -129,11 +130,11 @@ pub fn load(data: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result
         rates.push((c, rate));
     }
     let rates = TaxTable::new(rates).map_err(|e| anyhow::anyhow!("tax rates: {e}"))?;
-    let issuer = issuer(raw.issuer)?;
+    let issuer = issuer(raw.issuer, data)?;
     Ok(Legal { issuer, rates })
 }
 
-fn issuer(fields: Vec<(String, String)>) -> anyhow::Result<Option<Issuer>> {
+fn issuer(fields: Vec<(String, String)>, data: &Path) -> anyhow::Result<Option<Issuer>> {
     if fields.is_empty() {
         return Ok(None);
     }
@@ -181,12 +182,66 @@ fn issuer(fields: Vec<(String, String)>) -> anyhow::Result<Option<Issuer>> {
         payment_instructions: get("payment_instructions"),
         iban: get("iban").map(|i| i.replace(' ', "")),
         email: get("email"),
+        logo_png: get("logo").map(|p| logo(data, &p)).transpose()?,
     }))
+}
+
+/// Reads and checks the logo (a PNG; a relative path is in the data
+/// folder), base64 for the issued facts.
+fn logo(data: &Path, path: &str) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let path = data.join(path);
+    let meta =
+        std::fs::metadata(&path).with_context(|| format!("[issuer] logo {}", path.display()))?;
+    if meta.len() > accrue_projections::logo::MAX_BYTES as u64 {
+        bail!(
+            "[issuer] logo {}: {} bytes; at most {} (it is copied into every invoice)",
+            path.display(),
+            meta.len(),
+            accrue_projections::logo::MAX_BYTES
+        );
+    }
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("[issuer] logo {}", path.display()))?;
+    accrue_projections::logo::decode(&bytes)
+        .map_err(|e| anyhow::anyhow!("[issuer] logo {}: {e}", path.display()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logo_is_checked_when_read_and_carried_as_base64() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let png = accrue_projections::logo::encode_rgba(4, 2, |_, _| [1, 2, 3, 255], 0);
+        std::fs::write(dir.path().join("logo.png"), &png).unwrap();
+        std::fs::write(dir.path().join("logo.svg"), "<svg/>").unwrap();
+        let env = |logo: &'static str| {
+            move |k: &str| match k {
+                "ACCRUE_ISSUER_LEGAL_NAME" => Some("Muster GmbH".to_string()),
+                "ACCRUE_ISSUER_COUNTRY" => Some("DE".to_string()),
+                "ACCRUE_ISSUER_LOGO" => Some(logo.to_string()),
+                _ => None,
+            }
+        };
+        let l = load(dir.path(), env("logo.png")).unwrap();
+        let b64 = l.issuer.unwrap().logo_png.unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+            png
+        );
+        let e = load(dir.path(), env("logo.svg")).unwrap_err().to_string();
+        assert!(e.contains("not a PNG"), "{e}");
+        let e = load(dir.path(), env("missing.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.png"), "{e}");
+    }
 
     #[test]
     fn the_file_and_the_environment_make_one_configuration() {

@@ -484,7 +484,7 @@ proptest! {
     fn invoice_totals_are_the_sum_of_rounded_lines(amounts in prop::collection::vec(-100_000i64..1_000_000, 1..20)) {
         let lines: Vec<InvoiceLine> = amounts.iter().map(|a| InvoiceLine {
             kind: LineKind::AiCredits, description: String::new(), quantity: Decimal::ONE,
-            unit_price: Decimal::new(*a, 4), amount: round_cents(Decimal::new(*a, 4)),
+            unit_price: Decimal::new(*a, 4), amount: round_cents(Decimal::new(*a, 4)), prorated: None,
         }).collect();
         let total = total_of(&lines);
         prop_assert_eq!(total, lines.iter().map(|l| l.amount).sum::<Decimal>());
@@ -854,6 +854,7 @@ fn legal() -> &'static crate::tax::Legal {
     static L: OnceLock<crate::tax::Legal> = OnceLock::new();
     L.get_or_init(|| crate::tax::Legal {
         issuer: Some(crate::tax::Issuer {
+            logo_png: None,
             legal_name: "Muster GmbH".into(),
             address: vec!["Hauptstr. 1".into(), "80331 München".into()],
             country: "DE".into(),
@@ -919,7 +920,7 @@ fn a_standard_invoice_adds_the_countrys_rate_to_the_net_and_records_the_issuer()
     assert_eq!(inv.total.to_string(), "107.10");
     assert_eq!(legal.issuer.as_ref().unwrap().legal_name, "Muster GmbH");
     assert_eq!(legal.language, "en");
-    assert_eq!(legal.layout, 2);
+    assert_eq!(legal.layout, 3);
 }
 
 #[test]
@@ -1033,7 +1034,7 @@ proptest! {
         ).map(|ev| Given::events(ev).0).unwrap();
         st.pending_proration = amounts.iter().map(|a| InvoiceLine {
             kind: LineKind::Proration, description: String::new(), quantity: Decimal::ONE,
-            unit_price: Decimal::new(*a, 4), amount: round_cents(Decimal::new(*a, 4)),
+            unit_price: Decimal::new(*a, 4), amount: round_cents(Decimal::new(*a, 4)), prorated: None,
         }).collect();
         let ev = decide(&st, Command::ClosePeriod { invoice_number: "INV-2026-000002".into() },
             &legal_ctx("2026-02-15T00:00:00Z")).unwrap();
