@@ -86,6 +86,9 @@ async fn webhooks_are_signed_retried_listed_and_given_up_on() {
     for body in [
         json!({"url": "ftp://x/", "events": ["invoice.issued"]}),
         json!({"url": "file:///etc/passwd", "events": ["invoice.issued"]}),
+        json!({"url": "https://user:pass@hooks.example.test/", "events": ["*"]}),
+        json!({"url": "http://user@127.0.0.1:9/", "events": ["*"]}),
+        json!({"url": "https://:secret@hooks.example.test/", "events": ["*"]}),
         json!({"url": "not a url", "events": ["*"]}),
         json!({"url": url, "events": ["invoice.sent"]}),
         json!({"url": url, "events": []}),
@@ -96,6 +99,7 @@ async fn webhooks_are_signed_retried_listed_and_given_up_on() {
     }
     let (_, list) = call(&base, "GET", "/v1/webhook-endpoints", None).await;
     assert_eq!(list["endpoints"], json!([]), "{list}");
+    assert!(!list.to_string().contains("pass"), "{list}");
     let (s, ep) = call(
         &base,
         "POST",

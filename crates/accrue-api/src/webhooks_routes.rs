@@ -23,7 +23,8 @@ const MAX_ENDPOINTS: usize = 100;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointRequest {
-    /// `http://…` or `https://…` (Mozilla's roots, plus `ACCRUE_WEBHOOK_CA_FILE`).
+    /// `http://…` or `https://…` (Mozilla's roots, plus `ACCRUE_WEBHOOK_CA_FILE`);
+    /// no `user:password@`.
     url: String,
     /// Event types to receive, or `["*"]` for all.
     events: Vec<String>,
@@ -68,7 +69,11 @@ fn dto(
     }
 }
 
-/// An endpoint URL: `http://` or `https://`, with a host.
+/// An endpoint URL: `http://` or `https://`, a host, no credentials.
+///
+/// Credentials in the URL (`https://user:pass@host/`) are refused: the URL
+/// is recorded in an event, and events are kept for ever. A receiver
+/// authenticates accrue by the `Accrue-Signature` instead.
 fn check_url(raw: &str) -> ApiResult<()> {
     if raw.len() > 2000 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ApiError::unprocessable(
@@ -82,6 +87,11 @@ fn check_url(raw: &str) -> ApiResult<()> {
             "url must be an http:// or https:// URL, not {}:",
             url.scheme()
         )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::unprocessable(
+            "url must not carry a user name or password: it is recorded in the log for good; receivers verify the Accrue-Signature instead",
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(ApiError::unprocessable("url must name a host"));
