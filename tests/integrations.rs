@@ -268,19 +268,48 @@ async fn processor_webhooks_signed_by_its_library_become_payment_outcomes() {
         .await
         .body;
     assert_eq!(i["status"], "paid");
-    let refund = |id: &str, cents: i64| {
+    let refund_in = |id: &str, cents: i64, currency: &str| {
         event(
             id,
             "charge.refunded",
-            json!({"id": "ch_1", "amount_refunded": cents, "metadata": meta}),
+            json!({"id": "ch_1", "amount_refunded": cents, "currency": currency, "metadata": meta}),
         )
     };
+    let refund = |id: &str, cents: i64| refund_in(id, cents, "usd");
+    // A refund in another currency than the invoice's, or without one:
+    // 422, nothing stored (amounts are in the currency's minor units, so
+    // the currency decides what the number means).
+    let before = app.event_count().await;
+    let r = stripe(&app, &refund_in("evt_eur", 4000, "eur"), None).await;
+    assert_problem(&r, 422);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("EUR"),
+        "{:?}",
+        r.body
+    );
+    let r = stripe(&app, &refund_in("evt_jpy", 4000, "jpy"), None).await;
+    assert_problem(&r, 422);
+    let mut bare = refund("evt_bare", 4000);
+    bare["data"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("currency");
+    let r = stripe(&app, &bare, None).await;
+    assert_problem(&r, 422);
+    assert_eq!(app.event_count().await, before, "nothing stored");
     let r = stripe(&app, &refund("evt_3", 4000), None).await;
     assert_eq!(r.body["outcome"], "recorded", "{:?}", r.body);
     let r = stripe(&app, &refund("evt_3", 4000), None).await;
     assert_eq!(r.body["outcome"], "duplicate", "{:?}", r.body);
     let r = stripe(&app, &refund("evt_4", 14000), None).await;
     assert_eq!(r.body["outcome"], "recorded", "{:?}", r.body);
+    // Both redelivered after the second: nothing changes.
+    let before = app.event_count().await;
+    for id in ["evt_3", "evt_4"] {
+        let r = stripe(&app, &refund(id, 14000), None).await;
+        assert_eq!(r.body["outcome"], "duplicate", "{:?}", r.body);
+    }
+    assert_eq!(app.event_count().await, before);
     let i = app
         .admin("GET", &format!("/v1/invoices/{inv}"), None)
         .await

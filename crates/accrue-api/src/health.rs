@@ -19,3 +19,35 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<serde_json::Value
         )),
     }
 }
+
+/// `GET /metrics`: the ledger's registry, plus the values read at scrape
+/// time (the store's head and projector checkpoints, on a blocking thread;
+/// the panic count of the HTTP layer).
+pub async fn metrics(st: AppState) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let ledger = st.ledger.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let store = ledger.store();
+        let scraped = accrue_ledger::metrics::Scraped {
+            head_position: store.head_position().unwrap_or(0),
+            projector_checkpoints: ["pdf", "mailer"]
+                .into_iter()
+                .map(|name| (name, store.checkpoint(name).unwrap_or(0)))
+                .collect(),
+            http_panics: crate::guard::PANICS.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        ledger.metrics().render_with(scraped)
+    })
+    .await;
+    match rendered {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                accrue_ledger::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(format!("metrics: {e}")).into_response(),
+    }
+}

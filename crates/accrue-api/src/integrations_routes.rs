@@ -3,13 +3,13 @@
 //! `POST /v1/usage`; and the payment processor's signed webhooks mapped to
 //! payment outcomes.
 
-use accrue_core::{Command, DomainError, PaymentOutcome};
+use accrue_core::processor::{map_stripe, InvoiceFacts, Mapping, ProcessorError, ProcessorEvent};
+use accrue_core::{Command, DomainError};
 use accrue_ledger::LedgerError;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rust_decimal::Decimal;
 use serde_json::Value;
 
 use crate::auth::{Principal, Role};
@@ -268,7 +268,7 @@ fn webhook_refused(detail: &str) -> ApiError {
         (status = 409, description = "a rule refused the outcome (reference reused, refund beyond payment)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "refused (card data, control character)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "refused (card data, control character, no event id, a refund without amount or currency, or in another currency than the invoice): nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "internal error", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "overloaded or ledger stopped (Retry-After): the processor retries", body = Problem, content_type = "application/problem+json"),
     )
@@ -303,73 +303,59 @@ pub async fn stripe_webhook(
     verdict.map_err(webhook_refused)?;
     let event: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let id = text(&event, "id").unwrap_or("").to_string();
-    let kind = text(&event, "type").unwrap_or("").to_string();
-    let object = event
-        .pointer("/data/object")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let ignored = |why: &str| {
-        Ok(Json(
-            serde_json::json!({"received": true, "outcome": "ignored", "detail": why}),
-        ))
+    let object = event.pointer("/data/object").unwrap_or(&Value::Null);
+    let parsed = ProcessorEvent {
+        id: text(&event, "id").unwrap_or("").to_string(),
+        kind: text(&event, "type").unwrap_or("").to_string(),
+        invoice: object
+            .pointer("/metadata/accrue_invoice")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        failure_message: object
+            .pointer("/last_payment_error/message")
+            .or_else(|| object.pointer("/last_finalization_error/message"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        amount_refunded_minor: object.get("amount_refunded").and_then(Value::as_i64),
+        currency: object
+            .get("currency")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     };
-    if id.is_empty() {
-        return Err(ApiError::unprocessable("the event has no id"));
+    if let Some(invoice) = &parsed.invoice {
+        crate::routes::check_line("metadata.accrue_invoice", invoice, 64)?;
     }
-    let Some(invoice) = object
-        .pointer("/metadata/accrue_invoice")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-    else {
-        return ignored("no metadata.accrue_invoice on the object");
-    };
-    crate::routes::check_line("metadata.accrue_invoice", &invoice, 64)?;
-    let outcome = match kind.as_str() {
-        "invoice.paid" => PaymentOutcome::Succeeded,
-        "invoice.payment_failed" => PaymentOutcome::Failed {
-            reason: object
-                .pointer("/last_payment_error/message")
-                .or_else(|| object.pointer("/last_finalization_error/message"))
-                .and_then(Value::as_str)
-                .map(|s| s.chars().take(500).collect()),
-        },
-        "charge.refunded" => {
-            // `amount_refunded` is the charge's refunds so far, in cents;
-            // this event refunds what accrue has not recorded yet.
-            let cents = object
-                .get("amount_refunded")
-                .and_then(Value::as_i64)
-                .ok_or_else(|| {
-                    ApiError::unprocessable("charge.refunded without amount_refunded")
-                })?;
-            let total = Decimal::new(cents, 2);
-            let (recorded, seen) = {
-                let read = st.ledger.read();
-                let account = read
-                    .invoices
-                    .get(&invoice)
-                    .and_then(|r| read.accounts.get(&r.account_id));
-                (
-                    account
-                        .and_then(|a| a.invoices.get(&invoice))
-                        .map(|i| i.refunded)
-                        .unwrap_or_default(),
-                    account.is_some_and(|a| a.payment_references.contains_key(&id)),
-                )
-            };
-            if seen {
-                return Ok(Json(
-                    serde_json::json!({"received": true, "outcome": "duplicate", "event": id}),
-                ));
-            }
-            let amount = total - recorded;
-            if amount <= Decimal::ZERO {
-                return ignored("every refund of this charge is recorded");
-            }
-            PaymentOutcome::Refunded { amount }
+    let facts = parsed.invoice.as_deref().and_then(|number| {
+        let read = st.ledger.read();
+        let record = read.invoices.get(number)?;
+        let account = read.accounts.get(&record.account_id)?;
+        Some(InvoiceFacts {
+            currency: record.issued.currency.to_string(),
+            refunded: account
+                .invoices
+                .get(number)
+                .map(|i| i.refunded)
+                .unwrap_or_default(),
+            reference_seen: account.payment_references.contains_key(&parsed.id),
+        })
+    });
+    let id = parsed.id.clone();
+    let (invoice, outcome) = match map_stripe(&parsed, facts.as_ref()) {
+        Ok(Mapping::Record { invoice, outcome }) => (invoice, outcome),
+        Ok(Mapping::Duplicate) => {
+            return Ok(Json(
+                serde_json::json!({"received": true, "outcome": "duplicate", "event": id}),
+            ))
         }
-        _ => return ignored("an event type accrue does not use"),
+        Ok(Mapping::Ignored(why)) => {
+            return Ok(Json(
+                serde_json::json!({"received": true, "outcome": "ignored", "detail": why}),
+            ))
+        }
+        Err(e @ ProcessorError::UnknownInvoice(_)) => {
+            return Err(ApiError::not_found(e.to_string()))
+        }
+        Err(e) => return Err(ApiError::unprocessable(e.to_string())),
     };
     let cmd = Command::RecordPayment {
         invoice_number: invoice.clone(),
@@ -385,9 +371,9 @@ pub async fn stripe_webhook(
         )),
         // A paid invoice told "failed" later, or paid twice by the
         // processor: nothing to change, and the processor must not retry.
-        Err(LedgerError::Domain(DomainError::InvoiceNotPayable { status, .. })) => {
-            ignored(&format!("the invoice is already {status}"))
-        }
+        Err(LedgerError::Domain(DomainError::InvoiceNotPayable { status, .. })) => Ok(Json(
+            serde_json::json!({"received": true, "outcome": "ignored", "detail": format!("the invoice is already {status}")}),
+        )),
         Err(e) => Err(e.into()),
     }
 }

@@ -46,24 +46,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let mut text = st.ledger.metrics().render();
-    let store = st.ledger.store();
-    let head = store.head_position().unwrap_or(0);
-    text.push_str("# HELP accrue_head_position Global position of the last event.\n# TYPE accrue_head_position gauge\n");
-    text.push_str(&format!("accrue_head_position {head}\n"));
-    text.push_str("# HELP accrue_projector_checkpoint Last position a side-effect projector handled.\n# TYPE accrue_projector_checkpoint gauge\n");
-    for name in ["pdf", "mailer"] {
-        let cp = store.checkpoint(name).unwrap_or(0);
-        text.push_str(&format!(
-            "accrue_projector_checkpoint{{name=\"{name}\"}} {cp}\n"
-        ));
-    }
-    text.push_str("# HELP accrue_http_panics_total Handler panics answered 500 since start.\n# TYPE accrue_http_panics_total counter\n");
-    text.push_str(&format!(
-        "accrue_http_panics_total {}\n",
-        crate::guard::PANICS.load(std::sync::atomic::Ordering::Relaxed)
-    ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    crate::health::metrics(st).await
 }
 
 pub async fn not_found() -> ApiError {

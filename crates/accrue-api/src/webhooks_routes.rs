@@ -23,7 +23,8 @@ const MAX_ENDPOINTS: usize = 100;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointRequest {
-    /// `http://…` (see the README for TLS).
+    /// `http://…` or `https://…` (Mozilla's roots, plus `ACCRUE_WEBHOOK_CA_FILE`);
+    /// no `user:password@`.
     url: String,
     /// Event types to receive, or `["*"]` for all.
     events: Vec<String>,
@@ -68,24 +69,32 @@ fn dto(
     }
 }
 
-fn check_url(url: &str) -> ApiResult<()> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        if url.starts_with("https://") {
-            ApiError::unprocessable(
-                "https endpoints are not delivered to yet: use an http:// URL (a local TLS-terminating proxy for remote receivers)",
-            )
-        } else {
-            ApiError::unprocessable("url must be an http:// URL")
-        }
-    })?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty()
-        || url.len() > 2000
-        || url.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+/// An endpoint URL: `http://` or `https://`, a host, no credentials.
+///
+/// Credentials in the URL (`https://user:pass@host/`) are refused: the URL
+/// is recorded in an event, and events are kept for ever. A receiver
+/// authenticates accrue by the `Accrue-Signature` instead.
+fn check_url(raw: &str) -> ApiResult<()> {
+    if raw.len() > 2000 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ApiError::unprocessable(
-            "url must be an http:// URL with a host, at most 2000 characters, no spaces",
+            "url must be at most 2000 characters, without spaces or control characters",
         ));
+    }
+    let url = url::Url::parse(raw)
+        .map_err(|e| ApiError::unprocessable(format!("url is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::unprocessable(format!(
+            "url must be an http:// or https:// URL, not {}:",
+            url.scheme()
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::unprocessable(
+            "url must not carry a user name or password: it is recorded in the log for good; receivers verify the Accrue-Signature instead",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ApiError::unprocessable("url must name a host"));
     }
     Ok(())
 }

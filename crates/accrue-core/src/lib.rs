@@ -12,6 +12,7 @@ pub mod invoice;
 pub mod license;
 pub mod money;
 pub mod period;
+pub mod processor;
 pub mod tax;
 pub mod ts;
 

@@ -175,6 +175,39 @@ fn wants(type_name: &str) -> bool {
     webhook_type(type_name).is_some()
 }
 
+/// The certificates of a PEM file, at least one.
+fn ca_certificates(path: &std::path::Path) -> std::io::Result<Vec<reqwest::Certificate>> {
+    let bad = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("ACCRUE_WEBHOOK_CA_FILE {}: {why}", path.display()),
+        )
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".to_string()));
+    }
+    Ok(certs)
+}
+
+/// An error with its causes: reqwest's own text only says the request
+/// failed; the cause says why (a refused connection, an untrusted
+/// certificate).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.chars().take(500).collect()
+}
+
 /// Starts the webhook projector.
 pub fn spawn_webhooks(ledger: Ledger, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     // `ACCRUE_WEBHOOK_TIMEOUT_SECS` (default 10): a receiver slower than
@@ -184,12 +217,20 @@ pub fn spawn_webhooks(ledger: Ledger, stop: Arc<AtomicBool>) -> std::io::Result<
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|s| (1..=60).contains(s))
         .unwrap_or(10);
-    let client = reqwest::blocking::Client::builder()
+    let mut builder = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(timeout))
         .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(std::io::Error::other)?;
+        .redirect(reqwest::redirect::Policy::none());
+    // `ACCRUE_WEBHOOK_CA_FILE`: PEM certificates trusted for https://
+    // receivers besides Mozilla's roots (a private CA). A file that cannot
+    // be read or holds no certificate stops the start: deliveries would
+    // otherwise fail for days with a cause nobody sees.
+    if let Some(path) = std::env::var_os("ACCRUE_WEBHOOK_CA_FILE").filter(|p| !p.is_empty()) {
+        for cert in ca_certificates(std::path::Path::new(&path))? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let client = builder.build().map_err(std::io::Error::other)?;
     follow(ledger, "webhooks", stop, wants, move |ledger, rec, e| {
         let LedgerEvent::Account(event) = e else {
             return Ok(());
@@ -258,7 +299,7 @@ pub fn spawn_webhooks(ledger: Ledger, stop: Arc<AtomicBool>) -> std::io::Result<
                         error: Some(if err.is_timeout() {
                             "timed out".to_string()
                         } else {
-                            format!("{err}")
+                            error_chain(&err)
                         }),
                     },
                 ),
