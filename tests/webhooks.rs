@@ -230,6 +230,40 @@ async fn webhooks_are_signed_retried_listed_and_given_up_on() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The operator is told, once: endpoints belong to no account, so the
+    // mail goes to the issuer's email, here (none configured) the sender's
+    // own address; without SMTP it lands in the outbox.
+    let outbox = dir.path().join("outbox");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mail = loop {
+        let found: Vec<_> = std::fs::read_dir(&outbox)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .ends_with("-webhook_endpoint_disabled.eml")
+                    })
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(m) = found.first() {
+            assert_eq!(found.len(), 1, "one mail per disabled endpoint");
+            break m.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mail about the disabled endpoint in {outbox:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        mail.contains(&format!("Subject: Webhook endpoint {dead_id} disabled")),
+        "{mail}"
+    );
+    assert!(mail.contains("To: billing@accrue.example"), "{mail}");
+    assert!(mail.contains("127.0.0.1:9/none"), "{mail}");
     let _ = child.kill();
     let _ = child.wait();
     drop_test_store(dir.path());

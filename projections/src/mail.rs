@@ -496,6 +496,38 @@ pub fn mail_for(
     )
 }
 
+/// The mail to the operator when an outgoing webhook endpoint is disabled
+/// after 3 days of failed deliveries. Endpoints belong to no account, so it
+/// goes to the operator (`to`: the issuer's email, else the sender's own
+/// address), in English, signed like every mail.
+pub fn endpoint_disabled(
+    d: &accrue_core::events::WebhookEndpointDisabled,
+    url: &str,
+    to: String,
+    cx: &MailContext<'_>,
+) -> Mail {
+    let signature = cx
+        .issuer
+        .filter(|i| !i.trim().is_empty())
+        .unwrap_or("The accrue billing team");
+    let text = format!(
+        "Hello,\n\nthe webhook endpoint {id} ({url}) failed every delivery for 3 days and was disabled on {date}; it receives no more events.\nLast failure: {reason}\n\nIts attempts are listed at GET /v1/webhook-endpoints/{id}/deliveries. Once the receiver works again, register it again (POST /v1/webhook-endpoints).\n\nKind regards,\n{signature}\n",
+        id = d.id,
+        date = d.disabled_at.format("%Y-%m-%d %H:%M UTC"),
+        reason = d.reason,
+    );
+    Mail {
+        kind: "webhook_endpoint_disabled",
+        to,
+        to_name: None,
+        plain_amount: None,
+        language: "en",
+        subject: format!("Webhook endpoint {} disabled", d.id),
+        text,
+        attachment: None,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn finish(
     kind: &'static str,
@@ -632,6 +664,11 @@ pub fn message_id(local: &str, from: &str) -> String {
         .map(|m| m.email.domain().to_string())
         .unwrap_or_else(|_| "localhost".to_string());
     format!("<{local}@{domain}>")
+}
+
+/// The address part of a mailbox (`Billing <b@x.example>` → `b@x.example`).
+pub fn address_of(mailbox: &str) -> Option<String> {
+    mailbox.parse::<Mailbox>().ok().map(|m| m.email.to_string())
 }
 
 /// How an SMTP session is secured, from the `--smtp` URL.

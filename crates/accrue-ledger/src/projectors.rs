@@ -216,6 +216,9 @@ pub fn spawn_mailer(
         stop,
         mail_causes,
         move |ledger, rec, e| {
+            if let LedgerEvent::WebhookEndpointDisabled(d) = e {
+                return endpoint_disabled_mail(ledger, rec, d, &transport, &from);
+            }
             let LedgerEvent::Account(event) = e else {
                 return Ok(());
             };
@@ -309,6 +312,66 @@ pub fn spawn_mailer(
             Ok(())
         },
     )
+}
+
+/// Tells the operator that an outgoing webhook endpoint was disabled: to
+/// the issuer's email if one is configured, else to the sender's own
+/// address. Once per event (`mail-sent:<position>`), retried like every
+/// mail; an address refused for good is logged and skipped (there is no
+/// account to record a bounce on).
+fn endpoint_disabled_mail(
+    ledger: &Ledger,
+    rec: &RecordedEvent,
+    d: &accrue_core::events::WebhookEndpointDisabled,
+    transport: &accrue_projections::mail::MailTransport,
+    from: &str,
+) -> Result<(), EffectError> {
+    let store = ledger.store();
+    let key = format!("mail-sent:{}", rec.position);
+    if store.meta_get(&key)?.is_some() {
+        return Ok(());
+    }
+    let url = ledger
+        .read()
+        .webhook_endpoints
+        .get(&d.id)
+        .map(|w| w.url.clone())
+        .unwrap_or_default();
+    let to = crate::legal()
+        .and_then(|l| l.issuer.as_ref())
+        .and_then(|i| i.email.clone())
+        .or_else(|| accrue_projections::mail::address_of(from));
+    let Some(to) = to else {
+        tracing::warn!(endpoint = %d.id, "webhook endpoint disabled; no operator address to tell");
+        store.meta_put(&key, "no-address")?;
+        return Ok(());
+    };
+    let mail = accrue_projections::mail::endpoint_disabled(d, &url, to, &mail_context());
+    let id: String = rec.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let sent = accrue_projections::mail::build(
+        &mail,
+        from,
+        &accrue_projections::mail::message_id(&format!("{}.{id}", rec.position), from),
+        rec.occurred_at,
+    )
+    .and_then(|msg| transport.send(&msg, &format!("{:012}-{}", rec.position, mail.kind)));
+    match sent {
+        Ok(()) => {}
+        Err(e @ (MailError::Send(_) | MailError::Session(_))) => {
+            return Err(EffectError::Retry(e.to_string()))
+        }
+        Err(e) => {
+            tracing::warn!(endpoint = %d.id, to = %mail.to, error = %e, "the endpoint-disabled mail was refused for good");
+            store.meta_put(&key, "bounced")?;
+            return Ok(());
+        }
+    }
+    store.meta_put(&key, mail.kind)?;
+    ledger
+        .metrics()
+        .mails_sent
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// Sends again, to the account's current address, every mail of the
@@ -427,6 +490,7 @@ fn mail_causes(type_name: &str) -> bool {
             | "LicenseReinstated"
             | "AccountDetailsChanged"
             | "PaymentMethodReplaced"
+            | "WebhookEndpointDisabled"
     )
 }
 
