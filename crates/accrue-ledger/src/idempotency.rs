@@ -8,9 +8,22 @@
 //! and 32-bit positions in sorted runs, 6 bytes a key); every hit is
 //! confirmed against the stored event itself, and a key whose hash another
 //! key holds goes to an exact side table.
+//!
+//! Memory that does not grow with history (SPEC §12): once a run holds
+//! [`SPILL_KEYS`] keys it is written to the store beside the log
+//! ([`EventStore::put_usage_keys`], by a thread of its own, so the writer
+//! never waits for it) and only a Bloom filter of it stays in memory, about
+//! 1.25 bytes a key instead of 6. A lookup whose filter says "maybe" reads
+//! the key's candidates from the store once ([`IdempotencyIndex::fetch`],
+//! before the decision, where a store error can still answer 503), and a
+//! fresh id — the common case — touches no disk.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use accrue_store::{EventStore, StoreError};
 
 /// The key is already a hash: use it as is.
 #[derive(Default)]
@@ -76,6 +89,13 @@ const FREEZE_AT: usize = 190_000;
 /// in `recent` (16 bytes more a key, past four billion events).
 const FROZEN_MAX_POSITION: u64 = u32::MAX as u64 - 1;
 
+/// A run this large is written to the store and leaves memory (a Bloom
+/// filter of it stays): 2^21 keys, 12 MB in a run, 2.6 MB as a filter.
+pub const SPILL_KEYS: usize = 1 << 21;
+
+/// Lookups whose candidates were read from the store, kept until this many.
+const CACHE_MAX: usize = 65_536;
+
 #[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct IdempotencyIndex {
     /// The newest keys (and every pending one): hash → packed slot.
@@ -87,6 +107,103 @@ pub struct IdempotencyIndex {
     fold_at: usize,
     /// Keys whose hash collided with another key's.
     exact: HashMap<(String, String), u64>,
+    /// Runs written to the store: only their filters stay in memory.
+    #[serde(default)]
+    spilled: Vec<Bloom>,
+    /// Where runs are written (none: everything stays in memory).
+    #[serde(skip)]
+    spill: Option<Spill>,
+    /// Candidates read from the store, by fingerprint (see `fetch`).
+    #[serde(skip)]
+    cache: HashMap<u32, Vec<u64>>,
+}
+
+type SpillJob = (Vec<(u32, u64)>, Arc<AtomicU8>);
+
+/// The store runs are written to, and the thread that writes them.
+#[derive(Clone)]
+struct Spill {
+    store: Arc<dyn EventStore>,
+    /// Runs at least this large are spilled.
+    at: usize,
+    tx: std::sync::mpsc::Sender<SpillJob>,
+}
+
+const SPILLING: u8 = 1;
+const SPILLED: u8 = 2;
+const SPILL_FAILED: u8 = 3;
+
+impl Spill {
+    fn new(store: Arc<dyn EventStore>, at: usize) -> Spill {
+        let (tx, rx) = std::sync::mpsc::channel::<SpillJob>();
+        let writer = store.clone();
+        let _ = std::thread::Builder::new()
+            .name("accrue-keys".into())
+            .spawn(move || {
+                while let Ok((keys, status)) = rx.recv() {
+                    let done = match writer.put_usage_keys(&keys) {
+                        Ok(()) => SPILLED,
+                        Err(e) => {
+                            tracing::warn!(error = %e, keys = keys.len(), "usage keys stay in memory: the store did not take them");
+                            SPILL_FAILED
+                        }
+                    };
+                    status.store(done, Ordering::Release);
+                }
+            });
+        Spill { store, at, tx }
+    }
+}
+
+/// A Bloom filter over the 32-bit fingerprints of a spilled run (10 bits
+/// and 7 probes a key: about 1 % of fresh ids read the store once).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Bloom {
+    bits: Vec<u64>,
+    keys: u64,
+}
+
+impl Bloom {
+    fn probes(fp: u32) -> (u64, u64) {
+        // splitmix64 of the fingerprint: two independent 32-bit halves.
+        let mut z = u64::from(fp).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z & 0xffff_ffff, (z >> 32) | 1)
+    }
+
+    fn new(fps: &[u32]) -> Bloom {
+        let n = fps.len().max(1) as u64;
+        let words = (n * 10).div_ceil(64).max(1);
+        let mut b = Bloom {
+            bits: vec![0; words as usize],
+            keys: fps.len() as u64,
+        };
+        let m = words * 64;
+        for fp in fps {
+            let (h1, h2) = Bloom::probes(*fp);
+            for i in 0..7u64 {
+                let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;
+                b.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+        }
+        b
+    }
+
+    fn may_contain(&self, fp: u32) -> bool {
+        let m = self.bits.len() as u64 * 64;
+        let (h1, h2) = Bloom::probes(fp);
+        (0..7u64).all(|i| {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;
+            self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
+    }
+}
+
+/// The 32 bits of a key's hash the runs and the store key on.
+fn fp32(hash: u64) -> u32 {
+    (hash >> (64 - DIR_BITS - 16)) as u32
 }
 
 /// Committed keys as 32-bit fingerprints (the hash's top 16 bits select a
@@ -100,6 +217,11 @@ struct Run {
     positions: Vec<u32>,
     /// `dir[b]..dir[b + 1]`: the entries whose hash starts with `b`.
     dir: Vec<u32>,
+    /// Being written to the store (`SPILLING`, then `SPILLED` or
+    /// `SPILL_FAILED`); not part of a snapshot — a run loaded from one is
+    /// spilled again (storing a key twice is a no-op).
+    #[serde(skip)]
+    status: Option<Arc<AtomicU8>>,
 }
 
 const DIR_BITS: u32 = 16;
@@ -147,7 +269,20 @@ impl Run {
             fps: keys.iter().map(|(h, _)| fingerprint(*h)).collect(),
             positions: keys.iter().map(|(_, p)| *p).collect(),
             dir,
+            status: None,
         }
+    }
+
+    /// Every entry as (32-bit fingerprint, position).
+    fn entries(&self) -> Vec<(u32, u64)> {
+        let mut out = Vec::with_capacity(self.len());
+        for b in 0..(1usize << DIR_BITS) {
+            for i in self.dir[b] as usize..self.dir[b + 1] as usize {
+                let fp = ((b as u32) << 16) | u32::from(self.fps[i]);
+                out.push((fp, u64::from(self.positions[i])));
+            }
+        }
+        out
     }
 
     /// Both runs' entries in one run.
@@ -177,13 +312,82 @@ impl Run {
             fps,
             positions,
             dir,
+            status: None,
         }
     }
 }
 
 impl IdempotencyIndex {
+    /// Keys held in memory and in spilled runs.
     pub fn len(&self) -> usize {
-        self.recent.len() + self.frozen.iter().map(Run::len).sum::<usize>() + self.exact.len()
+        self.recent.len()
+            + self.frozen.iter().map(Run::len).sum::<usize>()
+            + self.exact.len()
+            + self.spilled.iter().map(|b| b.keys as usize).sum::<usize>()
+    }
+
+    /// Writes runs of at least `at` keys to `store` from now on (and those
+    /// already that large at the next `compact`).
+    pub fn spill_to(&mut self, store: Arc<dyn EventStore>, at: usize) {
+        self.spill = Some(Spill::new(store, at.max(1)));
+    }
+
+    /// Bytes the index holds in memory, roughly (for metrics and tests).
+    pub fn memory_bytes(&self) -> usize {
+        self.recent.capacity() * 17
+            + self
+                .frozen
+                .iter()
+                .map(|r| r.len() * 6 + r.dir.len() * 4)
+                .sum::<usize>()
+            + self.spilled.iter().map(|b| b.bits.len() * 8).sum::<usize>()
+            + self.exact.len() * 64
+    }
+
+    /// How many runs are in the store (only their filters in memory).
+    pub fn spilled_runs(&self) -> usize {
+        self.spilled.len()
+    }
+
+    /// Reads from the store the candidates of `hash` that spilled runs may
+    /// hold, so that [`IdempotencyIndex::by_hash`] includes them. Call it
+    /// before deciding on the key: a store error then refuses the request
+    /// instead of taking a retry for a new key.
+    pub fn fetch(&mut self, hash: u64) -> Result<(), StoreError> {
+        let fp = fp32(hash);
+        if self.cache.contains_key(&fp) || !self.spilled.iter().any(|b| b.may_contain(fp)) {
+            return Ok(());
+        }
+        let Some(spill) = &self.spill else {
+            return Err(StoreError::Backend(
+                "the usage index has spilled keys but no store to read them from".into(),
+            ));
+        };
+        let positions = spill.store.usage_key_positions(fp)?;
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(fp, positions);
+        Ok(())
+    }
+
+    /// Every candidate of `hash`, the spilled ones read from `store` (a
+    /// test aid: a full lookup without the cache), in a stable order.
+    pub fn all_candidates(
+        &self,
+        hash: u64,
+        store: &dyn EventStore,
+    ) -> Result<Vec<Slot>, StoreError> {
+        let mut found = self.by_hash(hash);
+        let fp = fp32(hash);
+        if self.spilled.iter().any(|b| b.may_contain(fp)) {
+            for p in store.usage_key_positions(fp)? {
+                found.push(Slot::Committed(p));
+            }
+        }
+        found.sort_by_key(|s| format!("{s:?}"));
+        found.dedup();
+        Ok(found)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -200,6 +404,14 @@ impl IdempotencyIndex {
         }
         for run in self.frozen.iter().rev() {
             run.each(hash, |p| found.push(Slot::Committed(p)));
+        }
+        if let Some(spilled) = self.cache.get(&fp32(hash)) {
+            for p in spilled {
+                let s = Slot::Committed(*p);
+                if !found.contains(&s) {
+                    found.push(s);
+                }
+            }
         }
         found
     }
@@ -221,6 +433,7 @@ impl IdempotencyIndex {
     /// many, and merges runs of equal size (so there are at most log2 of
     /// them). Only when nothing is pending (between groups).
     pub fn compact(&mut self) {
+        self.settle_spills();
         if self.recent.len() < self.fold_at.max(FREEZE_AT) {
             return;
         }
@@ -248,9 +461,79 @@ impl IdempotencyIndex {
             if a.len() > b.len() + b.len() / 2 {
                 break;
             }
+            // A run on its way to the store is not merged again.
+            if a.status.is_some() || b.status.is_some() {
+                break;
+            }
             let merged = Run::merge(a, b);
             self.frozen.truncate(self.frozen.len() - 2);
             self.frozen.push(merged);
+        }
+        self.start_spills();
+    }
+
+    /// Hands every run of at least the spill size to the spill thread.
+    fn start_spills(&mut self) {
+        let Some(spill) = &self.spill else {
+            return;
+        };
+        for run in &mut self.frozen {
+            if run.status.is_none() && run.len() >= spill.at {
+                let status = Arc::new(AtomicU8::new(SPILLING));
+                if spill.tx.send((run.entries(), status.clone())).is_ok() {
+                    run.status = Some(status);
+                }
+            }
+        }
+    }
+
+    /// Replaces every run the store has taken by its filter; a run the
+    /// store refused stays in memory (and is offered again later).
+    fn settle_spills(&mut self) {
+        if !self.frozen.iter().any(|r| r.status.is_some()) {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.frozen.len());
+        let mut settled = false;
+        for mut run in std::mem::take(&mut self.frozen) {
+            match run.status.as_ref().map(|s| s.load(Ordering::Acquire)) {
+                Some(SPILLED) => {
+                    let fps: Vec<u32> = run.entries().into_iter().map(|(fp, _)| fp).collect();
+                    self.spilled.push(Bloom::new(&fps));
+                    settled = true;
+                }
+                Some(SPILL_FAILED) => {
+                    run.status = None;
+                    kept.push(run);
+                }
+                _ => kept.push(run),
+            }
+        }
+        self.frozen = kept;
+        if settled {
+            // Candidates read before may miss the keys just spilled.
+            self.cache.clear();
+        }
+    }
+
+    /// Waits (bounded) until the runs handed to the spill thread are in the
+    /// store and settled (for tests and a clean stop).
+    pub fn finish_spills(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            self.settle_spills();
+            let busy = self.frozen.iter().any(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Acquire) == SPILLING)
+            });
+            if !busy {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 

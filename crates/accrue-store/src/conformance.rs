@@ -226,6 +226,30 @@ pub fn snapshots_keep_the_newest(store: &dyn EventStore) {
     assert_eq!(store.head_position().unwrap(), 0);
 }
 
+/// Usage keys spilled beside the log come back by fingerprint, a pair
+/// stored twice counts once, and they are no events.
+pub fn usage_keys_come_back_by_fingerprint(store: &dyn EventStore) {
+    assert!(store.usage_key_positions(7).unwrap().is_empty());
+    store
+        .put_usage_keys(&[(7, 10), (7, 12), (u32::MAX, 11), (0, 13)])
+        .unwrap();
+    store.put_usage_keys(&[(7, 10), (9, 14)]).unwrap();
+    let mut seven = store.usage_key_positions(7).unwrap();
+    seven.sort_unstable();
+    assert_eq!(seven, vec![10, 12]);
+    assert_eq!(store.usage_key_positions(u32::MAX).unwrap(), vec![11]);
+    assert_eq!(store.usage_key_positions(0).unwrap(), vec![13]);
+    assert_eq!(store.usage_key_positions(9).unwrap(), vec![14]);
+    assert!(store.usage_key_positions(8).unwrap().is_empty());
+    // Large batches go in chunks.
+    let many: Vec<(u32, u64)> = (0..120_000u64)
+        .map(|i| ((i % 1000) as u32 + 100, i + 100))
+        .collect();
+    store.put_usage_keys(&many).unwrap();
+    assert_eq!(store.usage_key_positions(100).unwrap().len(), 120);
+    assert_eq!(store.head_position().unwrap(), 0);
+}
+
 /// Reopening sees everything and keeps chaining (the factory is called again
 /// on the same folder).
 pub fn reopening_keeps_everything(open: &dyn Fn() -> Box<dyn EventStore>) {
@@ -328,6 +352,7 @@ macro_rules! conformance_suite {
             check!(followers_wake_on_append);
             check!(checkpoints_and_meta_persist_and_never_go_back);
             check!(snapshots_keep_the_newest);
+            check!(usage_keys_come_back_by_fingerprint);
             check!(large_logs_read_back_per_stream);
 
             #[test]

@@ -184,6 +184,14 @@ impl EventStore for FaultyStore {
         self.inner.read_snapshot(position)
     }
 
+    fn put_usage_keys(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
+        self.inner.put_usage_keys(keys)
+    }
+
+    fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
+        self.inner.usage_key_positions(fp)
+    }
+
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }

@@ -251,6 +251,27 @@ pub trait EventStore: Send + Sync {
     /// The snapshot stored at `position`, if any.
     fn read_snapshot(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Stores older keys of the usage idempotency index — a 32-bit
+    /// fingerprint of the key's hash and its event's position — so that
+    /// the writer's memory does not grow with history (SPEC §12). Derived
+    /// data, not events; storing a pair again is a no-op. Written beside
+    /// the log, never holding up an append. A backend that cannot keep
+    /// them says so, and the index keeps them in memory.
+    fn put_usage_keys(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
+        let _ = keys;
+        Err(StoreError::Backend(format!(
+            "{} keeps no usage keys",
+            self.backend()
+        )))
+    }
+
+    /// The positions stored under fingerprint `fp` by
+    /// [`EventStore::put_usage_keys`], in any order.
+    fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
+        let _ = fp;
+        Ok(Vec::new())
+    }
+
     /// A short name of the backend, for reports.
     fn backend(&self) -> &'static str;
 }

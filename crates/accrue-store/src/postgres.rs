@@ -17,6 +17,7 @@ use crate::{Appended, EventStore, RecordedEvent, StoreError, StreamAppend, Strea
 const SCHEMA: &str = include_str!("../../../migrations/postgres/0001_events.sql");
 const GLOBAL_CHAIN: &str = include_str!("../../../migrations/postgres/0002_global_chain.sql");
 const SNAPSHOTS: &str = include_str!("../../../migrations/postgres/0003_snapshots.sql");
+const USAGE_KEYS: &str = include_str!("../../../migrations/postgres/0004_usage_keys.sql");
 /// The class of the session advisory lock one writer holds per ledger (the
 /// second key is the schema's name hashed), for the store's lifetime.
 const WRITER_LOCK_CLASS: i32 = 0x6163_6372;
@@ -47,6 +48,12 @@ pub struct PgInner {
     /// Snapshots have their own session: writing one never holds the
     /// appends' connection.
     snapshots: Mutex<Client>,
+    /// The usage keys' sessions (one spills, one looks up), opened on
+    /// first use: most ledgers never spill.
+    keys_w: Mutex<Option<Client>>,
+    keys_r: Mutex<Option<Client>>,
+    url: String,
+    schema: Option<String>,
     /// Wakes local followers after a local append; remote appends are polled.
     appended: Condvar,
     appended_at: Mutex<u64>,
@@ -172,6 +179,12 @@ impl EventStore for PgStore {
     fn read_snapshot(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
         off_runtime(|| self.0.read_snapshot(position))
     }
+    fn put_usage_keys(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
+        off_runtime(|| self.0.put_usage_keys(keys))
+    }
+    fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
+        off_runtime(|| self.0.usage_key_positions(fp))
+    }
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -249,7 +262,8 @@ impl PgStore {
             .batch_execute(SCHEMA)
             .map_err(StoreError::from)
             .and_then(|_| add_global_chain(&mut writer))
-            .and_then(|_| Ok(writer.batch_execute(SNAPSHOTS)?));
+            .and_then(|_| Ok(writer.batch_execute(SNAPSHOTS)?))
+            .and_then(|_| Ok(writer.batch_execute(USAGE_KEYS)?));
         writer.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])?;
         migrated?;
         let reader = connect(url, schema)?;
@@ -259,6 +273,10 @@ impl PgStore {
             cache: Mutex::new(HeadCache::default()),
             reader: Mutex::new(reader),
             snapshots: Mutex::new(snapshots),
+            keys_w: Mutex::new(None),
+            keys_r: Mutex::new(None),
+            url: url.to_string(),
+            schema: schema.map(str::to_string),
             appended: Condvar::new(),
             appended_at: Mutex::new(0),
         })))
@@ -475,6 +493,41 @@ impl EventStore for PgInner {
             &[&prefix],
         )?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn put_usage_keys(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
+        let mut guard = self.keys_w.lock();
+        if guard.is_none() {
+            *guard = Some(connect(&self.url, self.schema.as_deref())?);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err(StoreError::Backend("usage keys unavailable".into()));
+        };
+        for chunk in keys.chunks(50_000) {
+            let fps: Vec<i64> = chunk.iter().map(|(f, _)| i64::from(*f)).collect();
+            let positions: Vec<i64> = chunk.iter().map(|(_, p)| *p as i64).collect();
+            c.execute(
+                "INSERT INTO usage_keys (fp, pos) SELECT * FROM unnest($1::bigint[], $2::bigint[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&fps, &positions],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
+        let mut guard = self.keys_r.lock();
+        if guard.is_none() {
+            *guard = Some(connect(&self.url, self.schema.as_deref())?);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err(StoreError::Backend("usage keys unavailable".into()));
+        };
+        let rows = c.query(
+            "SELECT pos FROM usage_keys WHERE fp = $1",
+            &[&i64::from(fp)],
+        )?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
     fn put_snapshot(&self, position: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {

@@ -132,6 +132,10 @@ pub struct SqliteStore {
     /// (`<file>.snapshots`): SQLite has one writer per file, and writing a
     /// snapshot must never hold up an append.
     snapshots: Mutex<Connection>,
+    /// The usage keys' file (`<file>.keys`): one connection spills, one
+    /// looks up (WAL: a lookup never waits for a spill). Opened on first use.
+    keys_w: Mutex<Option<Connection>>,
+    keys_r: Mutex<Option<Connection>>,
     _lock: File,
 }
 
@@ -292,6 +296,8 @@ impl SqliteStore {
             appended: Condvar::new(),
             checkpointer,
             snapshots: Mutex::new(snapshots),
+            keys_w: Mutex::new(None),
+            keys_r: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -350,6 +356,24 @@ pub fn snapshots_path(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(".snapshots");
     PathBuf::from(p)
+}
+
+const USAGE_KEYS: &str = include_str!("../../../migrations/sqlite/0005_usage_keys.sql");
+
+/// The usage keys' file of the log at `path`.
+pub fn keys_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".keys");
+    PathBuf::from(p)
+}
+
+fn open_keys(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(keys_path(path))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.execute_batch(USAGE_KEYS)?;
+    Ok(conn)
 }
 
 fn open_snapshots(path: &Path) -> Result<Connection, StoreError> {
@@ -856,6 +880,45 @@ impl EventStore for SqliteStore {
         let c = self.snapshots.lock();
         let mut stmt = c.prepare_cached("SELECT pos FROM snapshots ORDER BY pos DESC")?;
         let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r? as u64);
+        }
+        Ok(out)
+    }
+
+    fn put_usage_keys(&self, keys: &[(u32, u64)]) -> Result<(), StoreError> {
+        let mut guard = self.keys_w.lock();
+        if guard.is_none() {
+            *guard = Some(open_keys(&self.path)?);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err(StoreError::Backend("usage keys unavailable".into()));
+        };
+        for chunk in keys.chunks(50_000) {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("INSERT OR IGNORE INTO usage_keys (fp, pos) VALUES (?1, ?2)")?;
+                for (fp, pos) in chunk {
+                    stmt.execute(rusqlite::params![i64::from(*fp), *pos as i64])?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
+        let mut guard = self.keys_r.lock();
+        if guard.is_none() {
+            *guard = Some(open_keys(&self.path)?);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err(StoreError::Backend("usage keys unavailable".into()));
+        };
+        let mut stmt = c.prepare_cached("SELECT pos FROM usage_keys WHERE fp = ?1")?;
+        let rows = stmt.query_map([i64::from(fp)], |r| r.get::<_, i64>(0))?;
         let mut out = Vec::new();
         for r in rows {
             out.push(r? as u64);
