@@ -2,37 +2,292 @@
 //! and seats, the credit subscription, the list.
 
 use super::*;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-fn plan_from(dto: &PlanDto) -> ApiResult<Plan> {
-    let seats = |name: &str, n: i64| -> ApiResult<u32> {
-        if (0..=1_000_000).contains(&n) {
-            Ok(n as u32)
-        } else {
-            Err(ApiError::unprocessable(format!(
-                "{name} must be between 0 and 1000000, got {n}"
-            )))
-        }
-    };
-    for (name, m) in [
-        ("full_seat_price", dto.full_seat_price),
-        ("viewer_seat_price", dto.viewer_seat_price),
-        ("data_management_price", dto.data_management_price),
-    ] {
-        if m.0 < Decimal::ZERO {
-            return Err(ApiError::unprocessable(format!(
-                "{name} must not be negative"
-            )));
+// ---------------------------------------------------------------- wire types
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanDto {
+    #[serde(default)]
+    pub full_seats: i64,
+    #[serde(default = "zero")]
+    pub full_seat_price: Money,
+    #[serde(default)]
+    pub viewer_seats: i64,
+    #[serde(default = "zero")]
+    pub viewer_seat_price: Money,
+    #[serde(default)]
+    pub data_management: bool,
+    #[serde(default = "zero")]
+    pub data_management_price: Money,
+}
+
+/// A plan change: fields left out keep their current value.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChangeDto {
+    pub full_seats: Option<i64>,
+    pub full_seat_price: Option<Money>,
+    pub viewer_seats: Option<i64>,
+    pub viewer_seat_price: Option<Money>,
+    pub data_management: Option<bool>,
+    pub data_management_price: Option<Money>,
+}
+
+impl PlanChangeDto {
+    /// The full plan: this change over the current plan.
+    pub fn over(&self, current: &accrue_core::Plan) -> PlanDto {
+        PlanDto {
+            full_seats: self.full_seats.unwrap_or(i64::from(current.full_seats)),
+            full_seat_price: self
+                .full_seat_price
+                .unwrap_or(Money(current.full_seat_price)),
+            viewer_seats: self.viewer_seats.unwrap_or(i64::from(current.viewer_seats)),
+            viewer_seat_price: self
+                .viewer_seat_price
+                .unwrap_or(Money(current.viewer_seat_price)),
+            data_management: self.data_management.unwrap_or(current.data_management),
+            data_management_price: self
+                .data_management_price
+                .unwrap_or(Money(current.data_management_price)),
         }
     }
-    Ok(Plan {
-        full_seats: seats("full_seats", dto.full_seats)?,
-        full_seat_price: dto.full_seat_price.0,
-        viewer_seats: seats("viewer_seats", dto.viewer_seats)?,
-        viewer_seat_price: dto.viewer_seat_price.0,
-        data_management: dto.data_management,
-        data_management_price: dto.data_management_price.0,
-    })
 }
+
+fn no_plan() -> PlanDto {
+    PlanDto {
+        full_seats: 0,
+        full_seat_price: zero(),
+        viewer_seats: 0,
+        viewer_seat_price: zero(),
+        data_management: false,
+        data_management_price: zero(),
+    }
+}
+
+fn zero() -> Money {
+    Money(Decimal::ZERO)
+}
+
+/// `period_anchor`: a day of month (1–31) or a date whose day is taken.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum AnchorDto {
+    Day(i64),
+    Date(String),
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    pub id: String,
+    pub name: String,
+    #[serde(alias = "email")]
+    pub billing_email: String,
+    #[serde(default = "en", alias = "language")]
+    pub email_language: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default = "usd")]
+    pub currency: String,
+    #[serde(default = "monthly")]
+    pub billing_frequency: String,
+    #[serde(default, alias = "anchor_day")]
+    pub period_anchor: Option<AnchorDto>,
+    #[serde(default = "no_plan")]
+    pub plan: PlanDto,
+    #[serde(default = "zero", alias = "base_ai_credits")]
+    pub base_credits: Money,
+    /// Subscribe to additional credits at once with this limit.
+    #[serde(default, alias = "additional_credit_limit", alias = "limit")]
+    pub credit_limit: Option<Money>,
+    /// Tax country, customer tax id and treatment (SPEC §14).
+    #[serde(default)]
+    pub tax: Option<TaxDto>,
+}
+
+fn en() -> String {
+    "en".into()
+}
+fn usd() -> String {
+    "USD".into()
+}
+fn monthly() -> String {
+    "monthly".into()
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitDto {
+    pub limit: Money,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeatsDto {
+    pub full: i64,
+    pub viewer: i64,
+}
+
+// ---------------------------------------------------------------- validation: request → command
+
+impl TryFrom<&PlanDto> for Plan {
+    type Error = ApiError;
+
+    fn try_from(dto: &PlanDto) -> ApiResult<Plan> {
+        let seats = |name: &str, n: i64| -> ApiResult<u32> {
+            if (0..=1_000_000).contains(&n) {
+                Ok(n as u32)
+            } else {
+                Err(ApiError::unprocessable(format!(
+                    "{name} must be between 0 and 1000000, got {n}"
+                )))
+            }
+        };
+        for (name, m) in [
+            ("full_seat_price", dto.full_seat_price),
+            ("viewer_seat_price", dto.viewer_seat_price),
+            ("data_management_price", dto.data_management_price),
+        ] {
+            if m.0 < Decimal::ZERO {
+                return Err(ApiError::unprocessable(format!(
+                    "{name} must not be negative"
+                )));
+            }
+        }
+        Ok(Plan {
+            full_seats: seats("full_seats", dto.full_seats)?,
+            full_seat_price: dto.full_seat_price.0,
+            viewer_seats: seats("viewer_seats", dto.viewer_seats)?,
+            viewer_seat_price: dto.viewer_seat_price.0,
+            data_management: dto.data_management,
+            data_management_price: dto.data_management_price.0,
+        })
+    }
+}
+
+/// Every check of `POST /v1/accounts` (in the order they answer), and
+/// the account's serial number drawn.
+impl TryFrom<CreateAccount> for OpenAccount {
+    type Error = ApiError;
+
+    fn try_from(req: CreateAccount) -> ApiResult<OpenAccount> {
+        let id = AccountId::parse(&req.id).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        check_line("name", &req.name, 200)?;
+        check_email(&req.billing_email)?;
+        if let Some(a) = &req.address {
+            check_text("address", a, 500)?;
+        }
+        if req.currency != "USD" {
+            return Err(ApiError::unprocessable(format!(
+                "currency must be USD, got {:?}",
+                req.currency
+            )));
+        }
+        let billing_frequency = match req.billing_frequency.as_str() {
+            "monthly" => BillingFrequency::Monthly,
+            "yearly" => BillingFrequency::Yearly,
+            other => {
+                return Err(ApiError::unprocessable(format!(
+                    "billing_frequency must be monthly or yearly, got {other:?}"
+                )))
+            }
+        };
+        let anchor_day = match &req.period_anchor {
+            None => None,
+            Some(AnchorDto::Day(d)) if (1..=31).contains(d) => Some(*d as u32),
+            Some(AnchorDto::Day(d)) => {
+                return Err(ApiError::unprocessable(format!(
+                    "period_anchor must be a day 1..=31, got {d}"
+                )))
+            }
+            Some(AnchorDto::Date(s)) => {
+                let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+                    ApiError::unprocessable(format!("period_anchor {s:?} is not a date YYYY-MM-DD"))
+                })?;
+                Some(chrono::Datelike::day(&d))
+            }
+        };
+        if req.base_credits.0 < Decimal::ZERO {
+            return Err(ApiError::unprocessable("base_credits must not be negative"));
+        }
+        Ok(OpenAccount {
+            account_id: id.to_string(),
+            name: req.name.trim().to_string(),
+            serial_number: serial_number(),
+            billing_email: req.billing_email,
+            email_language: req.email_language,
+            address: req.address,
+            currency: req.currency,
+            billing_frequency,
+            anchor_day,
+            plan: Plan::try_from(&req.plan)?,
+            base_credits: req.base_credits.0,
+            credit_limit: req.credit_limit.map(|m| m.0),
+            invoice_number: String::new(),
+            tax: req.tax.map(TryInto::try_into).transpose()?,
+        })
+    }
+}
+
+/// A partial plan change: only the fields given travel to the writer.
+impl TryFrom<PlanChangeDto> for accrue_core::PlanChange {
+    type Error = ApiError;
+
+    fn try_from(req: PlanChangeDto) -> ApiResult<accrue_core::PlanChange> {
+        let seats = |name: &str, n: Option<i64>| -> ApiResult<Option<u32>> {
+            n.map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= 1_000_000)
+                    .ok_or_else(|| {
+                        ApiError::unprocessable(format!(
+                            "{name} must be between 0 and 1000000, got {n}"
+                        ))
+                    })
+            })
+            .transpose()
+        };
+        let price = |name: &str, m: Option<Money>| -> ApiResult<Option<Decimal>> {
+            match m {
+                Some(m) if m.0 < Decimal::ZERO => Err(ApiError::unprocessable(format!(
+                    "{name} must not be negative"
+                ))),
+                m => Ok(m.map(|m| m.0)),
+            }
+        };
+        // Only the fields given travel to the writer, which merges them with
+        // the plan it holds: two concurrent partial changes both take effect.
+        Ok(accrue_core::PlanChange {
+            full_seats: seats("full_seats", req.full_seats)?,
+            full_seat_price: price("full_seat_price", req.full_seat_price)?,
+            viewer_seats: seats("viewer_seats", req.viewer_seats)?,
+            viewer_seat_price: price("viewer_seat_price", req.viewer_seat_price)?,
+            data_management: req.data_management,
+            data_management_price: price("data_management_price", req.data_management_price)?,
+        })
+    }
+}
+
+impl TryFrom<SeatsDto> for SeatsInUse {
+    type Error = ApiError;
+
+    fn try_from(req: SeatsDto) -> ApiResult<SeatsInUse> {
+        let n = |name: &str, v: i64| -> ApiResult<u32> {
+            u32::try_from(v).map_err(|_| {
+                ApiError::unprocessable(format!("{name} must be a count of seats, got {v}"))
+            })
+        };
+        Ok(SeatsInUse {
+            full: n("full", req.full)?,
+            viewer: n("viewer", req.viewer)?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- handlers
 
 fn serial_number() -> String {
     let u = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
@@ -46,65 +301,12 @@ pub async fn create_account(
     Body(req): Body<CreateAccount>,
 ) -> ApiResult<Response> {
     p.require(ADMIN)?;
-    let id = AccountId::parse(&req.id).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    check_line("name", &req.name, 200)?;
-    check_email(&req.billing_email)?;
-    if let Some(a) = &req.address {
-        check_text("address", a, 500)?;
-    }
-    if req.currency != "USD" {
-        return Err(ApiError::unprocessable(format!(
-            "currency must be USD, got {:?}",
-            req.currency
-        )));
-    }
-    let billing_frequency = match req.billing_frequency.as_str() {
-        "monthly" => BillingFrequency::Monthly,
-        "yearly" => BillingFrequency::Yearly,
-        other => {
-            return Err(ApiError::unprocessable(format!(
-                "billing_frequency must be monthly or yearly, got {other:?}"
-            )))
-        }
-    };
-    let anchor_day = match &req.period_anchor {
-        None => None,
-        Some(AnchorDto::Day(d)) if (1..=31).contains(d) => Some(*d as u32),
-        Some(AnchorDto::Day(d)) => {
-            return Err(ApiError::unprocessable(format!(
-                "period_anchor must be a day 1..=31, got {d}"
-            )))
-        }
-        Some(AnchorDto::Date(s)) => {
-            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
-                ApiError::unprocessable(format!("period_anchor {s:?} is not a date YYYY-MM-DD"))
-            })?;
-            Some(chrono::Datelike::day(&d))
-        }
-    };
-    if req.base_credits.0 < Decimal::ZERO {
-        return Err(ApiError::unprocessable("base_credits must not be negative"));
-    }
-    let open = OpenAccount {
-        account_id: id.to_string(),
-        name: req.name.trim().to_string(),
-        serial_number: serial_number(),
-        billing_email: req.billing_email,
-        email_language: req.email_language,
-        address: req.address,
-        currency: req.currency,
-        billing_frequency,
-        anchor_day,
-        plan: plan_from(&req.plan)?,
-        base_credits: req.base_credits.0,
-        credit_limit: req.credit_limit.map(|m| m.0),
-        invoice_number: String::new(),
-        tax: req.tax.map(TryInto::try_into).transpose()?,
-    };
+    let open = OpenAccount::try_from(req)?;
+    let id = open.account_id.clone();
     st.ledger
-        .execute(id.as_str(), Command::Open(Box::new(open)))
+        .execute(&id, Command::Open(Box::new(open)))
         .await?;
-    Ok((StatusCode::CREATED, Json(live_overview(&st, id.as_str())?)).into_response())
+    Ok((StatusCode::CREATED, Json(live_overview(&st, &id)?)).into_response())
 }
 
 /// As-of replays running at once, all principals together.
@@ -154,37 +356,7 @@ pub async fn change_plan(
     Body(req): Body<PlanChangeDto>,
 ) -> ApiResult<Json<Overview>> {
     p.require(ADMIN)?;
-    let seats = |name: &str, n: Option<i64>| -> ApiResult<Option<u32>> {
-        n.map(|n| {
-            u32::try_from(n)
-                .ok()
-                .filter(|n| *n <= 1_000_000)
-                .ok_or_else(|| {
-                    ApiError::unprocessable(format!(
-                        "{name} must be between 0 and 1000000, got {n}"
-                    ))
-                })
-        })
-        .transpose()
-    };
-    let price = |name: &str, m: Option<Money>| -> ApiResult<Option<Decimal>> {
-        match m {
-            Some(m) if m.0 < Decimal::ZERO => Err(ApiError::unprocessable(format!(
-                "{name} must not be negative"
-            ))),
-            m => Ok(m.map(|m| m.0)),
-        }
-    };
-    // Only the fields given travel to the writer, which merges them with
-    // the plan it holds: two concurrent partial changes both take effect.
-    let change = accrue_core::PlanChange {
-        full_seats: seats("full_seats", req.full_seats)?,
-        full_seat_price: price("full_seat_price", req.full_seat_price)?,
-        viewer_seats: seats("viewer_seats", req.viewer_seats)?,
-        viewer_seat_price: price("viewer_seat_price", req.viewer_seat_price)?,
-        data_management: req.data_management,
-        data_management_price: price("data_management_price", req.data_management_price)?,
-    };
+    let change = accrue_core::PlanChange::try_from(req)?;
     let id = parse_account_id(&id)?;
     st.ledger
         .execute(id.as_str(), Command::ChangePlanPartial(change))
@@ -311,15 +483,7 @@ pub async fn report_seats(
     Body(req): Body<SeatsDto>,
 ) -> ApiResult<Response> {
     p.require(&[Role::Admin, Role::Ingest])?;
-    let n = |name: &str, v: i64| -> ApiResult<u32> {
-        u32::try_from(v).map_err(|_| {
-            ApiError::unprocessable(format!("{name} must be a count of seats, got {v}"))
-        })
-    };
-    let seats = SeatsInUse {
-        full: n("full", req.full)?,
-        viewer: n("viewer", req.viewer)?,
-    };
+    let seats = SeatsInUse::try_from(req)?;
     let id = parse_account_id(&id)?;
     let done = st
         .ledger

@@ -159,6 +159,51 @@ pub struct PaymentDto {
     amount: Option<serde_json::Value>,
 }
 
+/// A payment outcome as a command: the outcome, a refund's amount and the
+/// references checked in the order they answer.
+impl TryFrom<PaymentDto> for Command {
+    type Error = ApiError;
+
+    fn try_from(req: PaymentDto) -> ApiResult<Command> {
+        let outcome = match req.outcome.as_str() {
+            "succeeded" => accrue_core::PaymentOutcome::Succeeded,
+            "failed" => accrue_core::PaymentOutcome::Failed {
+                reason: req.failure_reason.clone(),
+            },
+            "refunded" => {
+                let amount = match &req.amount {
+                    Some(serde_json::Value::String(a)) => accrue_core::parse_money(a).ok(),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    ApiError::unprocessable(
+                        "a refund needs amount, a decimal string with at most 2 decimals",
+                    )
+                })?;
+                accrue_core::PaymentOutcome::Refunded { amount }
+            }
+            o => {
+                return Err(ApiError::unprocessable(format!(
+                    "outcome must be succeeded, failed or refunded, got {o:?}"
+                )))
+            }
+        };
+        if req.amount.is_some() && req.outcome != "refunded" {
+            return Err(ApiError::unprocessable("amount is only for refunded"));
+        }
+        check_line("reference", &req.reference, 200)?;
+        check_line("invoice_number", &req.invoice_number, 64)?;
+        if let Some(r) = &req.failure_reason {
+            check_text("failure_reason", r, 500)?;
+        }
+        Ok(Command::RecordPayment {
+            invoice_number: req.invoice_number,
+            reference: req.reference,
+            outcome,
+        })
+    }
+}
+
 #[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body(content = PaymentDto, content_type = "application/json"), responses((status = 200, description = "recorded (a retry of the same outcome changes nothing)", body = InvoiceDto), (status = 400, description = "malformed request (syntax, path decoding)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "wrong role", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "a rule of the ledger refused it", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 414, description = "request target too long", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "body is not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "invalid or refused (card data, unknown field, control character, duplicate key, out-of-range date)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 500, description = "internal error (a caught panic included)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "overloaded, timed out or ledger stopped (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn post_payment(
     State(st): State<AppState>,
@@ -166,50 +211,14 @@ pub async fn post_payment(
     Body(req): Body<PaymentDto>,
 ) -> ApiResult<Json<InvoiceDto>> {
     p.require(ADMIN)?;
-    let outcome = match req.outcome.as_str() {
-        "succeeded" => accrue_core::PaymentOutcome::Succeeded,
-        "failed" => accrue_core::PaymentOutcome::Failed {
-            reason: req.failure_reason.clone(),
-        },
-        "refunded" => {
-            let amount = match &req.amount {
-                Some(serde_json::Value::String(a)) => accrue_core::parse_money(a).ok(),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                ApiError::unprocessable(
-                    "a refund needs amount, a decimal string with at most 2 decimals",
-                )
-            })?;
-            accrue_core::PaymentOutcome::Refunded { amount }
-        }
-        o => {
-            return Err(ApiError::unprocessable(format!(
-                "outcome must be succeeded, failed or refunded, got {o:?}"
-            )))
-        }
-    };
-    if req.amount.is_some() && req.outcome != "refunded" {
-        return Err(ApiError::unprocessable("amount is only for refunded"));
-    }
-    check_line("reference", &req.reference, 200)?;
-    check_line("invoice_number", &req.invoice_number, 64)?;
-    if let Some(r) = &req.failure_reason {
-        check_text("failure_reason", r, 500)?;
-    }
-    let cmd = Command::RecordPayment {
-        invoice_number: req.invoice_number.clone(),
-        reference: req.reference,
-        outcome,
-    };
-    st.ledger
-        .execute_for_invoice(&req.invoice_number, cmd)
-        .await?;
+    let number = req.invoice_number.clone();
+    let cmd = Command::try_from(req)?;
+    st.ledger.execute_for_invoice(&number, cmd).await?;
     let rec = st
         .ledger
         .read()
         .invoices
-        .get(&req.invoice_number)
+        .get(&number)
         .map(|r| (**r).clone())
         .ok_or_else(|| ApiError::not_found("no such invoice"))?;
     invoice_json(&st, rec).await
