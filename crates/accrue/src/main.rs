@@ -249,6 +249,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     #[cfg(feature = "mimalloc")]
+    // Unsafe: mi_collect is a C function (libmimalloc-sys has no safe wrapper).
+    #[allow(unsafe_code)]
     accrue_ledger::idle::set_idle_hook(|| {
         // SAFETY: mimalloc's own entry point; collects the calling thread's
         // heap (returns its free pages to the OS), no pointers involved.
