@@ -59,106 +59,9 @@ pub fn money(d: Decimal) -> Money {
     Money(d)
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlanDto {
-    #[serde(default)]
-    pub full_seats: i64,
-    #[serde(default = "zero")]
-    pub full_seat_price: Money,
-    #[serde(default)]
-    pub viewer_seats: i64,
-    #[serde(default = "zero")]
-    pub viewer_seat_price: Money,
-    #[serde(default)]
-    pub data_management: bool,
-    #[serde(default = "zero")]
-    pub data_management_price: Money,
-}
-
-/// A plan change: fields left out keep their current value.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlanChangeDto {
-    pub full_seats: Option<i64>,
-    pub full_seat_price: Option<Money>,
-    pub viewer_seats: Option<i64>,
-    pub viewer_seat_price: Option<Money>,
-    pub data_management: Option<bool>,
-    pub data_management_price: Option<Money>,
-}
-
-impl PlanChangeDto {
-    /// The full plan: this change over the current plan.
-    pub fn over(&self, current: &accrue_core::Plan) -> PlanDto {
-        PlanDto {
-            full_seats: self.full_seats.unwrap_or(i64::from(current.full_seats)),
-            full_seat_price: self
-                .full_seat_price
-                .unwrap_or(Money(current.full_seat_price)),
-            viewer_seats: self.viewer_seats.unwrap_or(i64::from(current.viewer_seats)),
-            viewer_seat_price: self
-                .viewer_seat_price
-                .unwrap_or(Money(current.viewer_seat_price)),
-            data_management: self.data_management.unwrap_or(current.data_management),
-            data_management_price: self
-                .data_management_price
-                .unwrap_or(Money(current.data_management_price)),
-        }
-    }
-}
-
-fn no_plan() -> PlanDto {
-    PlanDto {
-        full_seats: 0,
-        full_seat_price: zero(),
-        viewer_seats: 0,
-        viewer_seat_price: zero(),
-        data_management: false,
-        data_management_price: zero(),
-    }
-}
-
-fn zero() -> Money {
-    Money(Decimal::ZERO)
-}
-
-/// `period_anchor`: a day of month (1–31) or a date whose day is taken.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum AnchorDto {
-    Day(i64),
-    Date(String),
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateAccount {
-    pub id: String,
-    pub name: String,
-    #[serde(alias = "email")]
-    pub billing_email: String,
-    #[serde(default = "en", alias = "language")]
-    pub email_language: String,
-    #[serde(default)]
-    pub address: Option<String>,
-    #[serde(default = "usd")]
-    pub currency: String,
-    #[serde(default = "monthly")]
-    pub billing_frequency: String,
-    #[serde(default, alias = "anchor_day")]
-    pub period_anchor: Option<AnchorDto>,
-    #[serde(default = "no_plan")]
-    pub plan: PlanDto,
-    #[serde(default = "zero", alias = "base_ai_credits")]
-    pub base_credits: Money,
-    /// Subscribe to additional credits at once with this limit.
-    #[serde(default, alias = "additional_credit_limit", alias = "limit")]
-    pub credit_limit: Option<Money>,
-    /// Tax country, customer tax id and treatment (SPEC §14).
-    #[serde(default)]
-    pub tax: Option<TaxDto>,
-}
+/// The account room's request types live beside their handlers and
+/// validation (`routes/accounts.rs`); re-exported so `crate::dto::…` holds.
+pub use crate::routes::{AnchorDto, CreateAccount, LimitDto, PlanChangeDto, PlanDto, SeatsDto};
 
 /// An account's tax facts: `{"country": "DE", "customer_tax_id":
 /// "DE123456789", "treatment": "reverse_charge"}`; `standard` takes the
@@ -209,29 +112,6 @@ impl From<&accrue_core::tax::TaxProfile> for TaxDto {
             exempt_reason: t.exempt_reason.clone(),
         }
     }
-}
-
-fn en() -> String {
-    "en".into()
-}
-fn usd() -> String {
-    "USD".into()
-}
-fn monthly() -> String {
-    "monthly".into()
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LimitDto {
-    pub limit: Money,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SeatsDto {
-    pub full: i64,
-    pub viewer: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]

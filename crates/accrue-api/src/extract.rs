@@ -29,6 +29,9 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if let Some(t) = crate::server::is_body_timeout(&e) {
+                return crate::guard::body_timeout(t);
+            }
             let status = e.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(

@@ -587,7 +587,9 @@ async fn guarded(st: AppState, req: Request, next: Next) -> Result<Response, Api
     let bytes = axum::body::to_bytes(body, crate::MAX_BODY_BYTES)
         .await
         .map_err(|e| {
-            if format!("{e:?}").contains("LengthLimitError")
+            if let Some(t) = crate::server::is_body_timeout(&e) {
+                body_timeout(t)
+            } else if format!("{e:?}").contains("LengthLimitError")
                 || e.to_string().contains("length limit")
             {
                 ApiError::new(
@@ -614,6 +616,12 @@ async fn guarded(st: AppState, req: Request, next: Next) -> Result<Response, Api
     }
     let req = Request::from_parts(parts, Body::from(bytes));
     Ok(next.run(req).await)
+}
+
+/// A body that did not arrive within `ACCRUE_BODY_TIMEOUT_SECS` of its
+/// head: 408, and hyper closes the connection (its body is unread).
+pub(crate) fn body_timeout(t: &crate::server::BodyTimedOut) -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", t.to_string())
 }
 
 /// Large bodies are scanned off the async workers, so a 16 MB body never

@@ -13,6 +13,7 @@ mod license_routes;
 mod openapi;
 pub mod pan;
 mod routes;
+pub mod server;
 mod web;
 pub mod webhooks_routes;
 

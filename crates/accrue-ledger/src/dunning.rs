@@ -1,7 +1,7 @@
 //! Dunning and corrections inside the writer (SPEC §8, §9): the policy in
 //! force, suspension deadlines closed by the clock exactly once like
 //! periods, and the usage lookup a cancellation needs. A child module of
-//! `writer`, so the hooks in writer.rs stay one line each.
+//! `writer`, so the hooks in writer/ stay one line each.
 
 use std::collections::{BTreeSet, HashMap};
 

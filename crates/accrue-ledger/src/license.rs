@@ -2,7 +2,7 @@
 //! numbers, license deadlines closed by the clock (expiry, release after
 //! silence) exactly once like periods, coalesced last-sync writes, signed
 //! definitions and server tokens. A child module of `writer`, so the hooks
-//! in writer.rs stay one line each.
+//! in writer/ stay one line each.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};

@@ -103,6 +103,9 @@ impl std::ops::Deref for PgStore {
 
 impl Drop for PgStore {
     /// The clients own runtimes, which must not be dropped inside another.
+    // Unsafe: ManuallyDrop::take moves the clients out to drop them on a
+    // thread of their own (a field cannot be moved out of `&mut self`).
+    #[allow(unsafe_code)]
     fn drop(&mut self) {
         // SAFETY: taken once, here, and never used again.
         let inner = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };

@@ -4,6 +4,8 @@
 /// Lowers the calling thread's scheduling priority (Linux: nice 19;
 /// elsewhere nothing). Failing to do so only costs latency, so errors are
 /// ignored.
+// Unsafe: libc's setpriority on this thread (no safe wrapper in std).
+#[allow(unsafe_code)]
 pub fn lower_current_thread() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on the calling thread's own id.
@@ -14,6 +16,8 @@ pub fn lower_current_thread() {
 }
 
 /// The CPUs this process may run on (Linux; elsewhere or on error, none).
+// Unsafe: sched_getaffinity and the cpu_set_t macros (no wrapper in std).
+#[allow(unsafe_code)]
 pub fn allowed_cpus() -> Vec<usize> {
     #[cfg(target_os = "linux")]
     // SAFETY: a zeroed cpu_set_t is valid; the syscall fills it.
@@ -30,6 +34,8 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 /// Restricts the calling thread to `cpus` (Linux; elsewhere nothing; an
 /// empty list or an error leaves it as it is).
+// Unsafe: sched_setaffinity and the cpu_set_t macros (no wrapper in std).
+#[allow(unsafe_code)]
 pub fn pin_current_thread(cpus: &[usize]) {
     if cpus.is_empty() {
         return;

@@ -497,9 +497,13 @@ fn serve_router(state: AppState) -> anyhow::Result<Served> {
         .build()?;
     let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
-    let server = server_rt.spawn(async move {
-        axum::serve(crate::no_delay(listener), accrue_api::router(state)).await
-    });
+    let limits = accrue_api::server::ServeConfig::from_env().map_err(|e| anyhow::anyhow!(e))?;
+    let server = server_rt.spawn(accrue_api::server::serve(
+        listener,
+        accrue_api::router(state),
+        limits,
+        std::future::pending(),
+    ));
     Ok((server_rt, addr, server))
 }
 

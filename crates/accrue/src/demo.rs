@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use accrue_core::events::{PaymentMethodReplaced, Plan};
 use accrue_core::tax::{Issuer, Legal, TaxProfile, TaxTable, TaxTreatment};
@@ -348,10 +349,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         start.format("%Y-%m-%d")
     );
     println!("usage events: {accepted} accepted, {rejected} rejected (limits enforced)\n");
-    println!(
-        "{:<9} {:<24} {:<8} {:>9} {:>9} {:>9}  payment",
-        "account", "name", "billing", "base", "limit", "used"
-    );
+    let mut customers = Vec::new();
     for c in &CUSTOMERS {
         // The closed period's figures come from the PeriodClosed event.
         let closed = accrue_ledger::account_as_of(
@@ -360,37 +358,62 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
             "2026-02-14T23:59:59Z".parse()?,
         )?;
         let s = &read.accounts[c.id];
-        println!(
-            "{:<9} {:<24} {:<8} {:>9} {:>9} {:>9}  {}",
-            c.id,
+        customers.push(vec![
+            c.id.to_string(),
             truncate(c.name, 24),
-            if c.yearly { "yearly" } else { "monthly" },
-            c.base,
-            accrue_core::money::display(closed.limit),
-            closed.used.round_dp(2),
+            if c.yearly { "yearly" } else { "monthly" }.to_string(),
+            c.base.to_string(),
+            accrue_core::money::display(closed.limit).to_string(),
+            closed.used.round_dp(2).to_string(),
             if s.payment_status == accrue_core::PaymentStatus::Failed {
                 "FAILED"
             } else {
                 "ok"
             }
-        );
+            .to_string(),
+        ]);
     }
-    println!(
-        "\n{:<16} {:<9} {:>10}  {:<7} lines",
-        "invoice", "account", "total", "status"
+    use Align::{Left as L, Right as R};
+    print!(
+        "{}",
+        table(
+            &[
+                ("account", L),
+                ("name", L),
+                ("billing", L),
+                ("base", R),
+                ("limit", R),
+                ("used", R),
+                ("payment", L),
+            ],
+            &customers,
+        )
     );
+    let mut invoices = Vec::new();
     for n in &numbers_all {
         let r = &read.invoices[n];
-        let status = ledger_status(&read, n);
-        println!(
-            "{:<16} {:<9} {:>10}  {:<7} {}",
-            n,
-            r.account_id,
+        invoices.push(vec![
+            n.clone(),
+            r.account_id.clone(),
             format!("{} {}", r.issued.currency, r.issued.total),
-            status,
-            ledger.invoice_issued(r)?.lines.len()
-        );
+            ledger_status(&read, n).to_string(),
+            ledger.invoice_issued(r)?.lines.len().to_string(),
+        ]);
     }
+    println!();
+    print!(
+        "{}",
+        table(
+            &[
+                ("invoice", L),
+                ("account", L),
+                ("total", R),
+                ("status", L),
+                ("lines", R),
+            ],
+            &invoices,
+        )
+    );
     println!(
         "\nPDFs: {}/invoices/   emails: {mails} in {}/outbox/   hash chain: {} events, ok={}, head {}",
         out.display(),
@@ -409,10 +432,135 @@ fn ledger_status(read: &accrue_projections::ReadModels, n: &str) -> &'static str
     read.invoices.get(n).map_or("?", |r| r.status.as_str())
 }
 
+/// `s` cut to at most `n` terminal columns (a CJK character takes two),
+/// with `…` when cut.
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        s.chars().take(n - 1).collect::<String>() + "…"
+    if s.width() <= n {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.width() + c.width().unwrap_or(0) + 1 > n {
+            break;
+        }
+        out.push(c);
+    }
+    out + "…"
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A plain-text table: every column as wide as its widest cell in
+/// terminal columns (`unicode-width`: a Japanese name is twice its
+/// character count), two spaces apart, no trailing blanks.
+fn table(header: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|(h, _)| h.width()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.width());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
+        let mut out = String::new();
+        for ((cell, (_, align)), w) in cells.zip(header).zip(&widths) {
+            if !out.is_empty() {
+                out.push_str("  ");
+            }
+            let pad = " ".repeat(w - cell.width());
+            match align {
+                Align::Left => {
+                    out.push_str(cell);
+                    out.push_str(&pad);
+                }
+                Align::Right => {
+                    out.push_str(&pad);
+                    out.push_str(cell);
+                }
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut header.iter().map(|(h, _)| *h));
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The terminal column at which `needle` starts in `line`.
+    fn column_of(line: &str, needle: &str) -> usize {
+        let at = line
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} in {line:?}"));
+        line[..at].width()
+    }
+
+    #[test]
+    fn a_japanese_name_and_a_long_amount_line_up() {
+        use Align::{Left as L, Right as R};
+        let rows = vec![
+            vec![
+                "acme".into(),
+                "Acme Corporation".into(),
+                "1.00".into(),
+                "ok".into(),
+            ],
+            vec![
+                "sakura".into(),
+                "株式会社さくらテック".into(),
+                "1234567890.00".into(),
+                "FAILED".into(),
+            ],
+            vec![
+                "muller".into(),
+                "Müller & Söhne GmbH".into(),
+                "25.50".into(),
+                "ok".into(),
+            ],
+        ];
+        let t = table(
+            &[("account", L), ("name", L), ("used", R), ("payment", L)],
+            &rows,
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        // Every row's name starts, and its amount ends, at the same column.
+        let names: Vec<usize> = ["name", "Acme", "株式会社", "Müller"]
+            .iter()
+            .zip(&lines)
+            .map(|(n, l)| column_of(l, n))
+            .collect();
+        assert!(names.iter().all(|c| *c == names[0]), "{names:?}\n{t}");
+        let ends: Vec<usize> = ["used", "1.00", "1234567890.00", "25.50"]
+            .iter()
+            .zip(&lines)
+            .map(|(a, l)| column_of(l, a) + a.width())
+            .collect();
+        assert!(ends.iter().all(|c| *c == ends[0]), "{ends:?}\n{t}");
+        let pays: Vec<usize> = ["payment", "ok", "FAILED", "ok"]
+            .iter()
+            .zip(&lines)
+            .map(|(p, l)| column_of(l, p))
+            .collect();
+        assert!(pays.iter().all(|c| *c == pays[0]), "{pays:?}\n{t}");
+        assert!(lines.iter().all(|l| !l.ends_with(' ')), "{t}");
+    }
+
+    #[test]
+    fn truncation_counts_columns() {
+        assert_eq!(truncate("Acme", 24), "Acme");
+        let cut = truncate("株式会社さくらテック株式会社さくらテック", 24);
+        assert!(cut.width() <= 24, "{cut}");
+        assert!(cut.ends_with('…'));
     }
 }

@@ -292,7 +292,8 @@ pub fn import(store: Arc<dyn EventStore>, file: &Path, clock: ClockMode) -> anyh
     let ledger = Ledger::open(store, clock)?;
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let total = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-    let bar = Progress::new("import", total);
+    // Bytes of the file read so far: lines vary in length, bytes are exact.
+    let bar = Progress::with_unit("import", total, crate::progress::Unit::Bytes);
     let mut read_bytes = 0u64;
     let (mut accepted, mut duplicates, mut bad) = (0u64, 0u64, 0u64);
     let mut batch: Vec<(usize, UsageItem)> = Vec::new();
@@ -354,7 +355,11 @@ pub fn audit_invoices(store: Arc<dyn EventStore>) -> anyhow::Result<u64> {
     accrue_ledger::replay_into(store.as_ref(), &mut models, |_, _| {})?;
     let mut numbers: Vec<&String> = models.invoices.keys().collect();
     numbers.sort();
-    let bar = Progress::new("invoices", numbers.len() as u64);
+    let bar = Progress::with_unit(
+        "invoices",
+        numbers.len() as u64,
+        crate::progress::Unit::Invoices,
+    );
     let (mut ok, mut unrecorded, mut mismatched) = (0u64, 0u64, 0u64);
     for (i, n) in numbers.iter().enumerate() {
         let r = &models.invoices[*n];

@@ -22,22 +22,6 @@ use accrue_api::{AppState, Tokens};
 /// itself runs on the low-priority pool).
 pub const SERVER_THREADS: usize = 4;
 
-/// Answers leave at once: without `TCP_NODELAY` a response written in two
-/// pieces can wait for the peer's delayed acknowledgement.
-pub fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> axum::serve::TapIo<
-    tokio::net::TcpListener,
-    impl FnMut(&mut tokio::net::TcpStream) + Send + 'static,
-> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    })
-}
-
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -265,6 +249,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     #[cfg(feature = "mimalloc")]
+    // Unsafe: mi_collect is a C function (libmimalloc-sys has no safe wrapper).
+    #[allow(unsafe_code)]
     accrue_ledger::idle::set_idle_hook(|| {
         // SAFETY: mimalloc's own entry point; collects the calling thread's
         // heap (returns its free pages to the OS), no pointers involved.
@@ -392,6 +378,9 @@ fn serve(
         ledger: ledger.clone(),
         tokens: Arc::new(tokens),
     };
+    // Slow clients: how long a connection may take over its request head
+    // and a request over its body (ACCRUE_HEADER_TIMEOUT_SECS, _BODY_).
+    let limits = accrue_api::server::ServeConfig::from_env().map_err(|e| anyhow::anyhow!(e))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(SERVER_THREADS.max(cores()))
         .on_thread_start(accrue_ledger::priority::pin_serving)
@@ -417,9 +406,7 @@ fn serve(
                 r = watched.failed() => *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
             }
         };
-        axum::serve(no_delay(listener), accrue_api::router(state))
-            .with_graceful_shutdown(stopping)
-            .await?;
+        accrue_api::server::serve(listener, accrue_api::router(state), limits, stopping).await?;
         let f = fault.lock().unwrap_or_else(|e| e.into_inner()).take();
         anyhow::Ok(f)
     })?;
