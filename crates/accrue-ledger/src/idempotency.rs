@@ -85,6 +85,24 @@ pub fn key(account: &str, usage_id: &str) -> u64 {
 /// of 2^18 buckets (7/8 full at most), which never doubles.
 const FREEZE_AT: usize = 190_000;
 
+/// [`FREEZE_AT`], or `ACCRUE_USAGE_FREEZE_KEYS` (read once; for tests that
+/// spill with small histories).
+fn freeze_at() -> usize {
+    static AT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *AT.get_or_init(|| {
+        std::env::var("ACCRUE_USAGE_FREEZE_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(FREEZE_AT)
+    })
+}
+
+/// The 32 bits of a key's hash that spilled keys are stored under.
+pub fn store_fingerprint(hash: u64) -> u32 {
+    fp32(hash)
+}
+
 /// Committed positions a frozen run can hold; keys at later positions stay
 /// in `recent` (16 bytes more a key, past four billion events).
 const FROZEN_MAX_POSITION: u64 = u32::MAX as u64 - 1;
@@ -120,10 +138,12 @@ pub struct IdempotencyIndex {
 
 type SpillJob = (Vec<(u32, u64)>, Arc<AtomicU8>);
 
-/// The store runs are written to, and the thread that writes them.
+/// The store runs are written to, and the thread that writes them. Both
+/// hold it weakly: the ledger owns its store, and a closed ledger's store
+/// (its lock file) is released at once.
 #[derive(Clone)]
 struct Spill {
-    store: Arc<dyn EventStore>,
+    store: std::sync::Weak<dyn EventStore>,
     /// Runs at least this large are spilled.
     at: usize,
     tx: std::sync::mpsc::Sender<SpillJob>,
@@ -134,14 +154,19 @@ const SPILLED: u8 = 2;
 const SPILL_FAILED: u8 = 3;
 
 impl Spill {
-    fn new(store: Arc<dyn EventStore>, at: usize) -> Spill {
+    fn new(store: &Arc<dyn EventStore>, at: usize) -> Spill {
         let (tx, rx) = std::sync::mpsc::channel::<SpillJob>();
+        let store = Arc::downgrade(store);
         let writer = store.clone();
         let _ = std::thread::Builder::new()
             .name("accrue-keys".into())
             .spawn(move || {
                 while let Ok((keys, status)) = rx.recv() {
-                    let done = match writer.put_usage_keys(&keys) {
+                    let put = match writer.upgrade() {
+                        Some(store) => store.put_usage_keys(&keys),
+                        None => Err(StoreError::Backend("the ledger is closed".into())),
+                    };
+                    let done = match put {
                         Ok(()) => SPILLED,
                         Err(e) => {
                             tracing::warn!(error = %e, keys = keys.len(), "usage keys stay in memory: the store did not take them");
@@ -161,6 +186,10 @@ impl Spill {
 struct Bloom {
     bits: Vec<u64>,
     keys: u64,
+    /// A few of the run's (fingerprint, position) pairs: a snapshot whose
+    /// spilled keys the store no longer holds is not used.
+    #[serde(default)]
+    samples: Vec<(u32, u64)>,
 }
 
 impl Bloom {
@@ -173,15 +202,17 @@ impl Bloom {
         (z & 0xffff_ffff, (z >> 32) | 1)
     }
 
-    fn new(fps: &[u32]) -> Bloom {
-        let n = fps.len().max(1) as u64;
+    fn new(entries: &[(u32, u64)]) -> Bloom {
+        let n = entries.len().max(1) as u64;
         let words = (n * 10).div_ceil(64).max(1);
+        let step = (entries.len() / 4).max(1);
         let mut b = Bloom {
             bits: vec![0; words as usize],
-            keys: fps.len() as u64,
+            keys: entries.len() as u64,
+            samples: entries.iter().step_by(step).take(4).copied().collect(),
         };
         let m = words * 64;
-        for fp in fps {
+        for (fp, _) in entries {
             let (h1, h2) = Bloom::probes(*fp);
             for i in 0..7u64 {
                 let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;
@@ -329,7 +360,7 @@ impl IdempotencyIndex {
     /// Writes runs of at least `at` keys to `store` from now on (and those
     /// already that large at the next `compact`).
     pub fn spill_to(&mut self, store: Arc<dyn EventStore>, at: usize) {
-        self.spill = Some(Spill::new(store, at.max(1)));
+        self.spill = Some(Spill::new(&store, at.max(1)));
     }
 
     /// Bytes the index holds in memory, roughly (for metrics and tests).
@@ -342,6 +373,19 @@ impl IdempotencyIndex {
                 .sum::<usize>()
             + self.spilled.iter().map(|b| b.bits.len() * 8).sum::<usize>()
             + self.exact.len() * 64
+    }
+
+    /// Whether the store still holds the spilled runs this index (loaded
+    /// from a snapshot) relies on: each run's samples are looked up.
+    pub fn spilled_in(&self, store: &dyn EventStore) -> Result<bool, StoreError> {
+        for b in &self.spilled {
+            for (fp, pos) in &b.samples {
+                if !store.usage_key_positions(*fp)?.contains(pos) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// How many runs are in the store (only their filters in memory).
@@ -363,7 +407,10 @@ impl IdempotencyIndex {
                 "the usage index has spilled keys but no store to read them from".into(),
             ));
         };
-        let positions = spill.store.usage_key_positions(fp)?;
+        let Some(store) = spill.store.upgrade() else {
+            return Err(StoreError::Backend("the ledger is closed".into()));
+        };
+        let positions = store.usage_key_positions(fp)?;
         if self.cache.len() >= CACHE_MAX {
             self.cache.clear();
         }
@@ -434,7 +481,7 @@ impl IdempotencyIndex {
     /// them). Only when nothing is pending (between groups).
     pub fn compact(&mut self) {
         self.settle_spills();
-        if self.recent.len() < self.fold_at.max(FREEZE_AT) {
+        if self.recent.len() < self.fold_at.max(freeze_at()) {
             return;
         }
         if self.recent.values().any(|v| v & PENDING != 0) {
@@ -450,7 +497,7 @@ impl IdempotencyIndex {
             }
         });
         self.recent.shrink_to(FREEZE_AT);
-        self.fold_at = self.recent.len() + FREEZE_AT;
+        self.fold_at = self.recent.len() + freeze_at();
         if keys.is_empty() {
             return;
         }
@@ -498,8 +545,7 @@ impl IdempotencyIndex {
         for mut run in std::mem::take(&mut self.frozen) {
             match run.status.as_ref().map(|s| s.load(Ordering::Acquire)) {
                 Some(SPILLED) => {
-                    let fps: Vec<u32> = run.entries().into_iter().map(|(fp, _)| fp).collect();
-                    self.spilled.push(Bloom::new(&fps));
+                    self.spilled.push(Bloom::new(&run.entries()));
                     settled = true;
                 }
                 Some(SPILL_FAILED) => {
@@ -651,6 +697,41 @@ mod tests {
         // No fold again until another FREEZE_AT keys arrive.
         idx.compact();
         assert_eq!(idx.recent.len(), FREEZE_AT - 1);
+    }
+
+    #[test]
+    fn a_spilled_runs_filter_knows_its_keys_and_rarely_others() {
+        let entries: Vec<(u32, u64)> = (0..100_000u64)
+            .map(|i| (fp32(key("acme", &format!("u{i}"))), i + 1))
+            .collect();
+        let b = Bloom::new(&entries);
+        assert!(
+            entries.iter().all(|(fp, _)| b.may_contain(*fp)),
+            "no false negative"
+        );
+        let fresh = (0..50_000)
+            .filter(|i| b.may_contain(fp32(key("acme", &format!("fresh{i}")))))
+            .count();
+        // 10 bits and 7 probes a key: ~0.8 % expected.
+        assert!(
+            fresh < 50_000 / 50,
+            "{fresh} of 50,000 fresh ids would read the store"
+        );
+        assert_eq!(b.bits.len() * 64, 1_000_000, "1.25 bytes a key");
+        assert_eq!(b.samples.len(), 4);
+        // A run's entries come back as they went in.
+        let run = Run::new(
+            entries
+                .iter()
+                .take(1000)
+                .map(|(fp, p)| ((u64::from(*fp)) << 32, *p as u32))
+                .collect(),
+        );
+        let mut back = run.entries();
+        back.sort_unstable();
+        let mut want: Vec<(u32, u64)> = entries.iter().take(1000).copied().collect();
+        want.sort_unstable();
+        assert_eq!(back, want);
     }
 
     #[test]

@@ -203,7 +203,8 @@ impl Ledger {
     /// Replays the store into the writer state and the read models, finishes
     /// any period close that is due, and starts the writer thread.
     pub fn open(store: Arc<dyn EventStore>, clock: ClockMode) -> Result<Ledger, LedgerError> {
-        let (state, read, stored_clock) = writer::load(store.as_ref())?;
+        let (state, read, stored_clock) =
+            writer::load_with(store.as_ref(), true, Some(store.clone()))?;
         let clock = Clock::new(clock, stored_clock);
         let license = writer::license::Hot::load(store.as_ref())?;
         let shared = Arc::new(Shared {

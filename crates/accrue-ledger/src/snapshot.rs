@@ -144,6 +144,8 @@ pub(crate) fn load_newest(store: &dyn EventStore) -> Result<Option<Loaded>, Ledg
                         || chain_at(store, r)? != Some(body.read_chain)
                     {
                         "the log no longer holds the events it was taken from".into()
+                    } else if !body.writer.idem.spilled_in(store)? {
+                        "the store no longer holds the usage keys it spilled".into()
                     } else {
                         return Ok(Some(Loaded {
                             writer: body.writer,
@@ -313,7 +315,7 @@ pub fn loaded_digest(
     store: &dyn EventStore,
     use_snapshots: bool,
 ) -> Result<(String, ReadModels), LedgerError> {
-    let (state, read, clock) = crate::writer::load_with(store, use_snapshots)?;
+    let (state, read, clock) = crate::writer::load_with(store, use_snapshots, None)?;
     let mut usage = Vec::new();
     crate::replay::for_each_decoded(store, 0, |page| {
         for d in page {
@@ -327,7 +329,10 @@ pub fn loaded_digest(
             }
         }
     })?;
-    Ok((format!("{}\nclock {clock:?}", state.digest(&usage)), read))
+    Ok((
+        format!("{}\nclock {clock:?}", state.digest(&usage, Some(store))),
+        read,
+    ))
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ impl Writer {
     /// against into `prefetched`.
     pub(crate) fn prefetch_key(&mut self, account: &str, usage_id: &str) -> Result<(), StoreError> {
         let hash = idempotency::key(account, usage_id);
+        // Spilled keys' candidates first (a store read only when a filter
+        // says "maybe"): an error here refuses the batch, never guesses.
+        self.state.idem.fetch(hash)?;
         let mut slots = self.state.idem.by_hash(hash);
         if slots.is_empty() {
             return Ok(());

@@ -270,7 +270,11 @@ impl State {
 
     /// Everything a decision can see, as text in a stable order, with the
     /// idempotency lookup of each given (account, usage id).
-    pub(crate) fn digest(&self, usage: &[(String, String)]) -> String {
+    pub(crate) fn digest(
+        &self,
+        usage: &[(String, String)],
+        store: Option<&dyn EventStore>,
+    ) -> String {
         use std::fmt::Write;
         let mut out = String::new();
         let sorted = |m: &HashMap<String, _>| -> Vec<String> {
@@ -299,7 +303,13 @@ impl State {
             self.dunning.due
         );
         for (a, u) in usage {
-            let mut slots = self.idem.by_hash(idempotency::key(a, u));
+            // Spilled candidates from the store too: a digest compares
+            // what a lookup finds, wherever the keys live.
+            let h = idempotency::key(a, u);
+            let mut slots = match store {
+                Some(s) => self.idem.all_candidates(h, s).unwrap_or_default(),
+                None => self.idem.by_hash(h),
+            };
             slots.sort_by_key(|s| format!("{s:?}"));
             let _ = writeln!(out, "usage {a} {u} {slots:?} {:?}", self.idem.exact(a, u));
         }
@@ -312,13 +322,26 @@ impl State {
 pub(crate) fn load(
     store: &dyn EventStore,
 ) -> Result<(State, ReadModels, Option<DateTime<Utc>>), LedgerError> {
-    load_with(store, true)
+    load_with(store, true, None)
 }
 
-/// [`load`], or (`use_snapshots` false) a replay of the whole log.
+/// Runs of the usage index this large go to the store (SPEC §12):
+/// `ACCRUE_USAGE_SPILL_KEYS`, default [`idempotency::SPILL_KEYS`].
+pub(crate) fn spill_keys() -> usize {
+    std::env::var("ACCRUE_USAGE_SPILL_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(idempotency::SPILL_KEYS)
+}
+
+/// [`load`], or (`use_snapshots` false) a replay of the whole log. With
+/// `spill`, the usage index writes its large runs there, during the replay
+/// already, so that memory does not grow with history.
 pub(crate) fn load_with(
     store: &dyn EventStore,
     use_snapshots: bool,
+    spill: Option<Arc<dyn EventStore>>,
 ) -> Result<(State, ReadModels, Option<DateTime<Utc>>), LedgerError> {
     let loaded = if use_snapshots {
         snapshot::load_newest(store)?
@@ -338,6 +361,9 @@ pub(crate) fn load_with(
             (State::from_part(l.writer), l.read, from)
         }
     };
+    if let Some(s) = spill {
+        state.idem.spill_to(s, spill_keys());
+    }
     let read_from = read.position.min(from);
     crate::replay::for_each_decoded(store, read_from, |page| {
         for d in &page {
