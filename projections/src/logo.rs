@@ -14,6 +14,10 @@ pub const MAX_BYTES: usize = 64 * 1024;
 /// Largest side in pixels (a logo is printed ~12 mm high).
 const MAX_SIDE: u32 = 4096;
 
+/// Most pixels in all: a small file may claim a huge image, and it is
+/// decoded at every render (1 megapixel is ~40 times what 11 mm need).
+const MAX_PIXELS: u64 = 1 << 20;
+
 /// A decoded logo: 8-bit samples, `channels` per pixel (1 gray, 2 gray +
 /// alpha, 3 RGB, 4 RGBA), rows top to bottom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +77,14 @@ pub fn decode(png: &[u8]) -> Result<Pixels, String> {
         }
     }
     let [width, height, depth, color, interlace] = header.ok_or("the PNG has no header")?;
-    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+    if width == 0
+        || height == 0
+        || width > MAX_SIDE
+        || height > MAX_SIDE
+        || u64::from(width) * u64::from(height) > MAX_PIXELS
+    {
         return Err(format!(
-            "the logo is {width}×{height} pixels; each side must be 1 to {MAX_SIDE}"
+            "the logo is {width}×{height} pixels; each side must be 1 to {MAX_SIDE}, at most {MAX_PIXELS} pixels in all"
         ));
     }
     if depth != 8 {

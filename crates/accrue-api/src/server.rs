@@ -125,7 +125,15 @@ pub async fn serve(
     }
     drop(done_rx);
     drop(listener);
-    done_tx.closed().await;
+    // Bounded: a client that stops reading a large answer must not keep
+    // the process from exiting (a fail-stop restart waits on this).
+    let drain = config.header_timeout + config.body_timeout;
+    if tokio::time::timeout(drain, done_tx.closed()).await.is_err() {
+        tracing::warn!(
+            seconds = drain.as_secs(),
+            "connections still open after the drain deadline; closing them"
+        );
+    }
     Ok(())
 }
 

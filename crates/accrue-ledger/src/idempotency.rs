@@ -111,7 +111,8 @@ const FROZEN_MAX_POSITION: u64 = u32::MAX as u64 - 1;
 /// filter of it stays): 2^21 keys, 12 MB in a run, 2.6 MB as a filter.
 pub const SPILL_KEYS: usize = 1 << 21;
 
-/// Lookups whose candidates were read from the store, kept until this many.
+/// Fetched candidates kept across batches, until this many (a batch may
+/// add more: it is trimmed only before the next batch's prefetch).
 const CACHE_MAX: usize = 65_536;
 
 #[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -136,7 +137,16 @@ pub struct IdempotencyIndex {
     cache: HashMap<u32, Vec<u64>>,
 }
 
-type SpillJob = (Vec<(u32, u64)>, Arc<AtomicU8>);
+/// A run to write, and where the spill thread reports: the run's filter
+/// (built there, not on the writer), then the status.
+type SpillJob = (Run, Arc<SpillDone>);
+
+/// What the spill thread hands back for one run.
+#[derive(Default)]
+struct SpillDone {
+    status: AtomicU8,
+    filter: parking_lot::Mutex<Option<Bloom>>,
+}
 
 /// The store runs are written to, and the thread that writes them. Both
 /// hold it weakly: the ledger owns its store, and a closed ledger's store
@@ -161,19 +171,24 @@ impl Spill {
         let _ = std::thread::Builder::new()
             .name("accrue-keys".into())
             .spawn(move || {
-                while let Ok((keys, status)) = rx.recv() {
+                while let Ok((run, done)) = rx.recv() {
+                    let keys = run.entries();
+                    drop(run);
                     let put = match writer.upgrade() {
                         Some(store) => store.put_usage_keys(&keys),
                         None => Err(StoreError::Backend("the ledger is closed".into())),
                     };
-                    let done = match put {
-                        Ok(()) => SPILLED,
+                    let status = match put {
+                        Ok(()) => {
+                            *done.filter.lock() = Some(Bloom::new(&keys));
+                            SPILLED
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, keys = keys.len(), "usage keys stay in memory: the store did not take them");
                             SPILL_FAILED
                         }
                     };
-                    status.store(done, Ordering::Release);
+                    done.status.store(status, Ordering::Release);
                 }
             });
         Spill { store, at, tx }
@@ -206,10 +221,13 @@ impl Bloom {
         let n = entries.len().max(1) as u64;
         let words = (n * 10).div_ceil(64).max(1);
         let step = (entries.len() / 4).max(1);
+        let mut samples: Vec<(u32, u64)> = entries.iter().step_by(step).take(4).copied().collect();
+        // The last entry too: a store that lost the end of a run is caught.
+        samples.extend(entries.last().copied());
         let mut b = Bloom {
             bits: vec![0; words as usize],
             keys: entries.len() as u64,
-            samples: entries.iter().step_by(step).take(4).copied().collect(),
+            samples,
         };
         let m = words * 64;
         for (fp, _) in entries {
@@ -252,7 +270,7 @@ struct Run {
     /// `SPILL_FAILED`); not part of a snapshot — a run loaded from one is
     /// spilled again (storing a key twice is a no-op).
     #[serde(skip)]
-    status: Option<Arc<AtomicU8>>,
+    status: Option<Arc<SpillDone>>,
 }
 
 const DIR_BITS: u32 = 16;
@@ -411,11 +429,27 @@ impl IdempotencyIndex {
             return Err(StoreError::Backend("the ledger is closed".into()));
         };
         let positions = store.usage_key_positions(fp)?;
+        // Never evicted here: a batch's decisions read what its prefetch
+        // fetched (see `trim_cache`).
+        self.cache.insert(fp, positions);
+        Ok(())
+    }
+
+    /// Drops the fetched candidates once there are many. Only before a
+    /// batch's prefetch, never between a prefetch and its decisions (a key
+    /// whose candidates vanished in between would look new).
+    pub fn trim_cache(&mut self) {
         if self.cache.len() >= CACHE_MAX {
             self.cache.clear();
         }
-        self.cache.insert(fp, positions);
-        Ok(())
+    }
+
+    /// Whether the hash map of recent keys holds `hash` (for another key:
+    /// the caller found none for its own). Only then must a new key go to
+    /// the exact table; runs and the store keep any number of keys under
+    /// one fingerprint, each confirmed against its stored event.
+    pub fn recent_holds(&self, hash: u64) -> bool {
+        self.recent.contains_key(&hash)
     }
 
     /// Every candidate of `hash`, the spilled ones read from `store` (a
@@ -526,9 +560,18 @@ impl IdempotencyIndex {
         };
         for run in &mut self.frozen {
             if run.status.is_none() && run.len() >= spill.at {
-                let status = Arc::new(AtomicU8::new(SPILLING));
-                if spill.tx.send((run.entries(), status.clone())).is_ok() {
-                    run.status = Some(status);
+                let done = Arc::new(SpillDone {
+                    status: AtomicU8::new(SPILLING),
+                    filter: parking_lot::Mutex::new(None),
+                });
+                // A copy of the run (a memcpy); its entries, the store
+                // write and the filter are the spill thread's work.
+                let copy = Run {
+                    status: None,
+                    ..run.clone()
+                };
+                if spill.tx.send((copy, done.clone())).is_ok() {
+                    run.status = Some(done);
                 }
             }
         }
@@ -543,10 +586,23 @@ impl IdempotencyIndex {
         let mut kept = Vec::with_capacity(self.frozen.len());
         let mut settled = false;
         for mut run in std::mem::take(&mut self.frozen) {
-            match run.status.as_ref().map(|s| s.load(Ordering::Acquire)) {
+            match run
+                .status
+                .as_ref()
+                .map(|s| s.status.load(Ordering::Acquire))
+            {
                 Some(SPILLED) => {
-                    self.spilled.push(Bloom::new(&run.entries()));
-                    settled = true;
+                    let filter = run.status.as_ref().and_then(|s| s.filter.lock().take());
+                    match filter {
+                        Some(f) => {
+                            self.spilled.push(f);
+                            settled = true;
+                        }
+                        None => {
+                            run.status = None;
+                            kept.push(run);
+                        }
+                    }
                 }
                 Some(SPILL_FAILED) => {
                     run.status = None;
@@ -571,7 +627,7 @@ impl IdempotencyIndex {
             let busy = self.frozen.iter().any(|r| {
                 r.status
                     .as_ref()
-                    .is_some_and(|s| s.load(Ordering::Acquire) == SPILLING)
+                    .is_some_and(|s| s.status.load(Ordering::Acquire) == SPILLING)
             });
             if !busy {
                 return true;
@@ -718,7 +774,8 @@ mod tests {
             "{fresh} of 50,000 fresh ids would read the store"
         );
         assert_eq!(b.bits.len() * 64, 1_000_000, "1.25 bytes a key");
-        assert_eq!(b.samples.len(), 4);
+        assert_eq!(b.samples.len(), 5);
+        assert_eq!(b.samples.last(), entries.last());
         // A run's entries come back as they went in.
         let run = Run::new(
             entries
@@ -732,6 +789,31 @@ mod tests {
         let mut want: Vec<(u32, u64)> = entries.iter().take(1000).copied().collect();
         want.sort_unstable();
         assert_eq!(back, want);
+    }
+
+    #[test]
+    fn a_fetch_never_evicts_what_the_batch_already_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> =
+            Arc::new(accrue_store::sqlite::SqliteStore::open(dir.path().join("l.db")).unwrap());
+        let mut idx = IdempotencyIndex::default();
+        idx.spill_to(store.clone(), 1);
+        let old = key("acme", "old");
+        store.put_usage_keys(&[(fp32(old), 7)]).unwrap();
+        idx.spilled.push(Bloom::new(&[(fp32(old), 7)]));
+        // The cache is over its size, as after many batches.
+        for i in 0..CACHE_MAX as u32 + 10 {
+            idx.cache.insert(i.wrapping_mul(2_654_435_761), vec![]);
+        }
+        let before = idx.cache.len();
+        idx.fetch(old).unwrap();
+        assert_eq!(idx.cache.len(), before + 1, "fetch evicted nothing");
+        assert!(idx.by_hash(old).contains(&Slot::Committed(7)));
+        // Trimming happens only where the writer asks, before a batch.
+        idx.trim_cache();
+        assert!(idx.cache.is_empty());
+        idx.fetch(old).unwrap();
+        assert!(idx.by_hash(old).contains(&Slot::Committed(7)));
     }
 
     #[test]

@@ -169,6 +169,47 @@ fn old_ids_stay_duplicates(open_store: &dyn Fn() -> Arc<dyn EventStore>) {
 }
 
 #[test]
+fn a_failed_read_of_spilled_keys_refuses_the_batch_and_never_takes_a_retry_as_new() {
+    use accrue_store::faulty::FaultyStore;
+    std::env::set_var("ACCRUE_USAGE_FREEZE_KEYS", "500");
+    std::env::set_var("ACCRUE_USAGE_SPILL_KEYS", "1000");
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(dir.path().join("ledger.db")).unwrap());
+    let faulty = Arc::new(FaultyStore::new(sqlite));
+    let store: Arc<dyn EventStore> = faulty.clone();
+    let ledger = open(&store);
+    ledger.execute_blocking("acme", open_cmd("acme")).unwrap();
+    ingest(&ledger, 0..N, dec!(0.01));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !spilled(store.as_ref(), "u0") {
+        assert!(Instant::now() < deadline, "no run was spilled");
+        ingest(&ledger, N..N + 1, dec!(0.01));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the spill settle (the run leaves memory between groups).
+    for i in 0..20 {
+        ingest(&ledger, N + 1 + i..N + 2 + i, dec!(0.01));
+    }
+    faulty.fail_key_reads(true);
+    let retry = ledger.ingest_blocking(vec![usage("u0", dec!(0.01)), usage("u1", dec!(0.01))]);
+    assert!(
+        matches!(retry, Err(accrue_ledger::LedgerError::Unavailable(_))),
+        "a retry of spilled ids while their store cannot be read: {retry:?}"
+    );
+    assert!(faulty.injected.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    faulty.fail_key_reads(false);
+    let retry = ledger
+        .ingest_blocking(vec![usage("u0", dec!(0.01)), usage("u1", dec!(0.01))])
+        .unwrap();
+    assert_eq!(
+        retry,
+        vec![UsageOutcome::Duplicate, UsageOutcome::Duplicate]
+    );
+    ledger.shutdown();
+}
+
+#[test]
 fn spilled_usage_keys_keep_every_retry_a_duplicate_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");

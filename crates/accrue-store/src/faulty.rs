@@ -31,6 +31,7 @@ pub struct FaultyStore {
     /// (appends left before the faulty one, when).
     append_fault: Mutex<Option<(u64, When)>>,
     fail_reads: AtomicBool,
+    fail_key_reads: AtomicBool,
     delay_ms: AtomicU64,
     /// Appends that failed by injection.
     pub injected: AtomicU64,
@@ -46,6 +47,7 @@ impl FaultyStore {
             inner,
             append_fault: Mutex::new(None),
             fail_reads: AtomicBool::new(false),
+            fail_key_reads: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             injected: AtomicU64::new(0),
         }
@@ -59,6 +61,11 @@ impl FaultyStore {
     /// Fails the `n`th append from now (1: the next one).
     pub fn fail_append(&self, n: u64, when: When) {
         *self.append_fault.lock() = Some((n.max(1), when));
+    }
+
+    /// Lookups of spilled usage keys fail while on (other reads work).
+    pub fn fail_key_reads(&self, on: bool) {
+        self.fail_key_reads.store(on, SeqCst);
     }
 
     pub fn fail_reads(&self, on: bool) {
@@ -189,6 +196,11 @@ impl EventStore for FaultyStore {
     }
 
     fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
+        self.read_check()?;
+        if self.fail_key_reads.load(SeqCst) {
+            self.injected.fetch_add(1, SeqCst);
+            return Err(injected("usage key read"));
+        }
         self.inner.usage_key_positions(fp)
     }
 

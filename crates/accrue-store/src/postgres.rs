@@ -506,15 +506,18 @@ impl EventStore for PgInner {
         let Some(c) = guard.as_mut() else {
             return Err(StoreError::Backend("usage keys unavailable".into()));
         };
+        // One transaction: the run is stored whole or not at all.
+        let mut tx = c.transaction()?;
         for chunk in keys.chunks(50_000) {
             let fps: Vec<i64> = chunk.iter().map(|(f, _)| i64::from(*f)).collect();
             let positions: Vec<i64> = chunk.iter().map(|(_, p)| *p as i64).collect();
-            c.execute(
+            tx.execute(
                 "INSERT INTO usage_keys (fp, pos) SELECT * FROM unnest($1::bigint[], $2::bigint[]) \
                  ON CONFLICT DO NOTHING",
                 &[&fps, &positions],
             )?;
         }
+        tx.commit()?;
         Ok(())
     }
 

@@ -370,7 +370,9 @@ pub fn keys_path(path: &Path) -> PathBuf {
 fn open_keys(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(keys_path(path))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // As durable as the log: once a run is reported stored, the index
+    // drops it from memory and a snapshot relies on it.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
     conn.execute_batch(USAGE_KEYS)?;
     Ok(conn)
@@ -895,17 +897,16 @@ impl EventStore for SqliteStore {
         let Some(c) = guard.as_mut() else {
             return Err(StoreError::Backend("usage keys unavailable".into()));
         };
-        for chunk in keys.chunks(50_000) {
-            let tx = c.transaction()?;
-            {
-                let mut stmt = tx
-                    .prepare_cached("INSERT OR IGNORE INTO usage_keys (fp, pos) VALUES (?1, ?2)")?;
-                for (fp, pos) in chunk {
-                    stmt.execute(rusqlite::params![i64::from(*fp), *pos as i64])?;
-                }
+        // One transaction: the run is stored whole or not at all.
+        let tx = c.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT OR IGNORE INTO usage_keys (fp, pos) VALUES (?1, ?2)")?;
+            for (fp, pos) in keys {
+                stmt.execute(rusqlite::params![i64::from(*fp), *pos as i64])?;
             }
-            tx.commit()?;
         }
+        tx.commit()?;
         Ok(())
     }
 

@@ -60,9 +60,13 @@ impl Writer {
         usage_id: &str,
         hash: u64,
     ) -> (Option<CreditsConsumed>, bool) {
+        // Only a recent key with the same 64-bit hash makes a new key go to
+        // the exact table (fingerprint matches in runs do not: a run keeps
+        // any number of keys under one fingerprint).
+        let taken = self.state.idem.recent_holds(hash);
         let slots = self.state.idem.by_hash(hash);
         if slots.is_empty() {
-            return (None, false);
+            return (None, taken);
         }
         for slot in slots {
             if let Some(c) = self.load_usage(account, slot) {
@@ -71,13 +75,13 @@ impl Writer {
                 }
             }
         }
-        // Another key owns this hash: look in the exact table.
+        // Another key owns this hash or fingerprint: the exact table.
         let found = self
             .state
             .idem
             .exact(account, usage_id)
             .and_then(|s| self.load_usage(account, s));
-        (found, true)
+        (found, taken)
     }
 
     pub(super) fn load_usage(&self, account: &str, slot: Slot) -> Option<CreditsConsumed> {

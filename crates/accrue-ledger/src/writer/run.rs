@@ -189,6 +189,9 @@ impl Writer {
         if let Some(c) = self.committer.take() {
             let _ = c.join();
         }
+        // A run on its way to the store: let it land, so a closed ledger
+        // releases its store (and its lock) right away.
+        self.state.idem.finish_spills(Duration::from_secs(60));
         self.snapshots.stop();
     }
 
@@ -199,6 +202,7 @@ impl Writer {
                 // Every store read the decisions need happens first: a read
                 // that fails answers 503 with nothing decided, so a retry
                 // can never be counted twice.
+                self.state.idem.trim_cache();
                 if let Err(e) = self.prefetch_usage(&items) {
                     self.prefetched.clear();
                     drop(reply.send(Err(LedgerError::Unavailable(e.to_string()))));

@@ -189,7 +189,7 @@ impl State {
                 if let AccountEvent::CreditsConsumed(c) = ae {
                     let h = idempotency::key(account, &c.usage_id);
                     let slot = Slot::Committed(position);
-                    if !self.idem.by_hash(h).is_empty() {
+                    if self.idem.recent_holds(h) {
                         self.idem.insert_exact(account, &c.usage_id, slot);
                     } else {
                         self.idem.insert_hash(h, slot);
