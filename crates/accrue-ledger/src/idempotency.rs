@@ -189,6 +189,9 @@ impl Spill {
                         }
                     };
                     done.status.store(status, Ordering::Release);
+                    // The run's copy and its entries were this thread's:
+                    // hand their pages back rather than keep them resident.
+                    crate::idle::idle();
                 }
             });
         Spill { store, at, tx }
