@@ -14,15 +14,31 @@ use serde_json::{json, Value};
 const SECRET: &str = "whsec_test_accrue_integrations";
 
 fn python(script: &str, args: &[&str], stdin: &str) -> String {
+    python_in("python3", script, args, stdin)
+}
+
+/// The interpreter of the OpenMeter client's own virtualenv (it needs
+/// cloudevents 1.x; `.ci/run` makes it): `ACCRUE_OPENMETER_PYTHON`, else
+/// `~/.cache/accrue-openmeter/bin/python`.
+fn openmeter_python() -> String {
+    std::env::var("ACCRUE_OPENMETER_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/accrue-openmeter/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    })
+}
+
+fn python_in(interpreter: &str, script: &str, args: &[&str], stdin: &str) -> String {
     let path = format!("{}/../../tests/peers/{script}", env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new("python3")
+    let mut child = Command::new(interpreter)
         .arg(&path)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 must be installed");
+        .unwrap_or_else(|e| panic!("{interpreter} ({e}): run .ci/run's installs"));
     child
         .stdin
         .take()
@@ -315,4 +331,46 @@ async fn processor_webhooks_signed_by_its_library_become_payment_outcomes() {
         .await
         .body;
     assert_eq!(i["refunded"], "140.00");
+}
+
+/// A usage meter's own client SDK pointed at accrue: OpenMeter's Python
+/// client (PyPI `openmeter`) posts CloudEvents to `/api/v1/events`, one and
+/// batched; a retry is a duplicate (204), an event over the limit is
+/// refused (the SDK sees the error status), and the balance is exact.
+#[test]
+fn openmeters_own_client_ingests_usage_into_accrue() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "om-admin-token";
+    let (mut child, base) = serve_binary(dir.path(), token, &[]);
+    let c = reqwest::blocking::Client::new();
+    let r = c
+        .post(format!("{base}/v1/accounts"))
+        .bearer_auth(token)
+        .json(&json!({"id": "acme", "name": "Acme", "billing_email": "b@acme.test", "credit_limit": "10.00"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let out = python_in(
+        &openmeter_python(),
+        "openmeter_ingest.py",
+        &[&base, token, "acme"],
+        "",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["one ok", "batch ok", "retry ok"], "{out}");
+    assert!(
+        lines[3].starts_with("over ") && lines[3].ends_with(" 409"),
+        "{out}"
+    );
+    let o: Value = c
+        .get(format!("{base}/v1/accounts/acme"))
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(o["credits"]["used"], "2.00", "{o}");
+    let _ = child.kill();
+    let _ = child.wait();
+    drop_test_store(dir.path());
 }
