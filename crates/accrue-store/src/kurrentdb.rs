@@ -873,7 +873,8 @@ impl EventStore for KurrentStore {
 
     fn meta_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let stream = self.stream("meta", key);
-        let keys = format!("{}-meta-keys", self.prefix);
+        // Not `{prefix}-meta-keys`: that is the value stream of key "keys".
+        let keys = format!("{}-metakeys", self.prefix);
         let client = &self.client;
         self.block(async {
             let prev = last(client, &stream).await?;
@@ -896,7 +897,7 @@ impl EventStore for KurrentStore {
     }
 
     fn meta_list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let keys_stream = format!("{}-meta-keys", self.prefix);
+        let keys_stream = format!("{}-metakeys", self.prefix);
         let raw = self.block(read(
             &self.client,
             &keys_stream,
