@@ -320,7 +320,7 @@ pub fn large_logs_read_back_per_stream(store: &dyn EventStore) {
 /// argument is a closure `|dir: &Path| -> impl EventStore`.
 #[macro_export]
 macro_rules! conformance_suite {
-    ($open:expr) => {
+    (@with [$(#[$attr:meta])*] $open:expr) => {
         mod conformance {
             #[allow(unused_imports)]
             use super::*;
@@ -336,6 +336,7 @@ macro_rules! conformance_suite {
             macro_rules! check {
                 ($name:ident) => {
                     #[test]
+                    $(#[$attr])*
                     fn $name() {
                         let (_dir, store) = fresh();
                         c::$name(store.as_ref());
@@ -356,6 +357,7 @@ macro_rules! conformance_suite {
             check!(large_logs_read_back_per_stream);
 
             #[test]
+            $(#[$attr])*
             fn reopening_keeps_everything() {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().to_path_buf();
@@ -365,5 +367,13 @@ macro_rules! conformance_suite {
                 });
             }
         }
+    };
+    // Attributes given first go on every test, e.g. `#[ignore = "why"]`
+    // for a backend that needs a server these machines do not have.
+    ($(#[$attr:meta])+ $open:expr) => {
+        $crate::conformance_suite!(@with [$(#[$attr])+] $open);
+    };
+    ($open:expr) => {
+        $crate::conformance_suite!(@with [] $open);
     };
 }

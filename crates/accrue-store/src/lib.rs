@@ -9,6 +9,8 @@
 pub mod conformance;
 pub mod faulty;
 pub mod hash;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrentdb;
 pub mod postgres;
 pub mod priority;
 pub mod sqlite;

@@ -53,7 +53,7 @@ struct StoreArgs {
     /// Data folder (the embedded store, PDFs, outbox).
     #[arg(long, default_value = "./accrue-data", env = "ACCRUE_DATA")]
     data: PathBuf,
-    /// Event store: `sqlite:PATH` (default: DATA/ledger.db), `postgres://…`, `esdb://…`.
+    /// Event store: `sqlite:PATH` (default: DATA/ledger.db), `postgres://…`, `kurrentdb://…`/`esdb://…` (feature `kurrentdb`).
     #[arg(long, env = "ACCRUE_STORE")]
     store: Option<String>,
 }
@@ -203,10 +203,45 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
         .with_context(|| format!("opening the PostgreSQL store at {url}"))?;
         return Ok(Arc::new(store));
     }
-    if url.starts_with("esdb://") || url.starts_with("kurrentdb://") {
-        bail!("the EventStoreDB/KurrentDB backend is not built yet (see ARCHITECTURE.md); use sqlite:PATH");
+    if is_kurrentdb_url(&url) {
+        return open_kurrentdb(&url);
     }
-    bail!("unknown store URL {url:?}: expected sqlite:PATH, postgres://… or esdb://…")
+    bail!(
+        "unknown store URL {url:?}: expected sqlite:PATH, postgres://…, kurrentdb://… or esdb://…"
+    )
+}
+
+/// The KurrentDB client's connection-string schemes.
+fn is_kurrentdb_url(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or_default();
+    url.contains("://")
+        && matches!(
+            scheme.strip_suffix("+discover").unwrap_or(scheme),
+            "esdb" | "kurrentdb" | "kurrent" | "kdb"
+        )
+}
+
+/// ACCRUE_KURRENTDB_PREFIX: one database can hold several ledgers, each
+/// under its own stream prefix (default `accrue`).
+#[cfg(feature = "kurrentdb")]
+fn open_kurrentdb(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
+    use accrue_store::kurrentdb::{KurrentStore, DEFAULT_PREFIX};
+    let prefix = std::env::var("ACCRUE_KURRENTDB_PREFIX")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+    let store = KurrentStore::open_with_prefix(url, &prefix)
+        .with_context(|| format!("opening the KurrentDB store at {url} (prefix {prefix:?})"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "kurrentdb"))]
+fn open_kurrentdb(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
+    bail!(
+        "{url:?} names a KurrentDB/EventStoreDB store, but this accrue was built without it: \
+         rebuild with `cargo build --release --features accrue/kurrentdb` (ARCHITECTURE.md, \
+         \"KurrentDB backend (unverified)\"), or use sqlite:PATH or postgres://…"
+    )
 }
 
 /// The store of an offline command: it must hold a ledger. A mistyped data
