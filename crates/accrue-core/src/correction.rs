@@ -440,8 +440,19 @@ pub(crate) fn cancel_usage(
 #[derive(Debug, Clone, PartialEq)]
 pub enum PaymentOutcome {
     Succeeded,
-    Failed { reason: Option<String> },
-    Refunded { amount: Decimal },
+    Failed {
+        reason: Option<String>,
+    },
+    Refunded {
+        amount: Decimal,
+    },
+    /// A refund stated as the charge's refunds so far, as a processor's
+    /// `charge.refunded` carries it: what this state has not recorded yet
+    /// is refunded. Decided in the writer's order, so two deliveries racing
+    /// each other can never refund more than the processor did.
+    RefundedTo {
+        total: Decimal,
+    },
 }
 
 impl PaymentOutcome {
@@ -449,7 +460,7 @@ impl PaymentOutcome {
         match self {
             PaymentOutcome::Succeeded => "succeeded",
             PaymentOutcome::Failed { .. } => "failed",
-            PaymentOutcome::Refunded { .. } => "refunded",
+            PaymentOutcome::Refunded { .. } | PaymentOutcome::RefundedTo { .. } => "refunded",
         }
     }
 }
@@ -478,6 +489,17 @@ pub(crate) fn record_payment(
             outcome: seen.outcome,
         });
     }
+    let outcome = match outcome {
+        PaymentOutcome::RefundedTo { total } => {
+            let amount = total - invoice.refunded;
+            if amount <= Decimal::ZERO {
+                // Every refund of the charge is recorded already.
+                return Ok(vec![]);
+            }
+            PaymentOutcome::Refunded { amount }
+        }
+        other => other,
+    };
     if let PaymentOutcome::Refunded { amount } = outcome {
         let refundable = invoice.paid - invoice.refunded;
         if amount <= Decimal::ZERO || round_cents(amount) != amount {
@@ -543,7 +565,9 @@ pub(crate) fn record_payment(
             }));
             events
         }
-        PaymentOutcome::Refunded { .. } => unreachable!("handled above"),
+        PaymentOutcome::Refunded { .. } | PaymentOutcome::RefundedTo { .. } => {
+            unreachable!("handled above")
+        }
     };
     Ok(with_reinstatement(state, events, ctx.now))
 }

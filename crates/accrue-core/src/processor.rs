@@ -162,13 +162,14 @@ pub fn map_stripe(
                     invoice_currency: facts.currency.clone(),
                 });
             }
-            // `amount_refunded` is the charge's refunds so far; this event
-            // refunds what accrue has not recorded yet.
-            let amount = from_minor_units(minor, &currency) - facts.refunded;
-            if amount <= Decimal::ZERO {
+            // `amount_refunded` is the charge's refunds so far: the writer
+            // records what it has not yet (the read model here may lag it,
+            // so the difference is not taken here).
+            let total = from_minor_units(minor, &currency);
+            if total <= facts.refunded {
                 return Ok(Mapping::Ignored("every refund of this charge is recorded"));
             }
-            PaymentOutcome::Refunded { amount }
+            PaymentOutcome::RefundedTo { total }
         }
         _ => return Ok(Mapping::Ignored("an event type accrue does not use")),
     };
@@ -202,9 +203,9 @@ mod tests {
     fn refunded(m: Mapping) -> Decimal {
         match m {
             Mapping::Record {
-                outcome: PaymentOutcome::Refunded { amount },
+                outcome: PaymentOutcome::RefundedTo { total },
                 ..
-            } => amount,
+            } => total,
             other => panic!("not a refund: {other:?}"),
         }
     }
@@ -234,12 +235,13 @@ mod tests {
             Some(&facts("USD", dec!(0), false)),
         );
         assert_eq!(refunded(m.unwrap()), dec!(40.00));
-        // The charge refunded 140.00 in all; 40.00 of it is recorded.
+        // The charge refunded 140.00 in all; 40.00 of it is recorded: the
+        // writer gets the total and records the difference in its order.
         let m = map_stripe(
             &refund("evt_4", 14000, "usd"),
             Some(&facts("USD", dec!(40), false)),
         );
-        assert_eq!(refunded(m.unwrap()), dec!(100.00));
+        assert_eq!(refunded(m.unwrap()), dec!(140.00));
         // Nothing new: ignored, not a zero refund.
         let m = map_stripe(
             &refund("evt_5", 14000, "usd"),
@@ -262,7 +264,7 @@ mod tests {
             &refund("evt_k", 2500, "kwd"),
             Some(&facts("KWD", dec!(1), false)),
         );
-        assert_eq!(refunded(m.unwrap()), dec!(1.500));
+        assert_eq!(refunded(m.unwrap()), dec!(2.500));
     }
 
     #[test]

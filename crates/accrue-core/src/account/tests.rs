@@ -712,6 +712,57 @@ fn refunds_are_bounded_by_what_was_paid() {
     ));
 }
 
+#[test]
+fn a_processors_cumulative_refunds_are_recorded_once_whatever_order_they_arrive_in() {
+    let pay = |reference: &str, outcome: PaymentOutcome| Command::RecordPayment {
+        invoice_number: "INV-2026-000001".into(),
+        reference: reference.into(),
+        outcome,
+    };
+    let g = Given::opened(dec!(0), None, T0).and(pay("ch_1", PaymentOutcome::Succeeded), T0);
+    // Two partial refunds of one charge, each saying the total so far —
+    // decided one after the other, as the writer does, even if both
+    // webhooks were read against a state that had neither.
+    let g = g.and(
+        pay("evt_1", PaymentOutcome::RefundedTo { total: dec!(10) }),
+        T0,
+    );
+    assert_eq!(invoice(&g).refunded, dec!(10));
+    let g = g.and(
+        pay("evt_2", PaymentOutcome::RefundedTo { total: dec!(25) }),
+        T0,
+    );
+    assert_eq!(invoice(&g).refunded, dec!(25), "25 refunded in all, not 35");
+    // A late, older delivery records nothing; so does the same total again.
+    assert_eq!(
+        g.when(
+            pay("evt_0", PaymentOutcome::RefundedTo { total: dec!(5) }),
+            T0
+        ),
+        Ok(vec![])
+    );
+    assert_eq!(
+        g.when(
+            pay("evt_3", PaymentOutcome::RefundedTo { total: dec!(25) }),
+            T0
+        ),
+        Ok(vec![])
+    );
+    // Beyond what was paid is refused like any refund.
+    assert!(matches!(
+        g.when(
+            pay(
+                "evt_4",
+                PaymentOutcome::RefundedTo {
+                    total: dec!(100000)
+                }
+            ),
+            T0
+        ),
+        Err(DomainError::ExceedsPayment { .. })
+    ));
+}
+
 fn consumed(g: &Given, id: &str) -> Option<CreditsConsumed> {
     // What the writer would look up: here, rebuilt from the decision.
     let _ = g;
