@@ -13,19 +13,7 @@ use serde_json::{json, Value};
 const TOKEN: &str = "mail-test-admin";
 
 fn python() -> &'static str {
-    let ok = |p: &str| {
-        Command::new(p)
-            .args(["-c", "import aiosmtpd"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ok("python3") {
-        "python3"
-    } else if ok("/usr/bin/python3") {
-        "/usr/bin/python3"
-    } else {
-        panic!("aiosmtpd is not installed: .ci/run installs it (Debian python3-aiosmtpd or pip)")
-    }
+    common::python_with("aiosmtpd")
 }
 
 struct Smtp {

@@ -22,19 +22,7 @@ const PASSWORD: &str = "correct horse battery staple";
 const WRONG_PASSWORD: &str = "Tr0ub4dor&3";
 
 fn python() -> &'static str {
-    let ok = |p: &str| {
-        Command::new(p)
-            .args(["-c", "import aiosmtpd, cryptography"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ok("python3") {
-        "python3"
-    } else if ok("/usr/bin/python3") {
-        "/usr/bin/python3"
-    } else {
-        panic!("aiosmtpd and cryptography must be installed: .ci/run installs them")
-    }
+    common::python_with("aiosmtpd, cryptography")
 }
 
 struct Sink {

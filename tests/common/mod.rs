@@ -338,3 +338,22 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The Python interpreter that can import `modules` (`"aiosmtpd,
+/// cryptography"`): `python3` on PATH, else Debian's. The test peers
+/// (SMTP and HTTPS sinks) run under it.
+pub fn python_with(modules: &str) -> &'static str {
+    let ok = |p: &str| {
+        std::process::Command::new(p)
+            .args(["-c", &format!("import {modules}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ok("python3") {
+        "python3"
+    } else if ok("/usr/bin/python3") {
+        "/usr/bin/python3"
+    } else {
+        panic!("python3 cannot import {modules}: .ci/run installs them")
+    }
+}

@@ -384,18 +384,6 @@ impl IdempotencyIndex {
         self.spill = Some(Spill::new(&store, at.max(1)));
     }
 
-    /// Bytes the index holds in memory, roughly (for metrics and tests).
-    pub fn memory_bytes(&self) -> usize {
-        self.recent.capacity() * 17
-            + self
-                .frozen
-                .iter()
-                .map(|r| r.len() * 6 + r.dir.len() * 4)
-                .sum::<usize>()
-            + self.spilled.iter().map(|b| b.bits.len() * 8).sum::<usize>()
-            + self.exact.len() * 64
-    }
-
     /// Whether the store still holds the spilled runs this index (loaded
     /// from a snapshot) relies on: each run's samples are looked up.
     pub fn spilled_in(&self, store: &dyn EventStore) -> Result<bool, StoreError> {
@@ -407,11 +395,6 @@ impl IdempotencyIndex {
             }
         }
         Ok(true)
-    }
-
-    /// How many runs are in the store (only their filters in memory).
-    pub fn spilled_runs(&self) -> usize {
-        self.spilled.len()
     }
 
     /// Reads from the store the candidates of `hash` that spilled runs may
