@@ -77,6 +77,10 @@ pub struct Tokens {
     admin_hash: Option<String>,
     /// Looks up `server` tokens (derived per activation, never stored).
     pub server_lookup: std::sync::OnceLock<ServerLookup>,
+    /// In a cluster, the home partition's store (read only): a token this
+    /// partition did not issue is looked up there, so an ingest or auditor
+    /// token works on every partition ([`Tokens::with_home`]).
+    home: std::sync::OnceLock<Arc<dyn EventStore>>,
 }
 
 pub type ServerLookup = Box<dyn Fn(&str) -> Option<Principal> + Send + Sync>;
@@ -148,6 +152,7 @@ impl Tokens {
                 cache: RwLock::new(cache),
                 admin_hash,
                 server_lookup: std::sync::OnceLock::new(),
+                home: std::sync::OnceLock::new(),
             },
             generated,
         ))
@@ -164,7 +169,28 @@ impl Tokens {
                 account_id: None,
             });
         }
-        self.cache.read().get(&h).cloned()
+        if let Some(p) = self.cache.read().get(&h).cloned() {
+            return Some(p);
+        }
+        self.issued_at_home(h)
+    }
+
+    /// Accepts the tokens the home partition issued too (its meta rows are
+    /// written right after their `TokenIssued` event there). Server tokens
+    /// are never stored, so never found there.
+    pub fn with_home(&self, home: Arc<dyn EventStore>) {
+        let _ = self.home.set(home);
+    }
+
+    fn issued_at_home(&self, h: String) -> Option<Principal> {
+        let home = self.home.get()?;
+        let v = home.meta_get(&format!("token:{h}")).ok()??;
+        let p: Principal = serde_json::from_str(&v).ok()?;
+        if p.role == Role::Server {
+            return None;
+        }
+        self.cache.write().insert(h, p.clone());
+        Some(p)
     }
 
     /// Issues a token: recorded as an event first (durable, chained), then

@@ -2,6 +2,7 @@
 
 mod anchor_routes;
 pub mod auth;
+pub mod cluster;
 pub mod corrections_routes;
 pub mod dto;
 pub mod error;

@@ -43,6 +43,7 @@ pub use writer::license::{
     release_after_days, set_release_after_days, LicenseOutcome, LicenseTarget, ISSUER,
     MAX_FAILURES_PER_MINUTE,
 };
+pub use writer::state::NUMBER_TAG_META;
 
 /// Requests waiting for the writer at most; beyond, 503 with Retry-After.
 pub const JOB_QUEUE: usize = 1024;

@@ -6,6 +6,7 @@
 //! chains every event to its stream's previous one with SHA-256 over a
 //! canonical encoding ([`hash::event_hash`]).
 
+pub mod cluster;
 pub mod conformance;
 pub mod faulty;
 pub mod hash;

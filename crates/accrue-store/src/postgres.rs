@@ -21,9 +21,14 @@ const USAGE_KEYS: &str = include_str!("../../../migrations/postgres/0004_usage_k
 /// The class of the session advisory lock one writer holds per ledger (the
 /// second key is the schema's name hashed), for the store's lifetime.
 const WRITER_LOCK_CLASS: i32 = 0x6163_6372;
-/// Advisory lock keys: one for migrations, one that serialises appends.
+/// The advisory lock key for migrations (one per database).
 const MIGRATE_LOCK: i64 = 0x6163_6372_7565_0001;
-const APPEND_LOCK: i64 = 0x6163_6372_7565_0002;
+/// The class of the transaction lock that serialises appends to one
+/// ledger (second key: the schema's name hashed), so the ledgers of a
+/// cluster's partitions in one database append side by side.
+const APPEND_LOCK_CLASS: i32 = 0x6163_6373;
+/// How long `open` waits for a writer that just exited to let go.
+const WRITER_WAIT: Duration = Duration::from_secs(15);
 const COLUMNS: &str =
     "pos, stream, version, type, schema, occurred_us, recorded_us, payload, hash, chain";
 
@@ -59,7 +64,7 @@ pub struct PgInner {
     appended_at: Mutex<u64>,
 }
 
-fn connect(url: &str, schema: Option<&str>) -> Result<Client, StoreError> {
+pub(crate) fn connect(url: &str, schema: Option<&str>) -> Result<Client, StoreError> {
     let mut c = Client::connect(url, NoTls)?;
     if let Some(s) = schema {
         c.batch_execute(&format!("SET search_path TO {s}"))?;
@@ -113,7 +118,7 @@ impl Drop for PgStore {
     }
 }
 
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     if tokio::runtime::Handle::try_current().is_err() {
         return f();
     }
@@ -197,12 +202,24 @@ impl PgStore {
     /// Opens the store in the connection's default schema, creating tables
     /// if needed. `url`: `postgres://user@host:port/db` or a key=value string.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        off_runtime(|| Self::open_in(url, None, true))
+        off_runtime(|| Self::open_in(url, None, Some(WRITER_WAIT)))
     }
 
     /// Opens the store in its own schema (created if needed): one database
     /// can hold several ledgers, and each test gets a fresh one.
     pub fn open_in_schema(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        Self::try_open_in_schema(url, schema, WRITER_WAIT)
+    }
+
+    /// [`PgStore::open_in_schema`], waiting at most `wait` for the writer
+    /// lock: `StoreError::Locked` while another process holds it. The lock
+    /// is a cluster partition's lease (`accrue serve --partitions`): held by
+    /// the session that appends, so it is lost exactly when that session is.
+    pub fn try_open_in_schema(
+        url: &str,
+        schema: &str,
+        wait: Duration,
+    ) -> Result<PgStore, StoreError> {
         let ok = !schema.is_empty()
             && schema
                 .bytes()
@@ -215,12 +232,13 @@ impl PgStore {
         off_runtime(|| {
             let mut c = connect(url, None)?;
             c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
-            Self::open_in(url, Some(schema), true)
+            Self::open_in(url, Some(schema), Some(wait))
         })
     }
 
     /// Opens without taking the writer lock: for tests that prove the
-    /// database's own checks with two appenders. Never used by `serve`.
+    /// database's own checks with two appenders, and for a cluster node's
+    /// reads of the home partition's tokens. `serve` never appends with it.
     pub fn open_in_schema_unlocked(url: &str, schema: &str) -> Result<PgStore, StoreError> {
         off_runtime(|| Self::open_in_schema_inner(url, schema))
     }
@@ -228,19 +246,24 @@ impl PgStore {
     fn open_in_schema_inner(url: &str, schema: &str) -> Result<PgStore, StoreError> {
         let mut c = connect(url, None)?;
         c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
-        Self::open_in(url, Some(schema), false)
+        Self::open_in(url, Some(schema), None)
     }
 
-    fn open_in(url: &str, schema: Option<&str>, exclusive: bool) -> Result<PgStore, StoreError> {
+    /// `exclusive`: take the writer lock, waiting at most this long.
+    fn open_in(
+        url: &str,
+        schema: Option<&str>,
+        exclusive: Option<Duration>,
+    ) -> Result<PgStore, StoreError> {
         let mut writer = connect(url, schema)?;
-        if exclusive {
+        if let Some(wait) = exclusive {
             // One writer per ledger: its in-memory heads and the ledger's
             // single-writer decisions depend on it. Held by this session
             // until the store is dropped (or the connection is lost, and
             // then every append fails and the ledger stops).
             // A writer that just exited may still hold it for a moment
             // (its session ends after its socket closes): wait briefly.
-            let deadline = Instant::now() + Duration::from_secs(15);
+            let deadline = Instant::now() + wait;
             let got = loop {
                 let got: bool = writer
                     .query_one(
@@ -294,7 +317,10 @@ impl EventStore for PgInner {
     ) -> Result<Appended, StoreError> {
         let mut c = self.writer.lock();
         let mut tx = c.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+            &[&APPEND_LOCK_CLASS],
+        )?;
         let last = tx.query_opt(
             "SELECT pos, chain FROM events ORDER BY pos DESC LIMIT 1",
             &[],

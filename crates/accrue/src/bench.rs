@@ -40,6 +40,8 @@ pub struct BenchArgs {
     connections: usize,
     /// Run only these workloads (comma-separated: store, inproc, rebuild, license,
     /// http, cloudevents, close, pdf); the others' keys are null. For profiling one.
+    /// `cluster` (only when named, and only with a postgres:// store): HTTP
+    /// ingest through 1 and then 3 real `serve --partitions 3` processes.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -423,7 +425,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ledger.shutdown();
     }
 
+    let cluster_out = if args.only.iter().any(|o| o == "cluster") {
+        let Some(url) = pg else {
+            anyhow::bail!("--only cluster needs --store postgres://… (a cluster's leases are PostgreSQL locks)");
+        };
+        let c = tmp.path().join("cluster");
+        std::fs::create_dir_all(&c)?;
+        Some(crate::bench_cluster::run(
+            &c,
+            url,
+            &pg_schema(&c),
+            events,
+            accounts,
+            batch,
+            args.connections,
+        )?)
+    } else {
+        None
+    };
+
     let line = serde_json::json!({
+        "cluster_1_node_http_ingest_events_per_s": cluster_out.map(|c| c.0.round()),
+        "cluster_3_nodes_http_ingest_events_per_s": cluster_out.map(|c| c.1.round()),
+        "cluster_3_to_1_ratio": cluster_out.map(|c| (c.1 / c.0 * 100.0).round() / 100.0),
         "http_ingest_events_per_s": http_out.map(|h| h.0.round()),
         "cloudevents_ingest_events_per_s": ce_out.map(f64::round),
         "inproc_ingest_events_per_s": inproc_out.map(f64::round),

@@ -1,6 +1,8 @@
 //! The accrue binary: CLI, configuration and wiring. Thin by design.
 
 mod bench;
+mod bench_cluster;
+mod cluster;
 mod demo;
 mod finance;
 mod legal;
@@ -92,6 +94,24 @@ enum Cmd {
         /// ... or after this many seconds, if any event came since.
         #[arg(long, env = "ACCRUE_SNAPSHOT_SECS", default_value_t = 600)]
         snapshot_secs: u64,
+        /// Run as one node of a cluster on PostgreSQL: accounts are spread
+        /// over this many partitions (fixed when the cluster is created),
+        /// each a ledger of its own that one node holds at a time.
+        #[arg(long, env = "ACCRUE_PARTITIONS")]
+        partitions: Option<u32>,
+        /// This node's name in the cluster directory (default: the listen address).
+        #[arg(long, env = "ACCRUE_NODE")]
+        node: Option<String>,
+        /// The base URL the other nodes forward to (default: http://LISTEN).
+        #[arg(long, env = "ACCRUE_ADVERTISE")]
+        advertise: Option<String>,
+        /// Partitions this node takes at once, e.g. `0,3` (others only after --takeover-after).
+        #[arg(long, env = "ACCRUE_PREFER", value_delimiter = ',')]
+        prefer: Vec<u32>,
+        /// Seconds after start before this node takes partitions it does
+        /// not prefer that no node holds (a dead node's).
+        #[arg(long, env = "ACCRUE_TAKEOVER_AFTER", default_value_t = 5)]
+        takeover_after: u64,
     },
     /// A whole month for a few accounts on a fresh embedded store: PDFs written, a summary printed.
     Demo {
@@ -303,11 +323,33 @@ fn main() -> anyhow::Result<()> {
             grace_days,
             snapshot_every,
             snapshot_secs,
+            partitions,
+            node,
+            advertise,
+            prefer,
+            takeover_after,
         } => {
             accrue_ledger::snapshot::set_policy(snapshot_every, snapshot_secs);
             accrue_ledger::set_release_after_days(release_after_days);
             accrue_ledger::set_dunning_policy(dunning.0, grace_days);
-            serve(store, listen, clock, smtp)
+            match partitions {
+                None => serve(store, listen, clock, smtp),
+                Some(partitions) => cluster::run(cluster::NodeArgs {
+                    url: store.store.clone().unwrap_or_default(),
+                    data: store.data,
+                    listen,
+                    partitions,
+                    node: node.unwrap_or_else(|| listen.to_string()),
+                    advertise,
+                    prefer,
+                    takeover_after: std::time::Duration::from_secs(takeover_after),
+                    clock: match clock {
+                        Some(c) => ClockMode::Manual(parse_clock(&c)?),
+                        None => ClockMode::System,
+                    },
+                    smtp,
+                }),
+            }
         }
         Cmd::Keys {
             command: KeysCmd::Rotate { data },
@@ -361,6 +403,102 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// One ledger and everything that runs beside it: its projectors (PDF
+/// writer, mailer, webhooks), its anchor writer and its API state. `serve`
+/// hosts one; a cluster node one per partition it holds.
+pub(crate) struct Hosted {
+    pub ledger: Ledger,
+    pub state: AppState,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Where a hosted ledger keeps its keys (`keys`: signing keys, anchor
+/// key) and its files (`files`: invoices, outbox, anchors).
+pub(crate) struct HostDirs<'a> {
+    pub keys: &'a std::path::Path,
+    pub files: &'a std::path::Path,
+}
+
+pub(crate) fn host(
+    store: Arc<dyn EventStore>,
+    mode: ClockMode,
+    dirs: HostDirs<'_>,
+    smtp: Option<&str>,
+    admin: Option<&str>,
+) -> anyhow::Result<Hosted> {
+    std::fs::create_dir_all(dirs.files)
+        .with_context(|| format!("creating {}", dirs.files.display()))?;
+    let ledger = Ledger::open(store, mode)?;
+    ledger
+        .use_signing_keys(&license_agent::key_file(dirs.keys))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let (tokens, generated) =
+        Tokens::load(&ledger, admin).map_err(|e| anyhow::anyhow!(e.detail))?;
+    if let Some(t) = generated {
+        println!("admin token (shown once, store it now): {t}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let anchor_key = Arc::new(
+        accrue_ledger::audit::AnchorKey::load_or_create(dirs.keys)
+            .with_context(|| format!("the anchor key in {}", dirs.keys.display()))?,
+    );
+    ledger.set_anchor_key(anchor_key.clone());
+    let anchors = spawn_anchor_writer(
+        ledger.clone(),
+        anchor_key,
+        dirs.files.to_path_buf(),
+        stop.clone(),
+    );
+    let pdf = accrue_ledger::projectors::spawn_pdf_writer(
+        ledger.clone(),
+        dirs.files.join("invoices"),
+        stop.clone(),
+    )?;
+    let transport = accrue_projections::mail::MailTransport::from_url(
+        smtp,
+        dirs.files.join("outbox"),
+        &accrue_projections::mail::SmtpOptions::from_env(),
+    )
+    .map_err(|e| anyhow::anyhow!("--smtp: {e}"))?;
+    let from = std::env::var("ACCRUE_MAIL_FROM")
+        .unwrap_or_else(|_| "accrue Billing <billing@accrue.example>".to_string());
+    let mailer =
+        accrue_ledger::projectors::spawn_mailer(ledger.clone(), transport, from, stop.clone())?;
+    let webhooks = accrue_ledger::webhooks::spawn_webhooks(ledger.clone(), stop.clone())?;
+    let state = AppState {
+        ledger: ledger.clone(),
+        tokens: Arc::new(tokens),
+    };
+    Ok(Hosted {
+        ledger,
+        state,
+        stop,
+        // The projectors first: they may be waiting for the writer's answer.
+        threads: vec![pdf, mailer, webhooks, anchors],
+    })
+}
+
+impl Hosted {
+    /// Stops the projectors, then the writer (pending work is written).
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.ledger.shutdown();
+    }
+}
+
+/// The HTTP runtime `serve` and a cluster node answer on.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(SERVER_THREADS.max(cores()))
+        .on_thread_start(accrue_ledger::priority::pin_serving)
+        .enable_all()
+        .build()?)
+}
+
 fn serve(
     args: StoreArgs,
     listen: SocketAddr,
@@ -376,52 +514,23 @@ fn serve(
         Some(c) => ClockMode::Manual(parse_clock(&c)?),
         None => ClockMode::System,
     };
-    let ledger = Ledger::open(store.clone(), mode)?;
-    ledger
-        .use_signing_keys(&license_agent::key_file(&args.data))
-        .map_err(|e| anyhow::anyhow!(e))?;
     let admin = std::env::var("ACCRUE_ADMIN_TOKEN").ok();
-    let (tokens, generated) =
-        Tokens::load(&ledger, admin.as_deref()).map_err(|e| anyhow::anyhow!(e.detail))?;
-    if let Some(t) = generated {
-        println!("admin token (shown once, store it now): {t}");
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let anchor_key = Arc::new(
-        accrue_ledger::audit::AnchorKey::load_or_create(&args.data)
-            .with_context(|| format!("the anchor key in {}", args.data.display()))?,
-    );
-    ledger.set_anchor_key(anchor_key.clone());
-    let anchors = spawn_anchor_writer(ledger.clone(), anchor_key, args.data.clone(), stop.clone());
-    let pdf = accrue_ledger::projectors::spawn_pdf_writer(
-        ledger.clone(),
-        args.data.join("invoices"),
-        stop.clone(),
-    )?;
-    let transport = accrue_projections::mail::MailTransport::from_url(
+    let hosted = host(
+        store,
+        mode,
+        HostDirs {
+            keys: &args.data,
+            files: &args.data,
+        },
         smtp.as_deref(),
-        args.data.join("outbox"),
-        &accrue_projections::mail::SmtpOptions::from_env(),
-    )
-    .map_err(|e| anyhow::anyhow!("--smtp: {e}"))?;
-    let from = std::env::var("ACCRUE_MAIL_FROM")
-        .unwrap_or_else(|_| "accrue Billing <billing@accrue.example>".to_string());
-    let mailer =
-        accrue_ledger::projectors::spawn_mailer(ledger.clone(), transport, from, stop.clone())?;
-    let webhooks = accrue_ledger::webhooks::spawn_webhooks(ledger.clone(), stop.clone())?;
-    let state = AppState {
-        ledger: ledger.clone(),
-        tokens: Arc::new(tokens),
-    };
+        admin.as_deref(),
+    )?;
     // Slow clients: how long a connection may take over its request head
     // and a request over its body (ACCRUE_HEADER_TIMEOUT_SECS, _BODY_).
     let limits = accrue_api::server::ServeConfig::from_env().map_err(|e| anyhow::anyhow!(e))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(SERVER_THREADS.max(cores()))
-        .on_thread_start(accrue_ledger::priority::pin_serving)
-        .enable_all()
-        .build()?;
-    let watched = ledger.clone();
+    let rt = runtime()?;
+    let watched = hosted.ledger.clone();
+    let router = accrue_api::router(hosted.state.clone());
     let fault = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -441,17 +550,11 @@ fn serve(
                 r = watched.failed() => *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
             }
         };
-        accrue_api::server::serve(listener, accrue_api::router(state), limits, stopping).await?;
+        accrue_api::server::serve(listener, router, limits, stopping).await?;
         let f = fault.lock().unwrap_or_else(|e| e.into_inner()).take();
         anyhow::Ok(f)
     })?;
-    // The projectors first: they may be waiting for the writer's answer.
-    stop.store(true, Ordering::Relaxed);
-    let _ = pdf.join();
-    let _ = mailer.join();
-    let _ = webhooks.join();
-    let _ = anchors.join();
-    ledger.shutdown();
+    hosted.shutdown();
     if let Some(reason) = fault {
         eprintln!("accrue: the ledger stopped after a fault: {reason}; exiting so a supervisor restarts it");
         std::process::exit(3);

@@ -42,7 +42,7 @@ mod commit;
 mod group;
 mod lookup;
 mod run;
-mod state;
+pub(crate) mod state;
 
 use commit::*;
 use group::*;

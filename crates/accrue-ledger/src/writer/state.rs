@@ -25,10 +25,14 @@ impl Series {
             Series::CreditNote => "credit-note-number",
         }
     }
-    pub(super) fn format(self, year: i32, seq: u64) -> String {
-        match self {
-            Series::Invoice => format_number(year, seq),
-            Series::CreditNote => format!("CN-{year}-{seq:06}"),
+    /// The number `seq` of `year`; `tag` (a partition's, in a cluster:
+    /// `INV-YYYY-PP-NNNNNN`) keeps several ledgers' series apart.
+    pub(super) fn format(self, tag: &str, year: i32, seq: u64) -> String {
+        match (self, tag) {
+            (Series::Invoice, "") => format_number(year, seq),
+            (Series::CreditNote, "") => format!("CN-{year}-{seq:06}"),
+            (Series::Invoice, t) => format!("INV-{year}-{t}-{seq:06}"),
+            (Series::CreditNote, t) => format!("CN-{year}-{t}-{seq:06}"),
         }
     }
     pub(super) fn event(self, n: InvoiceNumberAssigned) -> LedgerEvent {
@@ -38,14 +42,18 @@ impl Series {
         }
     }
     /// (year, sequence) of a number of this series in its canonical spelling.
-    pub(super) fn parse(self, number: &str) -> Option<(i32, u64)> {
+    pub(super) fn parse(self, tag: &str, number: &str) -> Option<(i32, u64)> {
         let prefix = match self {
             Series::Invoice => "INV-",
             Series::CreditNote => "CN-",
         };
         let (year, seq) = number.strip_prefix(prefix)?.split_once('-')?;
+        let seq = match tag {
+            "" => seq,
+            t => seq.strip_prefix(t)?.strip_prefix('-')?,
+        };
         let (year, seq): (i32, u64) = (year.parse().ok()?, seq.parse().ok()?);
-        (self.format(year, seq) == number).then_some((year, seq))
+        (self.format(tag, year, seq) == number).then_some((year, seq))
     }
 }
 
@@ -73,7 +81,13 @@ pub(crate) struct State {
     pub payment_refs: HashMap<String, String>,
     /// The latest `ClockAdvanced` staged or replayed (the stored clock).
     pub clock: Option<DateTime<Utc>>,
+    /// The numbering tag of this ledger's series (the store's meta value
+    /// `number_tag`; empty outside a cluster): see [`Series::format`].
+    pub number_tag: String,
 }
+
+/// The store's meta key holding a ledger's numbering tag.
+pub const NUMBER_TAG_META: &str = "number_tag";
 
 pub(super) fn account_of(stream: &str) -> Option<&str> {
     stream.strip_prefix("account-")
@@ -220,7 +234,7 @@ impl State {
     pub(super) fn next_number(&self, series: Series, at: DateTime<Utc>) -> (i32, u64, String) {
         let year = at.year();
         let seq = self.seq.get(&(series, year)).copied().unwrap_or(0) + 1;
-        (year, seq, series.format(year, seq))
+        (year, seq, series.format(&self.number_tag, year, seq))
     }
 
     pub(super) fn next_invoice_number(&self, at: DateTime<Utc>) -> (i32, u64, String) {
@@ -350,17 +364,19 @@ pub(crate) fn load_with(
     };
     // The highest sequence issued per series and year, as the documents
     // say; a snapshot's own sequences were checked when it was taken.
+    let tag = store.meta_get(NUMBER_TAG_META)?.unwrap_or_default();
     let mut issued: HashMap<(Series, i32), (u64, String)> = HashMap::new();
     let (mut state, mut read, from) = match loaded {
         None => (State::default(), ReadModels::default(), 0),
         Some(l) => {
             let from = l.writer.position;
             for (series, year, seq) in &l.writer.seq {
-                issued.insert((*series, *year), (*seq, series.format(*year, *seq)));
+                issued.insert((*series, *year), (*seq, series.format(&tag, *year, *seq)));
             }
             (State::from_part(l.writer), l.read, from)
         }
     };
+    state.number_tag = tag;
     if let Some(s) = spill {
         state.idem.spill_to(s, spill_keys());
     }
@@ -383,7 +399,7 @@ pub(crate) fn load_with(
                 _ => None,
             };
             if let Some((series, number)) = document {
-                if let Some((year, seq)) = series.parse(number) {
+                if let Some((year, seq)) = series.parse(&state.number_tag, number) {
                     let e = issued.entry((series, year)).or_insert((0, String::new()));
                     if seq > e.0 {
                         *e = (seq, number.clone());
@@ -444,6 +460,20 @@ mod tests {
             base_credits: Decimal::ZERO,
             tax: None,
         })
+    }
+
+    #[test]
+    fn a_tagged_series_formats_and_parses_only_its_own_numbers() {
+        assert_eq!(Series::Invoice.format("", 2026, 7), "INV-2026-000007");
+        assert_eq!(Series::Invoice.format("02", 2026, 7), "INV-2026-02-000007");
+        assert_eq!(Series::CreditNote.format("02", 2026, 7), "CN-2026-02-000007");
+        assert_eq!(Series::Invoice.parse("02", "INV-2026-02-000007"), Some((2026, 7)));
+        assert_eq!(Series::CreditNote.parse("02", "CN-2026-02-000007"), Some((2026, 7)));
+        // Another partition's number, an untagged one, a sloppy spelling.
+        assert_eq!(Series::Invoice.parse("02", "INV-2026-01-000007"), None);
+        assert_eq!(Series::Invoice.parse("02", "INV-2026-000007"), None);
+        assert_eq!(Series::Invoice.parse("02", "INV-2026-02-7"), None);
+        assert_eq!(Series::Invoice.parse("", "INV-2026-02-000007"), None);
     }
 
     #[test]

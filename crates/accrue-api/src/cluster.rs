@@ -1,0 +1,678 @@
+//! The front of a cluster node (`accrue serve --partitions N`): accounts
+//! are partitioned over N ledgers (one PostgreSQL schema each); a node
+//! holds some of them and answers for all. A request is routed by what it
+//! names: an account (path or body), an invoice or credit-note number (its
+//! partition is in the number, `INV-YYYY-PP-NNNNNN`), or nothing (the home
+//! partition, 0). Held partitions are answered in-process by the ledger's
+//! own router; the others are forwarded once to their owner, whose address
+//! the directory says (`accrue_store::cluster`). A usage batch naming
+//! accounts of several partitions is split, forwarded in parallel and its
+//! results put back in order. `POST /v1/clock` goes to every partition,
+//! `GET /v1/accounts` merges every partition's page.
+//!
+//! The front decides nothing: authentication, the card-data guard, limits
+//! and every rule run in the partition's router, so a forwarded request is
+//! answered exactly as if it had been sent to its owner.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+
+/// Set on a forwarded request: its receiver answers it or refuses it, and
+/// never forwards it again (so a stale directory cannot make a loop).
+pub const FORWARDED: &str = "x-accrue-forwarded";
+/// On every answer of a cluster node: the partition that answered; on a
+/// forwarded request, the partition it is for.
+pub const PARTITION: &str = "x-accrue-partition";
+/// The home partition: ledger-wide resources (tokens, webhook endpoints,
+/// the dunning list, the trial balance, anchors, activations by key).
+pub const HOME: u32 = 0;
+
+/// The partition of an account: the first 8 bytes of SHA-256 of its id,
+/// modulo the partition count. Fixed for the life of a cluster (the count
+/// is stored in its directory and a node started with another refuses).
+pub fn partition_of(account: &str, partitions: u32) -> u32 {
+    let d = Sha256::digest(account.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    (u64::from_be_bytes(b) % u64::from(partitions.max(1))) as u32
+}
+
+/// The numbering tag of a partition's series (`INV-2026-01-000001`).
+pub fn number_tag(partition: u32) -> String {
+    format!("{partition:02}")
+}
+
+/// The partition a document number names, when it is a cluster number.
+pub fn partition_of_number(number: &str, partitions: u32) -> Option<u32> {
+    let rest = number
+        .strip_prefix("INV-")
+        .or_else(|| number.strip_prefix("CN-"))?;
+    let mut parts = rest.split('-');
+    let (_year, tag, _seq) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || tag.len() < 2 || !tag.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    tag.parse::<u32>().ok().filter(|p| *p < partitions)
+}
+
+/// What a node knows: the partitions it holds (their routers) and who
+/// holds the others.
+pub struct Cluster {
+    pub node: String,
+    pub partitions: u32,
+    local: Vec<RwLock<Option<Router>>>,
+    owners: RwLock<Vec<Option<String>>>,
+    client: reqwest::Client,
+}
+
+impl Cluster {
+    pub fn new(node: String, partitions: u32) -> Arc<Cluster> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap_or_default();
+        Arc::new(Cluster {
+            node,
+            partitions,
+            local: (0..partitions).map(|_| RwLock::new(None)).collect(),
+            owners: RwLock::new(vec![None; partitions as usize]),
+            client,
+        })
+    }
+
+    /// This node now holds `partition`: requests for it go to `router`.
+    pub fn hold(&self, partition: u32, router: Router) {
+        if let Some(slot) = self.local.get(partition as usize) {
+            *slot.write() = Some(router);
+        }
+    }
+
+    /// The partitions this node holds.
+    pub fn held(&self) -> Vec<u32> {
+        (0..self.partitions)
+            .filter(|p| self.local[*p as usize].read().is_some())
+            .collect()
+    }
+
+    /// The directory's view: the base URL of each partition's owner.
+    pub fn set_owners(&self, owners: Vec<Option<String>>) {
+        let mut o = owners;
+        o.resize(self.partitions as usize, None);
+        *self.owners.write() = o;
+    }
+
+    /// Every partition has an owner the directory names.
+    pub fn complete(&self) -> bool {
+        self.owners.read().iter().all(Option::is_some)
+    }
+
+    fn router(&self, partition: u32) -> Option<Router> {
+        self.local.get(partition as usize)?.read().clone()
+    }
+}
+
+/// The node's whole HTTP surface: every request goes through [`dispatch`].
+pub fn front(cluster: Arc<Cluster>) -> Router {
+    Router::new().fallback(dispatch).with_state(cluster)
+}
+
+async fn dispatch(State(c): State<Arc<Cluster>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let forwarded = req.headers().contains_key(FORWARDED);
+    match (method.clone(), path.as_str()) {
+        (_, "/healthz") => {
+            return axum::Json(serde_json::json!({
+                "status": "ok", "node": c.node, "partitions": c.held()
+            }))
+            .into_response()
+        }
+        (_, "/readyz") => return ready(&c).await,
+        (Method::POST, "/v1/usage" | "/v1/usage/cancellations") if !forwarded => {
+            return split(&c, req).await
+        }
+        (Method::POST, "/v1/clock") if !forwarded => return everywhere(&c, req).await,
+        (Method::GET, "/v1/accounts") if !forwarded => return accounts(&c, req).await,
+        _ => {}
+    }
+    let (parts, body) = req.into_parts();
+    if path == "/metrics" {
+        // This node's own ledger (its lowest partition), else home's.
+        let p = c.held().first().copied().unwrap_or(HOME);
+        return send(&c, p, parts, Bytes::new(), forwarded).await;
+    }
+    // Routed by the body: an account's creation, a payment.
+    let bytes = match axum::body::to_bytes(body, crate::MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let partition = if let Some(p) = by_path(&path, c.partitions) {
+        Some(p)
+    } else if method == Method::POST && path == "/v1/accounts" {
+        Some(body_field(&bytes, "id").map_or(HOME, |id| partition_of(&id, c.partitions)))
+    } else if method == Method::POST && path == "/v1/tokens" {
+        // An account's token lives where the account does; the others at
+        // home (every partition accepts them: `Tokens::with_home`).
+        Some(body_field(&bytes, "account_id").map_or(HOME, |id| partition_of(&id, c.partitions)))
+    } else if method == Method::POST && path == "/v1/payments" {
+        Some(
+            body_field(&bytes, "invoice_number")
+                .and_then(|n| partition_of_number(&n, c.partitions))
+                .unwrap_or(HOME),
+        )
+    } else {
+        None
+    };
+    match partition {
+        Some(p) => send(&c, p, parts, bytes, forwarded).await,
+        // A forwarded request that names no partition itself (a part of a
+        // split batch, a page of the account list) says which it was sent
+        // to; one that names its own is answered there, whatever it says.
+        None if forwarded => {
+            let p = parts
+                .headers
+                .get(PARTITION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|p| *p < c.partitions)
+                .unwrap_or(HOME);
+            send(&c, p, parts, bytes, true).await
+        }
+        None => scatter(&c, parts, bytes).await,
+    }
+}
+
+/// A request that names no account: the home partition first; if it does
+/// not know the token or the thing asked for (401, 404: nothing was
+/// written), each other partition in turn, and the first that does
+/// answers. So an account's own token (`GET /v1/me`), a product server's
+/// token (`GET /v1/license`) or an activation by serial number find the
+/// partition that holds them.
+async fn scatter(c: &Cluster, parts: axum::http::request::Parts, body: Bytes) -> Response {
+    let unknown = |s: StatusCode| s == StatusCode::UNAUTHORIZED || s == StatusCode::NOT_FOUND;
+    let first = send(c, HOME, clone_parts(&parts), body.clone(), false).await;
+    if !unknown(first.status()) || c.partitions == 1 {
+        return first;
+    }
+    for p in 1..c.partitions {
+        let r = send(c, p, clone_parts(&parts), body.clone(), false).await;
+        if !unknown(r.status()) {
+            return r;
+        }
+    }
+    first
+}
+
+/// The partition a path names: `/v1/accounts/{id}/…`, `/v1/invoices/{n}/…`,
+/// `/v1/credit-notes/{n}/…`.
+fn by_path(path: &str, partitions: u32) -> Option<u32> {
+    let mut seg = path.strip_prefix("/v1/")?.split('/');
+    let (kind, id) = (seg.next()?, percent_decode(seg.next()?)?);
+    match kind {
+        "accounts" if !id.is_empty() => Some(partition_of(&id, partitions)),
+        "invoices" | "credit-notes" => Some(partition_of_number(&id, partitions).unwrap_or(HOME)),
+        _ => None,
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A top-level string field of a JSON object body, if it has one.
+fn body_field(bytes: &[u8], field: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.get(field)?.as_str().map(str::to_string)
+}
+
+fn too_large() -> Response {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the body is larger than {} bytes", crate::MAX_BODY_BYTES),
+    )
+    .into_response()
+}
+
+fn unavailable(partition: u32, why: String) -> Response {
+    let mut r = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "partition_unavailable",
+        why,
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(PARTITION, HeaderValue::from(partition));
+    r
+}
+
+/// Answers in-process when this node holds `partition`, else forwards to
+/// its owner once.
+async fn send(
+    c: &Cluster,
+    partition: u32,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+    forwarded: bool,
+) -> Response {
+    if let Some(router) = c.router(partition) {
+        let req = Request::from_parts(parts, Body::from(body));
+        let mut resp = match router.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        resp.headers_mut()
+            .insert(PARTITION, HeaderValue::from(partition));
+        return resp;
+    }
+    if forwarded {
+        // The sender's directory is stale (the partition moved, or its
+        // owner just died): it retries after the directory catches up.
+        return unavailable(
+            partition,
+            format!(
+                "partition {partition} is not held by node {:?} (it moved); retry",
+                c.node
+            ),
+        );
+    }
+    let Some(owner) = c.owners.read().get(partition as usize).cloned().flatten() else {
+        return unavailable(
+            partition,
+            format!("partition {partition} has no owner yet (a node is taking it over); retry"),
+        );
+    };
+    let url = format!(
+        "{}{}",
+        owner.trim_end_matches('/'),
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut rb = c.client.request(parts.method.clone(), &url);
+    for (k, v) in &parts.headers {
+        if !hop_by_hop(k) && k.as_str() != PARTITION && k.as_str() != FORWARDED {
+            rb = rb.header(k, v);
+        }
+    }
+    let rb = rb
+        .header(FORWARDED, c.node.as_str())
+        .header(PARTITION, partition)
+        .body(body);
+    match rb.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let headers = r.headers().clone();
+            match r.bytes().await {
+                Ok(b) => {
+                    let mut resp = Response::new(Body::from(b));
+                    *resp.status_mut() = status;
+                    copy_headers(&headers, resp.headers_mut());
+                    resp
+                }
+                Err(e) => unavailable(
+                    partition,
+                    format!("partition {partition}'s owner broke off its answer: {e}; retry (an idempotent write may have landed)"),
+                ),
+            }
+        }
+        Err(e) => unavailable(
+            partition,
+            format!("partition {partition}'s owner {owner} did not answer ({e}); retry"),
+        ),
+    }
+}
+
+fn hop_by_hop(k: &HeaderName) -> bool {
+    matches!(
+        k.as_str(),
+        "host" | "connection" | "content-length" | "transfer-encoding" | "keep-alive" | "upgrade"
+    )
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        if !hop_by_hop(k) {
+            to.append(k.clone(), v.clone());
+        }
+    }
+}
+
+async fn ready(c: &Cluster) -> Response {
+    let held = c.held();
+    let mut local_ready = true;
+    for p in &held {
+        if let Some(r) = c.router(*p) {
+            let req = Request::get("/readyz")
+                .body(Body::empty())
+                .unwrap_or_default();
+            let Ok(resp) = r.oneshot(req).await;
+            local_ready &= resp.status() == StatusCode::OK;
+        }
+    }
+    if c.complete() && local_ready {
+        axum::Json(serde_json::json!({"status": "ready", "node": c.node, "partitions": held}))
+            .into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "node {:?}: {} (holding {held:?})",
+                c.node,
+                if c.complete() {
+                    "a held partition is still loading"
+                } else {
+                    "a partition has no owner yet"
+                }
+            ),
+        )
+        .into_response()
+    }
+}
+
+async fn whole(req: Request) -> Result<(axum::http::request::Parts, Bytes), Response> {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, crate::MAX_BODY_BYTES).await {
+        Ok(b) => Ok((parts, b)),
+        Err(_) => Err(too_large()),
+    }
+}
+
+fn clone_parts(p: &axum::http::request::Parts) -> axum::http::request::Parts {
+    let mut req = Request::builder()
+        .method(p.method.clone())
+        .uri(p.uri.clone())
+        .body(())
+        .unwrap_or_default();
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}
+
+async fn collect(resp: Response) -> (StatusCode, HeaderMap, Bytes) {
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    (parts.status, parts.headers, bytes)
+}
+
+fn rebuild(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    copy_headers(headers, resp.headers_mut());
+    resp
+}
+
+/// `POST /v1/clock`: every partition's clock moves, in partition order;
+/// the first refusal is the answer (the partitions before it moved: the
+/// clock only goes forward, so the same request again finishes the rest).
+async fn everywhere(c: &Cluster, req: Request) -> Response {
+    let (parts, body) = match whole(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let mut last = None;
+    for p in 0..c.partitions {
+        let (status, headers, bytes) =
+            collect(send(c, p, clone_parts(&parts), body.clone(), false).await).await;
+        if !status.is_success() {
+            return rebuild(status, &headers, bytes);
+        }
+        last = Some((status, headers, bytes));
+    }
+    match last {
+        Some((s, h, b)) => rebuild(s, &h, b),
+        None => unavailable(HOME, "the cluster has no partitions".into()),
+    }
+}
+
+/// `GET /v1/accounts`: the same page asked of every partition, merged in
+/// id order.
+async fn accounts(c: &Cluster, req: Request) -> Response {
+    let (parts, body) = match whole(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let limit = parts
+        .uri
+        .query()
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("limit="))
+                .and_then(|v| v.parse::<usize>().ok())
+        })
+        .unwrap_or(100);
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    let mut more = false;
+    let mut first = None;
+    for p in 0..c.partitions {
+        let (status, headers, bytes) =
+            collect(send(c, p, clone_parts(&parts), body.clone(), false).await).await;
+        if !status.is_success() {
+            return rebuild(status, &headers, bytes);
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return rebuild(status, &headers, bytes);
+        };
+        more |= v.get("next_after").is_some_and(|n| !n.is_null());
+        if let Some(a) = v.get("accounts").and_then(|a| a.as_array()) {
+            all.extend(a.iter().cloned());
+        }
+        first.get_or_insert((v, headers));
+    }
+    let Some((mut page, headers)) = first else {
+        return unavailable(HOME, "the cluster has no partitions".into());
+    };
+    let id = |v: &serde_json::Value| {
+        v.get("id")
+            .and_then(|i| i.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    all.sort_by_key(id);
+    more |= all.len() > limit;
+    all.truncate(limit);
+    let next = if more { all.last().map(id) } else { None };
+    page["accounts"] = serde_json::Value::Array(all);
+    page["next_after"] = next.map_or(serde_json::Value::Null, serde_json::Value::String);
+    rebuild(
+        StatusCode::OK,
+        &headers,
+        Bytes::from(serde_json::to_vec(&page).unwrap_or_default()),
+    )
+}
+
+/// `POST /v1/usage`, `POST /v1/usage/cancellations`: one partition's
+/// events go as they came; a batch over several is split, sent in
+/// parallel, and its results put back in the order of the request (the
+/// counts summed). A partition that refuses as a whole (401, 503…) makes
+/// that the answer; the others' events may have landed, and the same batch
+/// again is answered `duplicate` for them.
+async fn split(c: &Cluster, req: Request) -> Response {
+    let (parts, body) = match whole(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // The same door as the partition's: a duplicate key or card data is
+    // refused before the body is taken apart (a re-serialised part would
+    // have lost the duplicate).
+    if let Err(e) = crate::guard::scan_json(&body) {
+        return e.into_response();
+    }
+    let events = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|mut v| v.get_mut("events").map(serde_json::Value::take))
+        .and_then(|e| match e {
+            serde_json::Value::Array(a) => Some(a),
+            _ => None,
+        });
+    let Some(events) = events else {
+        // Not a batch: the home partition answers why.
+        return send(c, HOME, parts, body, false).await;
+    };
+    let of = |e: &serde_json::Value| {
+        e.get("account_id")
+            .and_then(|a| a.as_str())
+            .map_or(HOME, |a| partition_of(a, c.partitions))
+    };
+    let first = events.first().map_or(HOME, of);
+    if events.len() > accrue_ledger::MAX_BATCH_EVENTS || events.iter().all(|e| of(e) == first) {
+        return send(c, first, parts, body, false).await;
+    }
+    let mut groups: std::collections::BTreeMap<u32, (Vec<usize>, Vec<serde_json::Value>)> =
+        Default::default();
+    for (i, e) in events.into_iter().enumerate() {
+        let g = groups.entry(of(&e)).or_default();
+        g.0.push(i);
+        g.1.push(e);
+    }
+    let sends = groups.into_iter().map(|(p, (idx, evs))| {
+        let sub = Bytes::from(
+            serde_json::to_vec(&serde_json::json!({ "events": evs })).unwrap_or_default(),
+        );
+        let parts = clone_parts(&parts);
+        async move { (idx, collect(send(c, p, parts, sub, false).await).await) }
+    });
+    let answers = futures_join_all(sends).await;
+    let mut results: Vec<(usize, serde_json::Value)> = Vec::new();
+    // The counts (`accepted`, `duplicate`, `rejected`, `cancelled`…) summed.
+    let mut merged = serde_json::Map::new();
+    let mut headers = HeaderMap::new();
+    let mut status_all = StatusCode::OK;
+    for (idx, (status, h, bytes)) in answers {
+        if !status.is_success() {
+            return rebuild(status, &h, bytes);
+        }
+        status_all = status;
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return rebuild(status, &h, bytes);
+        };
+        for (k, n) in v.as_object().into_iter().flatten() {
+            if let Some(n) = n.as_u64() {
+                let sum = merged
+                    .get(k)
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0)
+                    + n;
+                merged.insert(k.clone(), sum.into());
+            }
+        }
+        for r in v
+            .get("results")
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let local = r
+                .get("index")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0) as usize;
+            let mut r = r.clone();
+            let at = idx.get(local).copied().unwrap_or(local);
+            r["index"] = serde_json::Value::from(at);
+            results.push((at, r));
+        }
+        headers = h;
+    }
+    headers.remove(PARTITION);
+    results.sort_by_key(|(i, _)| *i);
+    merged.insert(
+        "results".into(),
+        results
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    let mut resp = rebuild(
+        status_all,
+        &headers,
+        Bytes::from(serde_json::to_vec(&merged).unwrap_or_default()),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Runs the futures concurrently on this task and collects their outputs
+/// in order (the few partitions of one batch; no spawn, no extra crate).
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(move |cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(out.iter_mut().filter_map(Option::take).collect())
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        // Fixed for the life of a cluster: these values must never change.
+        assert_eq!(partition_of("acme", 3), partition_of("acme", 3));
+        let mut n = [0usize; 3];
+        for i in 0..3000 {
+            n[partition_of(&format!("acct-{i}"), 3) as usize] += 1;
+        }
+        assert!(n.iter().all(|c| *c > 800), "{n:?}");
+        assert_eq!(partition_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn numbers_name_their_partition() {
+        assert_eq!(partition_of_number("INV-2026-02-000017", 3), Some(2));
+        assert_eq!(partition_of_number("CN-2026-00-000001", 3), Some(0));
+        assert_eq!(partition_of_number("INV-2026-07-000001", 3), None);
+        assert_eq!(partition_of_number("INV-2026-000001", 3), None);
+        assert_eq!(partition_of_number("INV-2026-0x-000001", 3), None);
+        assert_eq!(by_path("/v1/invoices/INV-2026-01-000003/pdf", 3), Some(1));
+        assert_eq!(
+            by_path("/v1/accounts/ac%6De/plan", 3),
+            Some(partition_of("acme", 3))
+        );
+        assert_eq!(by_path("/v1/tokens", 3), None);
+    }
+}
