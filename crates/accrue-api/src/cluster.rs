@@ -82,6 +82,8 @@ impl Cluster {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
+            // Nodes talk directly: never through an HTTP(S)_PROXY.
+            .no_proxy()
             .build()
             .unwrap_or_default();
         Arc::new(Cluster {

@@ -81,6 +81,20 @@ impl Directory {
         })
     }
 
+    /// Whether some session holds the writer lock of `schema` (a look at
+    /// `pg_locks`, taking nothing): a node tries to take only partitions
+    /// whose lease is free, instead of opening a store to find out.
+    pub fn leased(&self, schema: &str) -> Result<bool, StoreError> {
+        off_runtime(|| {
+            let row = self.client.lock().query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND objsubid = 2 AND classid = $1 AND objid = hashtext($2)::oid)",
+                &[&(crate::postgres::WRITER_LOCK_CLASS as u32), &schema],
+            )?;
+            Ok(row.get(0))
+        })
+    }
+
     /// (partition, node, url) of every partition that has had an owner.
     pub fn owners(&self) -> Result<Vec<(u32, String, String)>, StoreError> {
         off_runtime(|| {

@@ -20,7 +20,7 @@ const SNAPSHOTS: &str = include_str!("../../../migrations/postgres/0003_snapshot
 const USAGE_KEYS: &str = include_str!("../../../migrations/postgres/0004_usage_keys.sql");
 /// The class of the session advisory lock one writer holds per ledger (the
 /// second key is the schema's name hashed), for the store's lifetime.
-const WRITER_LOCK_CLASS: i32 = 0x6163_6372;
+pub(crate) const WRITER_LOCK_CLASS: i32 = 0x6163_6372;
 /// The advisory lock key for migrations (one per database).
 const MIGRATE_LOCK: i64 = 0x6163_6372_7565_0001;
 /// The class of the transaction lock that serialises appends to one

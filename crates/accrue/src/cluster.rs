@@ -185,6 +185,13 @@ impl Leases {
                 if held.contains(&p) || !(eager || self.prefer.contains(&p)) {
                     continue;
                 }
+                // Held by another node: nothing to try (a look, not a lock).
+                if directory
+                    .leased(&partition_schema(&self.base, p))
+                    .unwrap_or(true)
+                {
+                    continue;
+                }
                 match self.take(p) {
                     Ok(Some(h)) => {
                         cluster.hold(p, accrue_api::router(h.state.clone()));

@@ -466,9 +466,18 @@ mod tests {
     fn a_tagged_series_formats_and_parses_only_its_own_numbers() {
         assert_eq!(Series::Invoice.format("", 2026, 7), "INV-2026-000007");
         assert_eq!(Series::Invoice.format("02", 2026, 7), "INV-2026-02-000007");
-        assert_eq!(Series::CreditNote.format("02", 2026, 7), "CN-2026-02-000007");
-        assert_eq!(Series::Invoice.parse("02", "INV-2026-02-000007"), Some((2026, 7)));
-        assert_eq!(Series::CreditNote.parse("02", "CN-2026-02-000007"), Some((2026, 7)));
+        assert_eq!(
+            Series::CreditNote.format("02", 2026, 7),
+            "CN-2026-02-000007"
+        );
+        assert_eq!(
+            Series::Invoice.parse("02", "INV-2026-02-000007"),
+            Some((2026, 7))
+        );
+        assert_eq!(
+            Series::CreditNote.parse("02", "CN-2026-02-000007"),
+            Some((2026, 7))
+        );
         // Another partition's number, an untagged one, a sloppy spelling.
         assert_eq!(Series::Invoice.parse("02", "INV-2026-01-000007"), None);
         assert_eq!(Series::Invoice.parse("02", "INV-2026-000007"), None);
