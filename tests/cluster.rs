@@ -438,7 +438,16 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
     }
     // The partition count is fixed when the cluster is created.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", &common::pg_url(), "--partitions", "2", "--data"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &common::pg_url(),
+            "--partitions",
+            "2",
+            "--data",
+        ])
         .arg(dir.path().join("late"))
         .env("ACCRUE_PG_SCHEMA", &schema)
         .env("ACCRUE_ADMIN_TOKEN", TOKEN)
@@ -455,10 +464,17 @@ fn a_cluster_needs_postgresql_and_a_shared_admin_token() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str], token: Option<&str>| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_accrue"));
-        c.args(["serve", "--listen", "127.0.0.1:0", "--partitions", "3", "--data"])
-            .arg(dir.path())
-            .args(args)
-            .env_remove("ACCRUE_ADMIN_TOKEN");
+        c.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--partitions",
+            "3",
+            "--data",
+        ])
+        .arg(dir.path())
+        .args(args)
+        .env_remove("ACCRUE_ADMIN_TOKEN");
         if let Some(t) = token {
             c.env("ACCRUE_ADMIN_TOKEN", t);
         }
