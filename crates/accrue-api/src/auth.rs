@@ -81,7 +81,15 @@ pub struct Tokens {
     /// partition did not issue is looked up there, so an ingest or auditor
     /// token works on every partition ([`Tokens::with_home`]).
     home: std::sync::OnceLock<Arc<dyn EventStore>>,
+    /// Tokens home did not know, and when it was asked: a bad token is
+    /// looked up at most once per [`MISS_TTL`], not on every request.
+    home_misses: parking_lot::Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How long an unknown token stays unknown before home is asked again.
+const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most unknown tokens remembered (the table is cleared when full).
+const MAX_MISSES: usize = 10_000;
 
 pub type ServerLookup = Box<dyn Fn(&str) -> Option<Principal> + Send + Sync>;
 
@@ -153,6 +161,7 @@ impl Tokens {
                 admin_hash,
                 server_lookup: std::sync::OnceLock::new(),
                 home: std::sync::OnceLock::new(),
+                home_misses: parking_lot::Mutex::new(HashMap::new()),
             },
             generated,
         ))
@@ -184,11 +193,28 @@ impl Tokens {
 
     fn issued_at_home(&self, h: String) -> Option<Principal> {
         let home = self.home.get()?;
-        let v = home.meta_get(&format!("token:{h}")).ok()??;
-        let p: Principal = serde_json::from_str(&v).ok()?;
-        if p.role == Role::Server {
+        if self
+            .home_misses
+            .lock()
+            .get(&h)
+            .is_some_and(|at| at.elapsed() < MISS_TTL)
+        {
             return None;
         }
+        let found = home
+            .meta_get(&format!("token:{h}"))
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_str::<Principal>(&v).ok())
+            .filter(|p| p.role != Role::Server);
+        let Some(p) = found else {
+            let mut m = self.home_misses.lock();
+            if m.len() >= MAX_MISSES {
+                m.clear();
+            }
+            m.insert(h, std::time::Instant::now());
+            return None;
+        };
         self.cache.write().insert(h, p.clone());
         Some(p)
     }
