@@ -12,11 +12,13 @@
 //! Memory that does not grow with history (SPEC §12): once a run holds
 //! [`SPILL_KEYS`] keys it is written to the store beside the log
 //! ([`EventStore::put_usage_keys`], by a thread of its own, so the writer
-//! never waits for it) and only a Bloom filter of it stays in memory, about
-//! 1.25 bytes a key instead of 6. A lookup whose filter says "maybe" reads
-//! the key's candidates from the store once ([`IdempotencyIndex::fetch`],
-//! before the decision, where a store error can still answer 503), and a
-//! fresh id — the common case — touches no disk.
+//! never waits for it) and its keys join one filter over every spilled key
+//! (blocked Bloom filters in 4,096 buckets by fingerprint prefix), about
+//! 1.25 bytes a key instead of 6. A lookup asks one bucket however many
+//! runs were spilled; a "maybe" reads the key's candidates from the store
+//! once ([`IdempotencyIndex::fetch`], before the decision, where a store
+//! error can still answer 503), and a fresh id — the common case — touches
+//! no disk.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -107,8 +109,8 @@ pub fn store_fingerprint(hash: u64) -> u32 {
 /// in `recent` (16 bytes more a key, past four billion events).
 const FROZEN_MAX_POSITION: u64 = u32::MAX as u64 - 1;
 
-/// A run this large is written to the store and leaves memory (a Bloom
-/// filter of it stays): 2^21 keys, 12 MB in a run, 2.6 MB as a filter.
+/// A run this large is written to the store and leaves memory (its keys
+/// join the filter): 2^21 keys, 12 MB in a run, ~2.6 MB in the filter.
 pub const SPILL_KEYS: usize = 1 << 21;
 
 /// Fetched candidates kept across batches, until this many (a batch may
@@ -118,6 +120,7 @@ const CACHE_MAX: usize = 65_536;
 #[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct IdempotencyIndex {
     /// The newest keys (and every pending one): hash → packed slot.
+    #[serde(with = "packed::map")]
     recent: HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>,
     /// Older committed keys in compact runs (6 bytes a key instead of a
     /// hash map's ~29 with its load factor), largest first.
@@ -126,9 +129,14 @@ pub struct IdempotencyIndex {
     fold_at: usize,
     /// Keys whose hash collided with another key's.
     exact: HashMap<(String, String), u64>,
-    /// Runs written to the store: only their filters stay in memory.
+    /// Runs written to the store: only their sizes and samples stay in
+    /// memory, their keys are in `filter`.
     #[serde(default)]
-    spilled: Vec<Bloom>,
+    spilled: Vec<SpilledRun>,
+    /// One filter over every spilled key (shared with the spill thread,
+    /// which adds each run to it once the store has the run).
+    #[serde(default)]
+    filter: Filter,
     /// Where runs are written (none: everything stays in memory).
     #[serde(skip)]
     spill: Option<Spill>,
@@ -137,15 +145,15 @@ pub struct IdempotencyIndex {
     cache: HashMap<u32, Vec<u64>>,
 }
 
-/// A run to write, and where the spill thread reports: the run's filter
-/// (built there, not on the writer), then the status.
+/// A run to write, and where the spill thread reports: the run's size and
+/// samples (its keys are in the filter by then), then the status.
 type SpillJob = (Run, Arc<SpillDone>);
 
 /// What the spill thread hands back for one run.
 #[derive(Default)]
 struct SpillDone {
     status: AtomicU8,
-    filter: parking_lot::Mutex<Option<Bloom>>,
+    run: parking_lot::Mutex<Option<SpilledRun>>,
 }
 
 /// The store runs are written to, and the thread that writes them. Both
@@ -164,7 +172,7 @@ const SPILLED: u8 = 2;
 const SPILL_FAILED: u8 = 3;
 
 impl Spill {
-    fn new(store: &Arc<dyn EventStore>, at: usize) -> Spill {
+    fn new(store: &Arc<dyn EventStore>, at: usize, filter: Filter) -> Spill {
         let (tx, rx) = std::sync::mpsc::channel::<SpillJob>();
         let store = Arc::downgrade(store);
         let writer = store.clone();
@@ -175,12 +183,16 @@ impl Spill {
                     let keys = run.entries();
                     drop(run);
                     let put = match writer.upgrade() {
-                        Some(store) => store.put_usage_keys(&keys),
+                        Some(store) => store.put_usage_keys(&keys).map(|()| {
+                            // Stored first: a bucket the run outgrows is
+                            // rebuilt from the store, the run included.
+                            filter.add(&keys, store.as_ref());
+                        }),
                         None => Err(StoreError::Backend("the ledger is closed".into())),
                     };
                     let status = match put {
                         Ok(()) => {
-                            *done.filter.lock() = Some(Bloom::new(&keys));
+                            *done.run.lock() = Some(SpilledRun::of(&keys));
                             SPILLED
                         }
                         Err(e) => {
@@ -198,58 +210,235 @@ impl Spill {
     }
 }
 
-/// A Bloom filter over the 32-bit fingerprints of a spilled run (10 bits
-/// and 7 probes a key: about 1 % of fresh ids read the store once).
+/// What stays in memory of a spilled run: its size, and a few of its
+/// (fingerprint, position) pairs, so that a snapshot whose spilled keys
+/// the store no longer holds is not used.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
-struct Bloom {
-    bits: Vec<u64>,
+struct SpilledRun {
     keys: u64,
-    /// A few of the run's (fingerprint, position) pairs: a snapshot whose
-    /// spilled keys the store no longer holds is not used.
-    #[serde(default)]
     samples: Vec<(u32, u64)>,
 }
 
-impl Bloom {
-    fn probes(fp: u32) -> (u64, u64) {
-        // splitmix64 of the fingerprint: two independent 32-bit halves.
-        let mut z = u64::from(fp).wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z & 0xffff_ffff, (z >> 32) | 1)
-    }
-
-    fn new(entries: &[(u32, u64)]) -> Bloom {
-        let n = entries.len().max(1) as u64;
-        let words = (n * 10).div_ceil(64).max(1);
+impl SpilledRun {
+    fn of(entries: &[(u32, u64)]) -> SpilledRun {
         let step = (entries.len() / 4).max(1);
         let mut samples: Vec<(u32, u64)> = entries.iter().step_by(step).take(4).copied().collect();
         // The last entry too: a store that lost the end of a run is caught.
         samples.extend(entries.last().copied());
-        let mut b = Bloom {
-            bits: vec![0; words as usize],
+        SpilledRun {
             keys: entries.len() as u64,
             samples,
-        };
-        let m = words * 64;
-        for (fp, _) in entries {
-            let (h1, h2) = Bloom::probes(*fp);
-            for i in 0..7u64 {
-                let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;
-                b.bits[(bit / 64) as usize] |= 1 << (bit % 64);
-            }
         }
-        b
+    }
+}
+
+/// The filter's buckets: a fingerprint's top 12 bits choose one of 4,096.
+const FILTER_BUCKET_BITS: u32 = 12;
+/// Bits a key in a bucket at its capacity (6 probes: ~2.5 % false
+/// positives then); a bucket that would go past it is rebuilt from the
+/// store half as large again (12 bits a key, ~0.4 %), so a bucket holds 8
+/// to 12 bits a key, ~1.25 bytes on average, whatever the number of runs.
+const FILTER_BITS_AT_CAPACITY: u64 = 8;
+const FILTER_PROBES: u32 = 6;
+
+/// One cache line of a blocked Bloom filter: a key's probes all fall in
+/// one block, so a lookup costs one memory access.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Block([u64; 8]);
+
+/// One bucket: a blocked Bloom filter over the 32-bit fingerprints of the
+/// spilled keys whose fingerprint starts with the bucket's 12 bits.
+#[derive(Default)]
+struct Bucket {
+    blocks: Vec<Block>,
+    keys: u64,
+    capacity: u64,
+}
+
+impl Bucket {
+    fn with_capacity(keys: u64) -> Bucket {
+        let blocks = (keys.max(1) * FILTER_BITS_AT_CAPACITY).div_ceil(512);
+        Bucket {
+            blocks: vec![Block::default(); blocks as usize],
+            keys: 0,
+            capacity: blocks * 512 / FILTER_BITS_AT_CAPACITY,
+        }
+    }
+
+    /// The block (by a 32-bit multiply-shift of the hash's high half) and
+    /// the probes' bits within it (9 bits each, from a second mix).
+    fn probes(&self, fp: u32) -> (usize, u64) {
+        let mix = |mut z: u64| {
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let z = mix(u64::from(fp).wrapping_add(0x9e37_79b9_7f4a_7c15));
+        let block = ((z >> 32) * self.blocks.len() as u64) >> 32;
+        (block as usize, mix(z))
+    }
+
+    fn insert(&mut self, fp: u32) {
+        if self.blocks.is_empty() {
+            *self = Bucket::with_capacity(64);
+        }
+        let (b, bits) = self.probes(fp);
+        let block = &mut self.blocks[b].0;
+        for i in 0..FILTER_PROBES {
+            let bit = (bits >> (9 * i)) & 511;
+            block[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+        self.keys += 1;
     }
 
     fn may_contain(&self, fp: u32) -> bool {
-        let m = self.bits.len() as u64 * 64;
-        let (h1, h2) = Bloom::probes(fp);
-        (0..7u64).all(|i| {
-            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;
-            self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        if self.blocks.is_empty() {
+            return false;
+        }
+        let (b, bits) = self.probes(fp);
+        let block = &self.blocks[b].0;
+        (0..FILTER_PROBES).all(|i| {
+            let bit = (bits >> (9 * i)) & 511;
+            block[(bit >> 6) as usize] & (1 << (bit & 63)) != 0
         })
+    }
+}
+
+fn filter_bucket(fp: u32) -> usize {
+    (fp >> (32 - FILTER_BUCKET_BITS)) as usize
+}
+
+/// One filter over every spilled key, in buckets by fingerprint prefix:
+/// a fresh id asks one bucket (one cache line) however many runs were
+/// spilled, and false positives stay ~1 % instead of adding up per run.
+/// A Bloom filter cannot grow, so a bucket that a run would fill past its
+/// capacity is rebuilt from the store (`usage_key_fingerprints` over its
+/// range, the new run included) on the spill thread; the writer keeps
+/// asking the old one until the new one is swapped in. Shared, behind a
+/// lock per bucket: the spill thread adds, the writer asks, a snapshot
+/// copies (a copy taken while a run is added holds more keys, never
+/// fewer, of the runs it lists as spilled).
+#[derive(Clone)]
+struct Filter(Arc<Vec<parking_lot::RwLock<Bucket>>>);
+
+impl Default for Filter {
+    fn default() -> Filter {
+        Filter(Arc::new(
+            (0..1usize << FILTER_BUCKET_BITS)
+                .map(|_| parking_lot::RwLock::new(Bucket::default()))
+                .collect(),
+        ))
+    }
+}
+
+impl Filter {
+    fn may_contain(&self, fp: u32) -> bool {
+        self.0[filter_bucket(fp)].read().may_contain(fp)
+    }
+
+    /// Adds a run the store has just taken.
+    fn add(&self, keys: &[(u32, u64)], store: &dyn EventStore) {
+        let mut fps: Vec<u32> = keys.iter().map(|(fp, _)| *fp).collect();
+        fps.sort_unstable();
+        let span = (1u32 << (32 - FILTER_BUCKET_BITS)) - 1;
+        for part in fps.chunk_by(|a, b| filter_bucket(*a) == filter_bucket(*b)) {
+            let b = filter_bucket(part[0]);
+            let (keys_now, capacity) = {
+                let g = self.0[b].read();
+                (g.keys, g.capacity)
+            };
+            let n = part.len() as u64;
+            if keys_now > 0 && keys_now + n > capacity {
+                let from = (b as u32) << (32 - FILTER_BUCKET_BITS);
+                match store.usage_key_fingerprints(from, from | span) {
+                    Ok(stored) => {
+                        let all = (stored.len() as u64).max(keys_now + n);
+                        let mut fresh = Bucket::with_capacity(all + all / 2);
+                        for fp in stored.iter().chain(part) {
+                            fresh.insert(*fp);
+                        }
+                        fresh.keys = all;
+                        *self.0[b].write() = fresh;
+                        continue;
+                    }
+                    Err(e) => {
+                        // Correct still, only less selective: the keys go
+                        // into the bucket as it is.
+                        tracing::warn!(error = %e, bucket = b, "usage key filter not rebuilt");
+                    }
+                }
+            }
+            let mut g = self.0[b].write();
+            if g.blocks.is_empty() {
+                *g = Bucket::with_capacity(n + n / 2);
+            }
+            for fp in part {
+                g.insert(*fp);
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.iter().map(|b| b.read().blocks.len() * 64).sum()
+    }
+}
+
+/// A bucket as a snapshot stores it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BucketBytes {
+    keys: u64,
+    capacity: u64,
+    #[serde(with = "packed")]
+    words: Vec<u64>,
+}
+
+impl serde::Serialize for Filter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for b in self.0.iter() {
+            let g = b.read();
+            seq.serialize_element(&BucketBytes {
+                keys: g.keys,
+                capacity: g.capacity,
+                words: g.blocks.iter().flat_map(|b| b.0).collect(),
+            })?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Filter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Filter, D::Error> {
+        use serde::de::Error;
+        let buckets: Vec<BucketBytes> = serde::Deserialize::deserialize(d)?;
+        if buckets.len() != 1 << FILTER_BUCKET_BITS {
+            return Err(D::Error::custom("a usage key filter of the wrong size"));
+        }
+        let mut out = Vec::with_capacity(buckets.len());
+        for b in buckets {
+            if !b.words.len().is_multiple_of(8) || (b.keys > 0 && b.words.is_empty()) {
+                return Err(D::Error::custom(
+                    "a usage key filter bucket of the wrong shape",
+                ));
+            }
+            let blocks = b
+                .words
+                .chunks_exact(8)
+                .map(|w| {
+                    let mut a = [0u64; 8];
+                    a.copy_from_slice(w);
+                    Block(a)
+                })
+                .collect();
+            out.push(parking_lot::RwLock::new(Bucket {
+                blocks,
+                keys: b.keys,
+                capacity: b.capacity,
+            }));
+        }
+        Ok(Filter(Arc::new(out)))
     }
 }
 
@@ -265,9 +454,12 @@ fn fp32(hash: u64) -> u32 {
 /// keys about one new key in 400 costs one extra read of a stored event).
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Run {
+    #[serde(with = "packed")]
     fps: Vec<u16>,
+    #[serde(with = "packed")]
     positions: Vec<u32>,
     /// `dir[b]..dir[b + 1]`: the entries whose hash starts with `b`.
+    #[serde(with = "packed")]
     dir: Vec<u32>,
     /// Being written to the store (`SPILLING`, then `SPILLED` or
     /// `SPILL_FAILED`); not part of a snapshot — a run loaded from one is
@@ -277,6 +469,100 @@ struct Run {
 }
 
 const DIR_BITS: u32 = 16;
+
+/// Arrays of integers as one little-endian byte string (in a snapshot:
+/// a memory copy to read, where CBOR would decode one integer at a time).
+mod packed {
+    use std::marker::PhantomData;
+
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub trait Le: Copy {
+        const N: usize;
+        fn put(self, out: &mut Vec<u8>);
+        fn get(b: &[u8]) -> Self;
+    }
+
+    macro_rules! le {
+        ($($t:ty),*) => {$(
+            impl Le for $t {
+                const N: usize = std::mem::size_of::<$t>();
+                fn put(self, out: &mut Vec<u8>) {
+                    out.extend_from_slice(&self.to_le_bytes());
+                }
+                fn get(b: &[u8]) -> Self {
+                    let mut a = [0u8; std::mem::size_of::<$t>()];
+                    a.copy_from_slice(b);
+                    <$t>::from_le_bytes(a)
+                }
+            }
+        )*};
+    }
+    le!(u16, u32, u64);
+
+    pub fn serialize<S: Serializer, T: Le>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = Vec::with_capacity(v.len() * T::N);
+        for x in v {
+            x.put(&mut out);
+        }
+        s.serialize_bytes(&out)
+    }
+
+    struct Bytes<T>(PhantomData<T>);
+
+    impl<T: Le> Visitor<'_> for Bytes<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a byte string of {}-byte integers", T::N)
+        }
+        fn visit_bytes<E: Error>(self, b: &[u8]) -> Result<Vec<T>, E> {
+            if !b.len().is_multiple_of(T::N) {
+                return Err(E::custom("a packed array of the wrong length"));
+            }
+            Ok(b.chunks_exact(T::N).map(T::get).collect())
+        }
+        fn visit_byte_buf<E: Error>(self, b: Vec<u8>) -> Result<Vec<T>, E> {
+            self.visit_bytes(&b)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Le>(d: D) -> Result<Vec<T>, D::Error> {
+        // `byte_buf`, not `bytes`: ciborium reads a long byte string
+        // only into a buffer of its own.
+        d.deserialize_byte_buf(Bytes(PhantomData))
+    }
+
+    /// A map of `u64` to `u64` as its pairs, packed.
+    pub mod map {
+        use std::collections::HashMap;
+        use std::hash::BuildHasher;
+
+        use serde::{Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer, H>(
+            m: &HashMap<u64, u64, H>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            let flat: Vec<u64> = m.iter().flat_map(|(k, v)| [*k, *v]).collect();
+            super::serialize(&flat, s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>, H: BuildHasher + Default>(
+            d: D,
+        ) -> Result<HashMap<u64, u64, H>, D::Error> {
+            let flat: Vec<u64> = super::deserialize(d)?;
+            if !flat.len().is_multiple_of(2) {
+                return Err(serde::de::Error::custom("a packed map of an odd length"));
+            }
+            let mut m = HashMap::with_capacity_and_hasher(flat.len() / 2, H::default());
+            for pair in flat.chunks_exact(2) {
+                m.insert(pair[0], pair[1]);
+            }
+            Ok(m)
+        }
+    }
+}
 
 fn bucket(hash: u64) -> usize {
     (hash >> (64 - DIR_BITS)) as usize
@@ -378,10 +664,29 @@ impl IdempotencyIndex {
             + self.spilled.iter().map(|b| b.keys as usize).sum::<usize>()
     }
 
+    /// Bytes the filter over spilled keys holds.
+    pub fn filter_bytes(&self) -> usize {
+        self.filter.bytes()
+    }
+
     /// Writes runs of at least `at` keys to `store` from now on (and those
     /// already that large at the next `compact`).
     pub fn spill_to(&mut self, store: Arc<dyn EventStore>, at: usize) {
-        self.spill = Some(Spill::new(&store, at.max(1)));
+        self.spill = Some(Spill::new(&store, at.max(1), self.filter.clone()));
+    }
+
+    /// Whether the runs and filters are shaped as this build makes them (a
+    /// snapshot's bytes are hash-checked; this keeps a lookup in bounds
+    /// even for one a different build wrote under the same format).
+    pub fn well_formed(&self) -> bool {
+        let dir_len = (1usize << DIR_BITS) + 1;
+        self.frozen.iter().all(|r| {
+            r.dir.len() == dir_len
+                && r.dir[0] == 0
+                && r.dir.windows(2).all(|w| w[0] <= w[1])
+                && r.dir[dir_len - 1] as usize == r.fps.len()
+                && r.fps.len() == r.positions.len()
+        })
     }
 
     /// Whether the store still holds the spilled runs this index (loaded
@@ -403,7 +708,7 @@ impl IdempotencyIndex {
     /// instead of taking a retry for a new key.
     pub fn fetch(&mut self, hash: u64) -> Result<(), StoreError> {
         let fp = fp32(hash);
-        if self.cache.contains_key(&fp) || !self.spilled.iter().any(|b| b.may_contain(fp)) {
+        if self.spilled.is_empty() || self.cache.contains_key(&fp) || !self.filter.may_contain(fp) {
             return Ok(());
         }
         let Some(spill) = &self.spill else {
@@ -447,7 +752,7 @@ impl IdempotencyIndex {
     ) -> Result<Vec<Slot>, StoreError> {
         let mut found = self.by_hash(hash);
         let fp = fp32(hash);
-        if self.spilled.iter().any(|b| b.may_contain(fp)) {
+        if !self.spilled.is_empty() && self.filter.may_contain(fp) {
             for p in store.usage_key_positions(fp)? {
                 found.push(Slot::Committed(p));
             }
@@ -548,7 +853,7 @@ impl IdempotencyIndex {
             if run.status.is_none() && run.len() >= spill.at {
                 let done = Arc::new(SpillDone {
                     status: AtomicU8::new(SPILLING),
-                    filter: parking_lot::Mutex::new(None),
+                    run: parking_lot::Mutex::new(None),
                 });
                 // A copy of the run (a memcpy); its entries, the store
                 // write and the filter are the spill thread's work.
@@ -578,8 +883,8 @@ impl IdempotencyIndex {
                 .map(|s| s.status.load(Ordering::Acquire))
             {
                 Some(SPILLED) => {
-                    let filter = run.status.as_ref().and_then(|s| s.filter.lock().take());
-                    match filter {
+                    let spilled = run.status.as_ref().and_then(|s| s.run.lock().take());
+                    match spilled {
                         Some(f) => {
                             self.spilled.push(f);
                             settled = true;
@@ -741,38 +1046,116 @@ mod tests {
         assert_eq!(idx.recent.len(), FREEZE_AT - 1);
     }
 
+    fn run_of(prefix: &str, n: u64, first: u64) -> Vec<(u32, u64)> {
+        (0..n)
+            .map(|i| (fp32(key("acme", &format!("{prefix}{i}"))), first + i))
+            .collect()
+    }
+
+    fn fresh_hits(f: &Filter) -> usize {
+        (0..50_000)
+            .filter(|i| f.may_contain(fp32(key("acme", &format!("fresh{i}")))))
+            .count()
+    }
+
     #[test]
-    fn a_spilled_runs_filter_knows_its_keys_and_rarely_others() {
-        let entries: Vec<(u32, u64)> = (0..100_000u64)
-            .map(|i| (fp32(key("acme", &format!("u{i}"))), i + 1))
-            .collect();
-        let b = Bloom::new(&entries);
+    fn the_filter_knows_every_spilled_key_and_rarely_others_however_many_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = accrue_store::sqlite::SqliteStore::open(dir.path().join("l.db")).unwrap();
+        let f = Filter::default();
+        let mut all = Vec::new();
+        let mut rates = Vec::new();
+        // Twelve runs: every bucket is rebuilt from the store several times.
+        for r in 0..12u64 {
+            let run = run_of(&format!("r{r}-"), 40_000, 1 + r * 40_000);
+            store.put_usage_keys(&run).unwrap();
+            f.add(&run, &store);
+            all.extend(run);
+            assert!(
+                all.iter().all(|(fp, _)| f.may_contain(*fp)),
+                "a false negative after run {r}"
+            );
+            rates.push(fresh_hits(&f));
+        }
+        // 8 to 12 bits a key, 6 probes in one block: ~1–2.5 %, and not
+        // growing with the number of runs (a filter per run: 12 × ~0.8 %).
+        for (r, hits) in rates.iter().enumerate() {
+            assert!(
+                *hits < 50_000 * 3 / 100,
+                "run {r}: {hits} of 50,000 fresh ids would read the store"
+            );
+        }
         assert!(
-            entries.iter().all(|(fp, _)| b.may_contain(*fp)),
+            f.0.iter().any(|b| b.read().capacity > 64),
+            "no bucket was rebuilt from the store"
+        );
+        let bytes = f.bytes() as f64 / all.len() as f64;
+        assert!((0.9..1.7).contains(&bytes), "{bytes:.2} bytes a key");
+        // A snapshot's copy answers the same.
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&f, &mut cbor).unwrap();
+        let back: Filter = ciborium::from_reader(cbor.as_slice()).unwrap();
+        assert!(all.iter().all(|(fp, _)| back.may_contain(*fp)));
+        assert_eq!(fresh_hits(&back), *rates.last().unwrap());
+        // A bucket far larger than the decoder's scratch buffer comes
+        // back too (one bucket, 100,000 keys: ~120 KB).
+        let one: Vec<(u32, u64)> = (0..100_000u32).map(|i| (i * 7, u64::from(i) + 1)).collect();
+        store.put_usage_keys(&one).unwrap();
+        f.add(&one, &store);
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&f, &mut cbor).unwrap();
+        let back: Filter = ciborium::from_reader(cbor.as_slice()).unwrap();
+        assert!(one.iter().chain(&all).all(|(fp, _)| back.may_contain(*fp)));
+        // A bucket count or shape this build does not make is refused.
+        let wrong = vec![BucketBytes {
+            keys: 1,
+            capacity: 64,
+            words: vec![],
+        }];
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&wrong, &mut cbor).unwrap();
+        assert!(ciborium::from_reader::<Filter, _>(cbor.as_slice()).is_err());
+        let s = SpilledRun::of(&all);
+        assert_eq!(s.samples.len(), 5);
+        assert_eq!(s.samples.last(), all.last());
+    }
+
+    #[test]
+    fn a_filter_the_store_cannot_rebuild_still_knows_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = accrue_store::sqlite::SqliteStore::open(dir.path().join("l.db")).unwrap();
+        let store = accrue_store::faulty::FaultyStore::new(Arc::new(inner));
+        store.fail_key_reads(true);
+        let f = Filter::default();
+        let mut all = Vec::new();
+        for r in 0..4u64 {
+            let run = run_of(&format!("r{r}-"), 20_000, 1 + r * 20_000);
+            f.add(&run, &store);
+            all.extend(run);
+        }
+        assert!(
+            all.iter().all(|(fp, _)| f.may_contain(*fp)),
             "no false negative"
         );
-        let fresh = (0..50_000)
-            .filter(|i| b.may_contain(fp32(key("acme", &format!("fresh{i}")))))
-            .count();
-        // 10 bits and 7 probes a key: ~0.8 % expected.
         assert!(
-            fresh < 50_000 / 50,
-            "{fresh} of 50,000 fresh ids would read the store"
+            f.0.iter().all(|b| b.read().capacity <= 64),
+            "a bucket was rebuilt though the store could not be read"
         );
-        assert_eq!(b.bits.len() * 64, 1_000_000, "1.25 bytes a key");
-        assert_eq!(b.samples.len(), 5);
-        assert_eq!(b.samples.last(), entries.last());
+    }
+
+    #[test]
+    fn a_runs_entries_come_back_as_they_went_in() {
+        let entries = run_of("u", 1000, 1);
         // A run's entries come back as they went in.
         let run = Run::new(
             entries
                 .iter()
-                .take(1000)
                 .map(|(fp, p)| ((u64::from(*fp)) << 32, *p as u32))
                 .collect(),
         );
         let mut back = run.entries();
         back.sort_unstable();
-        let mut want: Vec<(u32, u64)> = entries.iter().take(1000).copied().collect();
+        let mut want: Vec<(u32, u64)> = entries.to_vec();
         want.sort_unstable();
         assert_eq!(back, want);
     }
@@ -786,7 +1169,8 @@ mod tests {
         idx.spill_to(store.clone(), 1);
         let old = key("acme", "old");
         store.put_usage_keys(&[(fp32(old), 7)]).unwrap();
-        idx.spilled.push(Bloom::new(&[(fp32(old), 7)]));
+        idx.filter.add(&[(fp32(old), 7)], store.as_ref());
+        idx.spilled.push(SpilledRun::of(&[(fp32(old), 7)]));
         // The cache is over its size, as after many batches.
         for i in 0..CACHE_MAX as u32 + 10 {
             idx.cache.insert(i.wrapping_mul(2_654_435_761), vec![]);

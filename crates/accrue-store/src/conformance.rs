@@ -247,6 +247,20 @@ pub fn usage_keys_come_back_by_fingerprint(store: &dyn EventStore) {
         .collect();
     store.put_usage_keys(&many).unwrap();
     assert_eq!(store.usage_key_positions(100).unwrap().len(), 120);
+    // By range: one fingerprint per stored pair, bounds included.
+    let mut range = store.usage_key_fingerprints(7, 100).unwrap();
+    range.sort_unstable();
+    assert_eq!(&range[..3], &[7, 7, 9], "pairs, not distinct fingerprints");
+    assert_eq!(range.len(), 3 + 120, "{range:?}");
+    assert_eq!(
+        store.usage_key_fingerprints(u32::MAX, u32::MAX).unwrap(),
+        vec![u32::MAX]
+    );
+    assert_eq!(store.usage_key_fingerprints(0, 6).unwrap(), vec![0]);
+    assert!(store
+        .usage_key_fingerprints(10_000, 20_000)
+        .unwrap()
+        .is_empty());
     assert_eq!(store.head_position().unwrap(), 0);
 }
 

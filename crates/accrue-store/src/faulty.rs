@@ -204,6 +204,15 @@ impl EventStore for FaultyStore {
         self.inner.usage_key_positions(fp)
     }
 
+    fn usage_key_fingerprints(&self, from: u32, to: u32) -> Result<Vec<u32>, StoreError> {
+        self.read_check()?;
+        if self.fail_key_reads.load(SeqCst) {
+            self.injected.fetch_add(1, SeqCst);
+            return Err(injected("usage key read"));
+        }
+        self.inner.usage_key_fingerprints(from, to)
+    }
+
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }

@@ -1112,6 +1112,35 @@ impl EventStore for KurrentStore {
         Ok(out)
     }
 
+    /// Reads the bucket streams the range spans (a pair stored twice is
+    /// counted once, as in the SQL stores' keyed tables).
+    fn usage_key_fingerprints(&self, from: u32, to: u32) -> Result<Vec<u32>, StoreError> {
+        let mut pairs: Vec<(u32, u64)> = Vec::new();
+        for bucket in (from >> 16)..=(to >> 16) {
+            let stream = format!("{}-usage-{bucket:04x}", self.prefix);
+            let raw = self.block(read(
+                &self.client,
+                &stream,
+                StreamPosition::Start,
+                usize::MAX,
+                false,
+            ))?;
+            for e in &raw {
+                for c in e.data.chunks_exact(12) {
+                    let mut c = Cursor(c);
+                    if let (Some(f), Some(p)) = (c.u32(), c.u64()) {
+                        if (from..=to).contains(&f) {
+                            pairs.push((f, p));
+                        }
+                    }
+                }
+            }
+        }
+        pairs.sort_unstable();
+        pairs.dedup();
+        Ok(pairs.into_iter().map(|(f, _)| f).collect())
+    }
+
     fn backend(&self) -> &'static str {
         "kurrentdb"
     }

@@ -275,6 +275,17 @@ pub trait EventStore: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The fingerprints stored by [`EventStore::put_usage_keys`] in
+    /// `from..=to` (one per stored pair, in any order): what the usage
+    /// index's filter is rebuilt from when a part of it grows.
+    fn usage_key_fingerprints(&self, from: u32, to: u32) -> Result<Vec<u32>, StoreError> {
+        let _ = (from, to);
+        Err(StoreError::Backend(format!(
+            "{} keeps no usage keys",
+            self.backend()
+        )))
+    }
+
     /// A short name of the backend, for reports.
     fn backend(&self) -> &'static str;
 }

@@ -193,6 +193,9 @@ impl EventStore for PgStore {
     fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
         off_runtime(|| self.0.usage_key_positions(fp))
     }
+    fn usage_key_fingerprints(&self, from: u32, to: u32) -> Result<Vec<u32>, StoreError> {
+        off_runtime(|| self.0.usage_key_fingerprints(from, to))
+    }
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -560,6 +563,21 @@ impl EventStore for PgInner {
             &[&i64::from(fp)],
         )?;
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    fn usage_key_fingerprints(&self, from: u32, to: u32) -> Result<Vec<u32>, StoreError> {
+        let mut guard = self.keys_r.lock();
+        if guard.is_none() {
+            *guard = Some(connect(&self.url, self.schema.as_deref())?);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err(StoreError::Backend("usage keys unavailable".into()));
+        };
+        let rows = c.query(
+            "SELECT fp FROM usage_keys WHERE fp BETWEEN $1 AND $2",
+            &[&i64::from(from), &i64::from(to)],
+        )?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u32).collect())
     }
 
     fn put_snapshot(&self, position: u64, bytes: &[u8], keep: usize) -> Result<(), StoreError> {

@@ -927,6 +927,23 @@ impl EventStore for SqliteStore {
         Ok(out)
     }
 
+    fn usage_key_fingerprints(&self, from: u32, to: u32) -> Result<Vec<u32>, StoreError> {
+        let mut guard = self.keys_r.lock();
+        if guard.is_none() {
+            *guard = Some(open_keys(&self.path)?);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err(StoreError::Backend("usage keys unavailable".into()));
+        };
+        let mut stmt = c.prepare_cached("SELECT fp FROM usage_keys WHERE fp BETWEEN ?1 AND ?2")?;
+        let rows = stmt.query_map([i64::from(from), i64::from(to)], |r| r.get::<_, i64>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r? as u32);
+        }
+        Ok(out)
+    }
+
     fn read_snapshot(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let c = self.snapshots.lock();
         let mut stmt = c.prepare_cached("SELECT bytes FROM snapshots WHERE pos = ?1")?;

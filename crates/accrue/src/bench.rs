@@ -202,7 +202,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let (mut inproc_out, mut rss_out, mut rebuild_out) = (None, None, None);
-    let mut restart_out: Option<(f64, u64, f64)> = None;
+    let mut restart_out: Option<(f64, u64, f64, f64)> = None;
     if want("inproc") || want("rebuild") {
         // 2. In-process ingest: two producers, so commits group as they would under load.
         let dir = tmp.path().join("inproc");
@@ -288,6 +288,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let t = Instant::now();
             let at = accrue_ledger::snapshot::write_now(store.as_ref())?;
             let write_s = t.elapsed().as_secs_f64();
+            let snapshot_mb = store.read_snapshot(at)?.map_or(0, |b| b.len()) as f64 / 1e6;
             drop(store);
             let t = Instant::now();
             let again = open_ledger(&dir, pg)?;
@@ -295,9 +296,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let restart = t.elapsed().as_secs_f64();
             anyhow::ensure!(used.is_some(), "the restarted ledger lost account a0");
             eprintln!(
-                "restart from a snapshot at {at} events: {restart:.3} s (writing it from a replay took {write_s:.3} s)"
+                "restart from a snapshot at {at} events ({snapshot_mb:.1} MB): {restart:.3} s (writing it from a replay took {write_s:.3} s)"
             );
-            restart_out = Some((restart, at, write_s));
+            restart_out = Some((restart, at, write_s, snapshot_mb));
             again.shutdown();
         }
     }
@@ -457,6 +458,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "restart_s": restart_out.map(|r| (r.0 * 1000.0).round() / 1000.0),
         "restart_events": restart_out.map(|r| r.1),
         "snapshot_write_s": restart_out.map(|r| (r.2 * 1000.0).round() / 1000.0),
+        "snapshot_mb": restart_out.map(|r| (r.3 * 10.0).round() / 10.0),
         "projector_lag_max_events": effects_out.as_ref().map(|e| e.lag_max_events),
         "invoice_effects_after_close_s": effects_out.as_ref().map(|e| (e.all_s * 1000.0).round() / 1000.0),
         "invoice_effects_first_after_close_s": effects_out.as_ref().map(|e| (e.first_s * 1000.0).round() / 1000.0),

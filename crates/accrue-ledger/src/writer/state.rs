@@ -366,6 +366,7 @@ pub(crate) fn load_with(
     // say; a snapshot's own sequences were checked when it was taken.
     let tag = store.meta_get(NUMBER_TAG_META)?.unwrap_or_default();
     let mut issued: HashMap<(Series, i32), (u64, String)> = HashMap::new();
+    let started = std::time::Instant::now();
     let (mut state, mut read, from) = match loaded {
         None => (State::default(), ReadModels::default(), 0),
         Some(l) => {
@@ -373,7 +374,13 @@ pub(crate) fn load_with(
             for (series, year, seq) in &l.writer.seq {
                 issued.insert((*series, *year), (*seq, series.format(&tag, *year, *seq)));
             }
-            (State::from_part(l.writer), l.read, from)
+            let state = State::from_part(l.writer);
+            tracing::info!(
+                position = from,
+                ms = started.elapsed().as_millis() as u64,
+                "writer state rebuilt from the snapshot"
+            );
+            (state, l.read, from)
         }
     };
     state.number_tag = tag;
@@ -409,6 +416,11 @@ pub(crate) fn load_with(
             state.apply_committed(&d.stream, d.position, &d.event);
         }
     })?;
+    tracing::info!(
+        from = read_from,
+        ms = started.elapsed().as_millis() as u64,
+        "ledger state loaded"
+    );
     // The sequence never goes backwards: a log whose `invoice-sequence`
     // stream is behind an invoice already issued was cut, and opening it
     // would issue that number again.
