@@ -12,10 +12,13 @@
 //! Bytes: `ACCRUESN`, the format version (u32 LE), a probe of the
 //! idempotency hash (u64 LE: the index is only valid for a build that
 //! hashes keys the same way), the SHA-256 of the body, then the body (CBOR).
-//! Format 2 stores an account the read models hold exactly as the writer
-//! does once (by name in the read part), and the usage index's arrays as
-//! packed little-endian byte strings, not one CBOR integer per element:
-//! at 100,000 accounts that is what a restart spends its time decoding.
+//! Format 3 stores an account the read models hold exactly as the writer
+//! does once (by name in the read part), the usage index's arrays as
+//! packed little-endian byte strings, not one CBOR integer per element,
+//! and the body as two CBOR documents of about equal size (the writer's
+//! part with half its accounts, its length first; then the read models
+//! with the other half) that a load decodes on two threads:
+//! at 100,000 accounts decoding is what a restart spends its time on.
 //! On load a snapshot is used only if all of that checks out **and** the
 //! log still holds, at `P1` and at `P2`, the events whose global chain
 //! hashes the snapshot recorded; anything else falls back to an older
@@ -43,7 +46,7 @@ use crate::{LedgerError, Shared};
 const MAGIC: &[u8; 8] = b"ACCRUESN";
 /// Bump when any part's shape changes: an older snapshot is then skipped
 /// (and the log replayed once), never misread.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 /// Snapshots kept: the newest, and one before it in case it is unreadable.
 const KEEP: usize = 2;
 
@@ -70,7 +73,6 @@ pub(crate) struct WriterPart {
     pub clock: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize, Deserialize)]
 struct Body {
     writer: WriterPart,
     /// The global chain hash of the event at `writer.position`.
@@ -81,13 +83,17 @@ struct Body {
     read: ReadModels,
     read_same: Vec<String>,
     read_chain: [u8; 32],
+    /// Half of the writer's accounts, stored in the read models' half of
+    /// the body so that the two halves take about as long to decode.
+    writer_rest: HashMap<String, Box<AccountState>>,
 }
 
 impl Body {
     /// Moves the read models' accounts that equal the writer's out of the
-    /// read part (format 2: each account is stored once, not twice).
+    /// read part (each account is stored once, not twice), and half of the
+    /// writer's accounts to the other half of the body.
     fn new(
-        writer: WriterPart,
+        mut writer: WriterPart,
         writer_chain: [u8; 32],
         mut read: ReadModels,
         read_chain: [u8; 32],
@@ -101,12 +107,23 @@ impl Body {
             !same
         });
         read_same.sort_unstable();
+        let mut writer_rest = HashMap::new();
+        let half = writer.accounts.len() / 2;
+        writer.accounts.retain(|id, a| {
+            if writer_rest.len() < half {
+                writer_rest.insert(id.clone(), std::mem::take(a));
+                false
+            } else {
+                true
+            }
+        });
         Body {
             writer,
             writer_chain,
             read,
             read_same,
             read_chain,
+            writer_rest,
         }
     }
 
@@ -115,11 +132,18 @@ impl Body {
     /// ledger, such as the opening event).
     fn into_loaded(self) -> Result<Loaded, String> {
         let Body {
-            writer,
+            mut writer,
             mut read,
             read_same,
+            writer_rest,
             ..
         } = self;
+        writer.accounts.reserve(writer_rest.len());
+        for (id, a) in writer_rest {
+            if writer.accounts.insert(id, a).is_some() {
+                return Err("its halves hold the same writer account twice".into());
+            }
+        }
         read.accounts.reserve(read_same.len());
         for id in read_same {
             let Some(a) = writer.accounts.get(&id) else {
@@ -143,9 +167,32 @@ fn probe() -> u64 {
     idempotency::key("accrue-snapshot", "probe")
 }
 
+/// The writer's half of a body, then the read models' half.
+type WriterHalf = (WriterPart, [u8; 32]);
+type ReadHalf = (
+    ReadModels,
+    Vec<String>,
+    [u8; 32],
+    HashMap<String, Box<AccountState>>,
+);
+
 fn encode(body: &Body) -> Result<Vec<u8>, String> {
-    let mut cbor = Vec::new();
-    ciborium::into_writer(body, &mut cbor).map_err(|e| e.to_string())?;
+    // Two CBOR documents, the first's length before them: a load decodes
+    // them on two threads.
+    let mut writer = Vec::new();
+    ciborium::into_writer(&(&body.writer, &body.writer_chain), &mut writer)
+        .map_err(|e| e.to_string())?;
+    let mut cbor = Vec::with_capacity(writer.len() * 2 + 8);
+    cbor.extend_from_slice(&(writer.len() as u64).to_le_bytes());
+    cbor.extend_from_slice(&writer);
+    drop(writer);
+    let read = (
+        &body.read,
+        &body.read_same,
+        &body.read_chain,
+        &body.writer_rest,
+    );
+    ciborium::into_writer(&read, &mut cbor).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(cbor.len() + 52);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_le_bytes());
@@ -172,7 +219,38 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
     if Sha256::digest(body).as_slice() != &bytes[20..52] {
         return Err("its hash does not match its bytes".into());
     }
-    ciborium::from_reader(body).map_err(|e| format!("unreadable: {e}"))
+    let split = body
+        .get(..8)
+        .and_then(|l| l.try_into().ok())
+        .map(|l| u64::from_le_bytes(l) as usize)
+        .filter(|n| *n <= body.len() - 8)
+        .ok_or("its halves do not add up")?;
+    let (writer, read) = body[8..].split_at(split);
+    let unreadable = |e: ciborium::de::Error<std::io::Error>| format!("unreadable: {e}");
+    let read_half = |b: &[u8]| ciborium::from_reader::<ReadHalf, _>(b).map_err(unreadable);
+    let ((writer, writer_chain), (read, read_same, read_chain, writer_rest)) =
+        std::thread::scope(|s| {
+            // The read models' half on a second thread (if one can be had).
+            let other = std::thread::Builder::new()
+                .name("accrue-snapshot-load".into())
+                .spawn_scoped(s, || read_half(read));
+            let w = ciborium::from_reader::<WriterHalf, _>(writer).map_err(unreadable);
+            let r = match other {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err("its decoder failed".into())),
+                Err(_) => read_half(read),
+            };
+            Ok::<_, String>((w?, r?))
+        })?;
+    Ok(Body {
+        writer,
+        writer_chain,
+        read,
+        read_same,
+        read_chain,
+        writer_rest,
+    })
 }
 
 /// [`decode`], reporting how long reading and decoding took.
@@ -422,6 +500,7 @@ mod tests {
             read: ReadModels::default(),
             read_same: Vec::new(),
             read_chain: [2; 32],
+            writer_rest: HashMap::new(),
         }
     }
 
@@ -442,6 +521,11 @@ mod tests {
         read.accounts.insert("behind".into(), account(7));
         let b = Body::new(b.writer, [1; 32], read, [2; 32]);
         assert_eq!(b.read_same, vec!["same".to_string()]);
+        assert_eq!(
+            b.writer_rest.len(),
+            1,
+            "half the writer's accounts in the other half"
+        );
         assert_eq!(
             b.read.accounts.len(),
             1,
