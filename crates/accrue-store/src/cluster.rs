@@ -95,6 +95,19 @@ impl Directory {
         })
     }
 
+    /// [`Directory::leased`] for several schemas in one query, in order.
+    pub fn leased_many(&self, schemas: &[String]) -> Result<Vec<bool>, StoreError> {
+        off_runtime(|| {
+            let rows = self.client.lock().query(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND objsubid = 2 AND classid = $1 AND objid = hashtext(s.name)::oid)
+                 FROM unnest($2::text[]) WITH ORDINALITY AS s(name, n) ORDER BY s.n",
+                &[&(crate::postgres::WRITER_LOCK_CLASS as u32), &schemas],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     /// (partition, node, url) of every partition that has had an owner.
     pub fn owners(&self) -> Result<Vec<(u32, String, String)>, StoreError> {
         off_runtime(|| {
@@ -107,5 +120,38 @@ impl Directory {
                 .map(|r| (r.get::<_, i32>(0) as u32, r.get(1), r.get(2)))
                 .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::{drop_schema, schema_for, test_url, PgStore};
+
+    #[test]
+    fn a_partition_is_leased_exactly_while_a_store_holds_its_writer_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = schema_for(dir.path());
+        let url = test_url();
+        let directory = Directory::open(&url, &base, 2).unwrap();
+        let schemas = vec![partition_schema(&base, 0), partition_schema(&base, 1)];
+        assert_eq!(directory.leased_many(&schemas).unwrap(), vec![false, false]);
+        let store = PgStore::open_in_schema(&url, &schemas[1]).unwrap();
+        assert_eq!(directory.leased_many(&schemas).unwrap(), vec![false, true]);
+        assert!(directory.leased(&schemas[1]).unwrap());
+        drop(store);
+        // The lock goes with the store's session.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while directory.leased_many(&schemas).unwrap() != vec![false, false] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease outlived its store"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        drop(directory);
+        for s in schemas.iter().chain([&format!("{base}_cluster")]) {
+            drop_schema(&url, s);
+        }
     }
 }

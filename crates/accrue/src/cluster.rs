@@ -221,11 +221,21 @@ impl Leases {
                         Some(format!("partition {p} stopped after a fault: {r}"));
                 }
             }
-            match directory.owners() {
-                Ok(rows) => {
+            // An owner counts only while its lease is held: the row of a
+            // node that died stays until another claims the partition.
+            let schemas: Vec<String> = (0..cluster.partitions)
+                .map(|p| partition_schema(&self.base, p))
+                .collect();
+            match directory
+                .owners()
+                .and_then(|r| Ok((r, directory.leased_many(&schemas)?)))
+            {
+                Ok((rows, leased)) => {
                     let mut owners = vec![None; cluster.partitions as usize];
                     for (p, _, url) in rows {
-                        if let Some(o) = owners.get_mut(p as usize) {
+                        if let (Some(o), Some(true)) =
+                            (owners.get_mut(p as usize), leased.get(p as usize))
+                        {
                             *o = Some(url);
                         }
                     }
