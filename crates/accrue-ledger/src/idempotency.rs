@@ -404,8 +404,40 @@ impl Filter {
 struct BucketBytes {
     keys: u64,
     capacity: u64,
+    /// Eight little-endian words a block.
     #[serde(with = "packed")]
-    words: Vec<u64>,
+    words: Vec<Block>,
+}
+
+/// [`BucketBytes`] borrowing the blocks (a snapshot copies none).
+#[derive(serde::Serialize)]
+struct BucketRef<'a> {
+    keys: u64,
+    capacity: u64,
+    #[serde(serialize_with = "blocks_packed")]
+    words: &'a [Block],
+}
+
+fn blocks_packed<S: serde::Serializer>(b: &&[Block], s: S) -> Result<S::Ok, S::Error> {
+    packed::serialize(b, s)
+}
+
+impl packed::Le for Block {
+    const N: usize = 64;
+    fn put(self, out: &mut Vec<u8>) {
+        for w in self.0 {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    fn get(b: &[u8]) -> Self {
+        let mut a = [0u64; 8];
+        for (w, c) in a.iter_mut().zip(b.chunks_exact(8)) {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(c);
+            *w = u64::from_le_bytes(x);
+        }
+        Block(a)
+    }
 }
 
 impl serde::Serialize for Filter {
@@ -414,10 +446,10 @@ impl serde::Serialize for Filter {
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
         for b in self.0.iter() {
             let g = b.read();
-            seq.serialize_element(&BucketBytes {
+            seq.serialize_element(&BucketRef {
                 keys: g.keys,
                 capacity: g.capacity,
-                words: g.blocks.iter().flat_map(|b| b.0).collect(),
+                words: &g.blocks,
             })?;
         }
         seq.end()
@@ -433,20 +465,12 @@ impl<'de> serde::Deserialize<'de> for Filter {
         }
         let mut out = Vec::with_capacity(buckets.len());
         for b in buckets {
-            if !b.words.len().is_multiple_of(8) || (b.keys > 0 && b.words.is_empty()) {
+            if b.keys > 0 && b.words.is_empty() {
                 return Err(D::Error::custom(
                     "a usage key filter bucket of the wrong shape",
                 ));
             }
-            let blocks: Vec<Block> = b
-                .words
-                .chunks_exact(8)
-                .map(|w| {
-                    let mut a = [0u64; 8];
-                    a.copy_from_slice(w);
-                    Block(a)
-                })
-                .collect();
+            let blocks = b.words;
             let capacity = blocks.len() as u64 * 512 / FILTER_BITS_AT_CAPACITY;
             if b.capacity != capacity {
                 return Err(D::Error::custom(
