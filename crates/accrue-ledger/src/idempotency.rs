@@ -14,7 +14,7 @@
 //! ([`EventStore::put_usage_keys`], by a thread of its own, so the writer
 //! never waits for it) and its keys join one filter over every spilled key
 //! (blocked Bloom filters in 4,096 buckets by fingerprint prefix), about
-//! 1.25 bytes a key instead of 6. A lookup asks one bucket however many
+//! 1.3 bytes a key instead of 6. A lookup asks one bucket however many
 //! runs were spilled; a "maybe" reads the key's candidates from the store
 //! once ([`IdempotencyIndex::fetch`], before the decision, where a store
 //! error can still answer 503), and a fresh id — the common case — touches
