@@ -394,6 +394,7 @@ impl Filter {
         }
     }
 
+    #[cfg(test)]
     fn bytes(&self) -> usize {
         self.0.iter().map(|b| b.read().blocks.len() * 64).sum()
     }
@@ -707,11 +708,6 @@ impl IdempotencyIndex {
             + self.frozen.iter().map(Run::len).sum::<usize>()
             + self.exact.len()
             + self.spilled.iter().map(|b| b.keys as usize).sum::<usize>()
-    }
-
-    /// Bytes the filter over spilled keys holds.
-    pub fn filter_bytes(&self) -> usize {
-        self.filter.bytes()
     }
 
     /// Writes runs of at least `at` keys to `store` from now on (and those

@@ -1082,39 +1082,31 @@ impl EventStore for KurrentStore {
     }
 
     fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
-        let stream = format!("{}-usage-{:04x}", self.prefix, fp >> 16);
-        let raw = self.block(read(
-            &self.client,
-            &stream,
-            StreamPosition::Start,
-            usize::MAX,
-            false,
-        ))?;
-        let mut out: Vec<u64> = raw
-            .iter()
-            .flat_map(|e| {
-                e.data
-                    .chunks_exact(12)
-                    .map(|c| {
-                        let mut c = Cursor(c);
-                        (c.u32(), c.u64())
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .filter_map(|pair| match pair {
-                (Some(f), Some(p)) if f == fp => Some(p),
-                _ => None,
-            })
-            .collect();
-        // A pair stored twice counts once.
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
+        Ok(self
+            .usage_pairs(fp, fp)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
     }
 
-    /// Reads the bucket streams the range spans (a pair stored twice is
-    /// counted once, as in the SQL stores' keyed tables).
     fn usage_key_fingerprints(&self, from: u32, to: u32) -> Result<Vec<u32>, StoreError> {
+        Ok(self
+            .usage_pairs(from, to)?
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect())
+    }
+
+    fn backend(&self) -> &'static str {
+        "kurrentdb"
+    }
+}
+
+impl KurrentStore {
+    /// The usage key pairs with a fingerprint in `from..=to`, read from the
+    /// bucket streams the range spans; a pair stored twice counts once, as
+    /// in the SQL stores' keyed tables.
+    fn usage_pairs(&self, from: u32, to: u32) -> Result<Vec<(u32, u64)>, StoreError> {
         let mut pairs: Vec<(u32, u64)> = Vec::new();
         for bucket in (from >> 16)..=(to >> 16) {
             let stream = format!("{}-usage-{bucket:04x}", self.prefix);
@@ -1138,11 +1130,7 @@ impl EventStore for KurrentStore {
         }
         pairs.sort_unstable();
         pairs.dedup();
-        Ok(pairs.into_iter().map(|(f, _)| f).collect())
-    }
-
-    fn backend(&self) -> &'static str {
-        "kurrentdb"
+        Ok(pairs)
     }
 }
 

@@ -312,6 +312,24 @@ impl PgStore {
     }
 }
 
+impl PgInner {
+    /// A query on the usage keys' own reading session (opened on first use).
+    fn query_keys(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let mut guard = self.keys_r.lock();
+        if guard.is_none() {
+            *guard = Some(connect(&self.url, self.schema.as_deref())?);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err(StoreError::Backend("usage keys unavailable".into()));
+        };
+        Ok(c.query(sql, params)?)
+    }
+}
+
 impl EventStore for PgInner {
     fn append(
         &self,
@@ -551,14 +569,7 @@ impl EventStore for PgInner {
     }
 
     fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
-        let mut guard = self.keys_r.lock();
-        if guard.is_none() {
-            *guard = Some(connect(&self.url, self.schema.as_deref())?);
-        }
-        let Some(c) = guard.as_mut() else {
-            return Err(StoreError::Backend("usage keys unavailable".into()));
-        };
-        let rows = c.query(
+        let rows = self.query_keys(
             "SELECT pos FROM usage_keys WHERE fp = $1",
             &[&i64::from(fp)],
         )?;
@@ -566,14 +577,7 @@ impl EventStore for PgInner {
     }
 
     fn usage_key_fingerprints(&self, from: u32, to: u32) -> Result<Vec<u32>, StoreError> {
-        let mut guard = self.keys_r.lock();
-        if guard.is_none() {
-            *guard = Some(connect(&self.url, self.schema.as_deref())?);
-        }
-        let Some(c) = guard.as_mut() else {
-            return Err(StoreError::Backend("usage keys unavailable".into()));
-        };
-        let rows = c.query(
+        let rows = self.query_keys(
             "SELECT fp FROM usage_keys WHERE fp BETWEEN $1 AND $2",
             &[&i64::from(from), &i64::from(to)],
         )?;

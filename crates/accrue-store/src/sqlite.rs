@@ -315,6 +315,25 @@ impl SqliteStore {
         self.readers[0].lock()
     }
 
+    /// The first column of a query on the usage keys' own reading
+    /// connection (opened on first use).
+    fn query_keys(&self, sql: &str, params: &[i64]) -> Result<Vec<i64>, StoreError> {
+        let mut guard = self.keys_r.lock();
+        if guard.is_none() {
+            *guard = Some(open_keys(&self.path)?);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err(StoreError::Backend("usage keys unavailable".into()));
+        };
+        let mut stmt = c.prepare_cached(sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| r.get::<_, i64>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
     /// Writes the in-memory tail of the stream index now (e.g. when idle).
     pub fn flush_index(&self) -> Result<(), StoreError> {
         let mut w = self.writer.lock();
@@ -911,37 +930,17 @@ impl EventStore for SqliteStore {
     }
 
     fn usage_key_positions(&self, fp: u32) -> Result<Vec<u64>, StoreError> {
-        let mut guard = self.keys_r.lock();
-        if guard.is_none() {
-            *guard = Some(open_keys(&self.path)?);
-        }
-        let Some(c) = guard.as_mut() else {
-            return Err(StoreError::Backend("usage keys unavailable".into()));
-        };
-        let mut stmt = c.prepare_cached("SELECT pos FROM usage_keys WHERE fp = ?1")?;
-        let rows = stmt.query_map([i64::from(fp)], |r| r.get::<_, i64>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r? as u64);
-        }
-        Ok(out)
+        let found =
+            self.query_keys("SELECT pos FROM usage_keys WHERE fp = ?1", &[i64::from(fp)])?;
+        Ok(found.into_iter().map(|n| n as u64).collect())
     }
 
     fn usage_key_fingerprints(&self, from: u32, to: u32) -> Result<Vec<u32>, StoreError> {
-        let mut guard = self.keys_r.lock();
-        if guard.is_none() {
-            *guard = Some(open_keys(&self.path)?);
-        }
-        let Some(c) = guard.as_mut() else {
-            return Err(StoreError::Backend("usage keys unavailable".into()));
-        };
-        let mut stmt = c.prepare_cached("SELECT fp FROM usage_keys WHERE fp BETWEEN ?1 AND ?2")?;
-        let rows = stmt.query_map([i64::from(from), i64::from(to)], |r| r.get::<_, i64>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r? as u32);
-        }
-        Ok(out)
+        let found = self.query_keys(
+            "SELECT fp FROM usage_keys WHERE fp BETWEEN ?1 AND ?2",
+            &[i64::from(from), i64::from(to)],
+        )?;
+        Ok(found.into_iter().map(|n| n as u32).collect())
     }
 
     fn read_snapshot(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
