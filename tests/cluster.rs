@@ -18,6 +18,7 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "cluster-test-admin";
+const STRIPE_SECRET: &str = "whsec_cluster_test";
 const PARTITIONS: u32 = 3;
 const ACCOUNTS: usize = 12;
 
@@ -54,7 +55,10 @@ fn start(dir: &std::path::Path, base_schema: &str, i: u32) -> Node {
             "--takeover-after",
             "2",
         ],
-        &[("ACCRUE_PG_SCHEMA", base_schema)],
+        &[
+            ("ACCRUE_PG_SCHEMA", base_schema),
+            ("ACCRUE_STRIPE_WEBHOOK_SECRET", STRIPE_SECRET),
+        ],
     );
     Node { child, base }
 }
@@ -233,6 +237,69 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
         .unwrap();
     assert_eq!(r.status(), 401, "an unknown token is unknown everywhere");
 
+    // CloudEvents through any node, routed by subject: a batch over every
+    // partition is split and answered as one (204), a retry is all
+    // duplicates (204), and a refusal names each event in order.
+    let ce = |id: &str, subject: &str| {
+        json!({"specversion": "1.0", "id": id, "source": "cluster-test", "type": "chat",
+               "subject": subject, "data": {"amount": "0.01"}})
+    };
+    let batch: Vec<Value> = ids.iter().map(|a| ce(&format!("ce-{a}"), a)).collect();
+    for _ in 0..2 {
+        let r = client
+            .post(format!("{}/api/v1/events", nodes[2].base))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/cloudevents-batch+json")
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
+    }
+    let r = client
+        .post(format!("{}/api/v1/events", nodes[0].base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/cloudevents-batch+json")
+        .json(&json!([
+            ce("ce-late", far),
+            ce("ce-nobody", "nobody-here"),
+            ce(&format!("ce-{far}"), far)
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            v["accepted"].clone(),
+            v["duplicate"].clone(),
+            v["rejected"].clone()
+        ),
+        (json!(1), json!(1), json!(1)),
+        "{v}"
+    );
+    let statuses: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            assert_eq!(r["index"], i, "{v}");
+            r["status"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(statuses, ["accepted", "rejected", "duplicate"], "{v}");
+    // A partition that is not one of the cluster's cannot be pinned.
+    let r = client
+        .get(format!("{}/v1/audit/verify", nodes[0].base))
+        .bearer_auth(TOKEN)
+        .header("x-accrue-partition", "7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
     // Six writers post mixed batches (every batch spans partitions) to the
     // live nodes in turn, each batch retried with the same ids until it is
     // acknowledged.
@@ -336,7 +403,10 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
     let acked = acked.lock().unwrap().clone();
     let mut expected: BTreeMap<String, Decimal> =
         ids.iter().map(|a| (a.clone(), Decimal::ZERO)).collect();
-    for a in [far.as_str(), "acct-0"] {
+    for a in [far.as_str(), "acct-0", far.as_str()] {
+        *expected.get_mut(a).unwrap() += Decimal::new(1, 2);
+    }
+    for a in &ids {
         *expected.get_mut(a).unwrap() += Decimal::new(1, 2);
     }
     for acct in acked.values() {
@@ -412,6 +482,9 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
         assert_eq!(seqs, want, "partition {p}'s invoice numbers are gapless");
     }
 
+    ledger_wide_reads_merge_every_partition(&client, &nodes, &ids).await;
+    activations_find_their_partition(&client, &nodes, far).await;
+
     // Stop the survivors (SIGKILL too), then every partition's log verifies.
     for mut n in nodes {
         n.child.kill().unwrap();
@@ -457,6 +530,252 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("created with 3 partitions, not 2"), "{err}");
     cleanup(&schema);
+}
+
+/// Signs a processor event as the payment processor does.
+fn stripe_signature(payload: &[u8]) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut msg = format!("{t}.").into_bytes();
+    msg.extend_from_slice(payload);
+    let mac = accrue_ledger::hmac::hmac_sha256(STRIPE_SECRET.as_bytes(), &msg);
+    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={t},v1={hex}")
+}
+
+/// The processor's webhook, the dunning list, the trial balance and chain
+/// verification through any node answer for the whole cluster.
+async fn ledger_wide_reads_merge_every_partition(
+    client: &reqwest::Client,
+    nodes: &[Node],
+    ids: &[String],
+) {
+    // One invoice of another partition than home's paid, and a payment
+    // failed in two partitions, all through the first node.
+    let mut open: BTreeMap<u32, String> = BTreeMap::new();
+    for acct in ids {
+        let (_, v) = send(
+            client,
+            "GET",
+            format!("{}/v1/accounts/{acct}/invoices", nodes[1].base),
+            None,
+        )
+        .await
+        .unwrap();
+        for inv in v["invoices"].as_array().unwrap() {
+            let n = inv["number"].as_str().unwrap().to_string();
+            open.entry(partition_of(acct, PARTITIONS)).or_insert(n);
+        }
+    }
+    let stripe = |kind: &str, id: &str, invoice: &str| {
+        let payload = serde_json::to_vec(&json!({"id": id, "type": kind,
+            "data": {"object": {"metadata": {"accrue_invoice": invoice}}}}))
+        .unwrap();
+        client
+            .post(format!("{}/v1/webhooks/stripe", nodes[0].base))
+            .header("stripe-signature", stripe_signature(&payload))
+            .header("content-type", "application/json")
+            .body(payload)
+    };
+    let paid = open[&1].clone();
+    let r = stripe("invoice.paid", "evt_cluster_paid", &paid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["outcome"], "recorded", "{v}");
+    let (_, inv) = send(
+        client,
+        "GET",
+        format!("{}/v1/invoices/{paid}", nodes[1].base),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(inv["status"], "paid", "{inv}");
+    let failed = [open[&0].clone(), open[&2].clone()];
+    for (i, n) in failed.iter().enumerate() {
+        let r = stripe(
+            "invoice.payment_failed",
+            &format!("evt_cluster_failed_{i}"),
+            n,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Two days on, the first retry of each is due, in one list.
+    let (status, v) = send(
+        client,
+        "POST",
+        format!("{}/v1/clock", nodes[1].base),
+        Some(json!({"now": "2026-02-17T00:00:00Z"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = send(client, "GET", format!("{}/v1/dunning", nodes[1].base), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let mut due: Vec<String> = v["retries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["invoice"].as_str().unwrap().to_string())
+        .collect();
+    due.sort();
+    let mut want = failed.to_vec();
+    want.sort();
+    assert_eq!(due, want, "every partition's due retries: {v}");
+
+    // The trial balance adds the partitions' up: each pinned partition
+    // balances, and the merged totals are their sums.
+    let get = |url: String, pin: Option<u32>| {
+        let mut r = client.get(url).bearer_auth(TOKEN);
+        if let Some(p) = pin {
+            r = r.header("x-accrue-partition", p.to_string());
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let partition = r
+                .headers()
+                .get("x-accrue-partition")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, partition, r.json::<Value>().await.unwrap())
+        }
+    };
+    let dec = |v: &Value| v.as_str().unwrap().parse::<Decimal>().unwrap();
+    let (mut debits, mut credits) = (Decimal::ZERO, Decimal::ZERO);
+    for p in 0..PARTITIONS {
+        let (status, answered, tb) =
+            get(format!("{}/v1/audit/trial-balance", nodes[0].base), Some(p)).await;
+        assert_eq!((status, answered), (200, Some(p.to_string())), "{tb}");
+        assert_eq!(tb["balanced"], true, "{tb}");
+        assert!(dec(&tb["total_debits"]) > Decimal::ZERO, "{tb}");
+        debits += dec(&tb["total_debits"]);
+        credits += dec(&tb["total_credits"]);
+    }
+    let (status, _, tb) = get(format!("{}/v1/audit/trial-balance", nodes[1].base), None).await;
+    assert_eq!(status, 200, "{tb}");
+    assert_eq!(tb["balanced"], true, "{tb}");
+    assert_eq!(
+        (dec(&tb["total_debits"]), dec(&tb["total_credits"])),
+        (debits, credits),
+        "{tb}"
+    );
+    let rows = tb["accounts"].as_array().unwrap();
+    let names: BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["account"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), rows.len(), "one row per ledger account: {tb}");
+
+    // Every partition's chain, verified through one node.
+    let (status, _, v) = get(format!("{}/v1/audit/verify", nodes[0].base), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    let each = v["partitions"].as_array().unwrap();
+    assert_eq!(each.len(), PARTITIONS as usize, "{v}");
+    let mut heads = sha2::Sha256::default();
+    let mut events = 0;
+    for (p, e) in each.iter().enumerate() {
+        assert_eq!(
+            (e["partition"].clone(), e["ok"].clone()),
+            (json!(p), json!(true)),
+            "{v}"
+        );
+        assert!(e["events"].as_u64().unwrap() > 0, "{v}");
+        events += e["events"].as_u64().unwrap();
+        sha2::Digest::update(
+            &mut heads,
+            format!("{p}:{}\n", e["head_hash"].as_str().unwrap()),
+        );
+    }
+    assert_eq!(v["events"], events, "{v}");
+    let head: String = sha2::Digest::finalize(heads)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v["head_hash"], json!(head), "{v}");
+    let (status, answered, one) = get(format!("{}/v1/audit/verify", nodes[1].base), Some(2)).await;
+    assert_eq!((status, answered), (200, Some("2".to_string())), "{one}");
+    assert!(
+        one["events"].as_u64() >= each[2]["events"].as_u64(),
+        "{one} {v}"
+    );
+    assert!(
+        one.get("partitions").is_none(),
+        "a pinned verify is one partition's: {one}"
+    );
+}
+
+/// A serial number names no partition: each is probed without counting a
+/// failure where the serial is not, so a license of another partition
+/// than home's activates as often as on one ledger, and an unknown serial
+/// is still refused and throttled like a known one.
+async fn activations_find_their_partition(client: &reqwest::Client, nodes: &[Node], far: &str) {
+    let (_, o) = send(
+        client,
+        "GET",
+        format!("{}/v1/accounts/{far}", nodes[0].base),
+        None,
+    )
+    .await
+    .unwrap();
+    let serial = o["serial_number"].as_str().unwrap().to_string();
+    let control = o["license"]["control_number"].as_str().unwrap().to_string();
+    let activate = |node: &Node, serial: &str, control: &str| {
+        client.post(format!("{}/v1/activations", node.base)).json(
+            &json!({"serial_number": serial, "control_number": control, "server_id": "srv-1"}),
+        )
+    };
+    for i in 0..12 {
+        let r = activate(&nodes[i % nodes.len()], &serial, &control)
+            .send()
+            .await
+            .unwrap();
+        let want = if i == 0 { 201 } else { 200 };
+        assert_eq!(
+            r.status(),
+            want,
+            "activation {i}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    // A wrong control number is refused by the serial's own partition.
+    let r = activate(&nodes[0], &serial, "wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // A client cannot probe: the headers are the nodes' own.
+    let r = activate(&nodes[0], "no-such-serial", "x")
+        .header("x-accrue-forwarded", "n0")
+        .header("x-accrue-partition", "0")
+        .header("x-accrue-probe", "guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "{}", r.text().await.unwrap_or_default());
+    for i in 1..10 {
+        let r = activate(&nodes[i % nodes.len()], "no-such-serial", "x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "unknown serial, try {i}");
+    }
+    let r = activate(&nodes[0], "no-such-serial", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        429,
+        "an unknown serial is throttled like a known one"
+    );
 }
 
 #[test]

@@ -7,8 +7,10 @@
 //! own router; the others are forwarded once to their owner, whose address
 //! the directory says (`accrue_store::cluster`). A usage batch naming
 //! accounts of several partitions is split, forwarded in parallel and its
-//! results put back in order. `POST /v1/clock` goes to every partition,
-//! `GET /v1/accounts` merges every partition's page.
+//! results put back in order (CloudEvents the same, by `subject`).
+//! `POST /v1/clock` goes to every partition; `GET /v1/accounts`, the
+//! audit's verify and trial balance and the dunning list merge every
+//! partition's answer, unless the request pins one with [`PARTITION`].
 //!
 //! The front decides nothing: authentication, the card-data guard, limits
 //! and every rule run in the partition's router, so a forwarded request is
@@ -32,10 +34,28 @@ use crate::error::ApiError;
 /// never forwards it again (so a stale directory cannot make a loop).
 pub const FORWARDED: &str = "x-accrue-forwarded";
 /// On every answer of a cluster node: the partition that answered; on a
-/// forwarded request, the partition it is for.
+/// forwarded request, the partition it is for; on a client's request that
+/// names no partition, the one it pins.
 pub const PARTITION: &str = "x-accrue-partition";
+/// Set by the front on a part of a CloudEvents batch it split: the
+/// partition answers every event's result (200 and counts) instead of 204,
+/// so the front can answer for the whole batch.
+pub const SPLIT: &str = "x-accrue-split";
+/// A node's request to another partition's router to look for an
+/// activation's serial number (`POST /v1/activations`): a partition that
+/// does not have it answers 404 [`UNKNOWN_SERIAL`] and counts no failed
+/// activation. In-process it is a request extension, which no client can
+/// set; between nodes the [`PROBE`] header, whose value only nodes know.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe;
+/// The header that carries a [`Probe`] to another node: a key derived from
+/// the cluster's shared admin token. Removed from every incoming request.
+pub const PROBE: &str = "x-accrue-probe";
+/// The reason of a probed partition's "not here".
+pub const UNKNOWN_SERIAL: &str = "unknown_serial";
+
 /// The home partition: ledger-wide resources (tokens, webhook endpoints,
-/// the dunning list, the trial balance, anchors, activations by key).
+/// anchors) and whatever names no partition.
 pub const HOME: u32 = 0;
 
 /// The partition of an account: the first 8 bytes of SHA-256 of its id,
@@ -74,10 +94,14 @@ pub struct Cluster {
     local: Vec<RwLock<Option<Router>>>,
     owners: RwLock<Vec<Option<String>>>,
     client: reqwest::Client,
+    /// The [`PROBE`] header's value between this cluster's nodes.
+    probe_key: String,
 }
 
 impl Cluster {
-    pub fn new(node: String, partitions: u32) -> Arc<Cluster> {
+    /// `secret`: what every node of the cluster shares (its admin token);
+    /// only a key derived from it travels.
+    pub fn new(node: String, partitions: u32, secret: &str) -> Arc<Cluster> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(60))
@@ -92,6 +116,7 @@ impl Cluster {
             local: (0..partitions).map(|_| RwLock::new(None)).collect(),
             owners: RwLock::new(vec![None; partitions as usize]),
             client,
+            probe_key: hex::encode(Sha256::digest(format!("accrue-probe:{secret}").as_bytes())),
         })
     }
 
@@ -131,10 +156,17 @@ pub fn front(cluster: Arc<Cluster>) -> Router {
     Router::new().fallback(dispatch).with_state(cluster)
 }
 
-async fn dispatch(State(c): State<Arc<Cluster>>, req: Request) -> Response {
+async fn dispatch(State(c): State<Arc<Cluster>>, mut req: Request) -> Response {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let forwarded = req.headers().contains_key(FORWARDED);
+    // Only another node of this cluster can probe (it knows the key).
+    if let Some(v) = req.headers_mut().remove(PROBE) {
+        let key = c.probe_key.as_bytes();
+        if forwarded && accrue_ledger::hmac::constant_time_eq(v.as_bytes(), key) {
+            req.extensions_mut().insert(Probe);
+        }
+    }
     match (method.clone(), path.as_str()) {
         (_, "/healthz") => {
             return axum::Json(serde_json::json!({
@@ -147,7 +179,26 @@ async fn dispatch(State(c): State<Arc<Cluster>>, req: Request) -> Response {
             return split(&c, req).await
         }
         (Method::POST, "/v1/clock") if !forwarded => return everywhere(&c, req).await,
-        (Method::GET, "/v1/accounts") if !forwarded => return accounts(&c, req).await,
+        _ => {}
+    }
+    // A request that names no partition may pin one with the partition
+    // header (an auditor asking one partition's trial balance or anchor);
+    // without it, a ledger-wide read is asked of every partition and merged.
+    let pinned = if forwarded {
+        None
+    } else {
+        match pinned_partition(req.headers(), c.partitions) {
+            Ok(p) => p,
+            Err(r) => return r,
+        }
+    };
+    match (method.clone(), path.as_str()) {
+        _ if forwarded || pinned.is_some() => {}
+        (Method::GET, "/v1/accounts") => return accounts(&c, req).await,
+        (Method::POST, "/api/v1/events") => return split_cloudevents(&c, req).await,
+        (Method::POST, "/v1/activations") => return activate_anywhere(&c, req).await,
+        (Method::GET | Method::POST, "/v1/audit/verify")
+        | (Method::GET, "/v1/audit/trial-balance" | "/v1/dunning") => return merged(&c, req).await,
         _ => {}
     }
     let (parts, body) = req.into_parts();
@@ -175,8 +226,21 @@ async fn dispatch(State(c): State<Arc<Cluster>>, req: Request) -> Response {
                 .and_then(|n| partition_of_number(&n, c.partitions))
                 .unwrap_or(HOME),
         )
+    } else if method == Method::POST && path == "/v1/webhooks/stripe" {
+        // The processor's event names the invoice it pays in its metadata;
+        // the partition checks the signature over the same bytes.
+        Some(
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/data/object/metadata/accrue_invoice")?
+                        .as_str()
+                        .and_then(|n| partition_of_number(n, c.partitions))
+                })
+                .unwrap_or(HOME),
+        )
     } else {
-        None
+        pinned
     };
     match partition {
         Some(p) => send(&c, p, parts, bytes, forwarded).await,
@@ -216,6 +280,33 @@ async fn scatter(c: &Cluster, parts: axum::http::request::Parts, body: Bytes) ->
         }
     }
     first
+}
+
+/// `POST /v1/activations`: a serial number names no partition, so each is
+/// probed in turn and the first that has the serial answers (activates, or
+/// refuses the control number and counts the failure, as one ledger
+/// would). If none has it, the home partition answers unprobed: 401, and
+/// it counts the failure, so an unknown serial is throttled (429) exactly
+/// like a known one and a caller cannot tell them apart.
+async fn activate_anywhere(c: &Cluster, req: Request) -> Response {
+    let (parts, body) = match whole(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    for p in 0..c.partitions {
+        let mut probe = clone_parts(&parts);
+        probe.extensions.insert(Probe);
+        let (status, headers, bytes) = collect(send(c, p, probe, body.clone(), false).await).await;
+        let elsewhere = status == StatusCode::NOT_FOUND
+            && serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("reason")?.as_str().map(|r| r == UNKNOWN_SERIAL))
+                .unwrap_or(false);
+        if !elsewhere {
+            return rebuild(status, &headers, bytes);
+        }
+    }
+    send(c, HOME, parts, body, false).await
 }
 
 /// The partition a path names: `/v1/accounts/{id}/…`, `/v1/invoices/{n}/…`,
@@ -321,10 +412,13 @@ async fn send(
             rb = rb.header(k, v);
         }
     }
-    let rb = rb
+    let mut rb = rb
         .header(FORWARDED, c.node.as_str())
-        .header(PARTITION, partition)
-        .body(body);
+        .header(PARTITION, partition);
+    if parts.extensions.get::<Probe>().is_some() {
+        rb = rb.header(PROBE, c.probe_key.as_str());
+    }
+    let rb = rb.body(body);
     match rb.send().await {
         Ok(r) => {
             let status = r.status();
@@ -621,6 +715,316 @@ async fn split(c: &Cluster, req: Request) -> Response {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// The partition a client pinned with the partition header, if any; a
+/// header that names no partition of this cluster is refused.
+fn pinned_partition(headers: &HeaderMap, partitions: u32) -> Result<Option<u32>, Response> {
+    let Some(v) = headers.get(PARTITION) else {
+        return Ok(None);
+    };
+    match v.to_str().ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+        Some(p) if p < partitions => Ok(Some(p)),
+        _ => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_partition",
+            format!("{PARTITION} must name a partition 0..{partitions}"),
+        )
+        .into_response()),
+    }
+}
+
+/// `GET|POST /v1/audit/verify`, `GET /v1/audit/trial-balance`,
+/// `GET /v1/dunning`: asked of every partition at once and merged. Any
+/// partition that cannot answer makes that the answer: an auditor never
+/// gets a partial "ok".
+async fn merged(c: &Cluster, req: Request) -> Response {
+    let (parts, body) = match whole(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let path = parts.uri.path().to_string();
+    // An anchor signs one partition's log: the home partition's, unless the
+    // request pins another (then it never comes here). The others verify
+    // their chains without it.
+    let anchored = parts.method == Method::POST
+        && serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("anchor").map(|a| !a.is_null()))
+            .unwrap_or(false);
+    let sends = (0..c.partitions).map(|p| {
+        let body = if anchored && p != HOME {
+            Bytes::from_static(b"{}")
+        } else {
+            body.clone()
+        };
+        let parts = clone_parts(&parts);
+        async move { (p, collect(send(c, p, parts, body, false).await).await) }
+    });
+    let mut pages = Vec::new();
+    let mut headers = None;
+    for (p, (status, h, bytes)) in futures_join_all(sends).await {
+        if !status.is_success() {
+            return rebuild(status, &h, bytes);
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return rebuild(status, &h, bytes);
+        };
+        pages.push((p, v));
+        headers.get_or_insert(h);
+    }
+    let merged = match path.as_str() {
+        "/v1/audit/verify" => Ok(merge_verify(&pages)),
+        "/v1/audit/trial-balance" => merge_trial_balance(&pages),
+        _ => merge_dunning(&pages),
+    };
+    let merged = match merged {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let mut headers = headers.unwrap_or_default();
+    headers.remove(PARTITION);
+    let mut resp = rebuild(
+        StatusCode::OK,
+        &headers,
+        Bytes::from(serde_json::to_vec(&merged).unwrap_or_default()),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Every partition's chain: `ok` when all are, counts summed, `head_hash`
+/// the SHA-256 of the partitions' heads (`"{p}:{head_hash}\n"` in partition
+/// order), the first break named with its partition, and each partition's
+/// own report in `partitions`.
+fn merge_verify(pages: &[(u32, serde_json::Value)]) -> serde_json::Value {
+    use serde_json::Value;
+    let (mut ok, mut events, mut streams) = (true, 0u64, 0u64);
+    let mut head_position: Option<u64> = None;
+    let mut anchor_ok = None;
+    let mut first_broken = Value::Null;
+    let mut heads = Sha256::new();
+    let mut each = Vec::new();
+    for (p, v) in pages {
+        ok &= v.get("ok").and_then(Value::as_bool).unwrap_or(false);
+        events += v.get("events").and_then(Value::as_u64).unwrap_or(0);
+        streams += v.get("streams").and_then(Value::as_u64).unwrap_or(0);
+        if let Some(h) = v.get("head_position").and_then(Value::as_u64) {
+            *head_position.get_or_insert(0) += h;
+        }
+        if let Some(a) = v.get("anchor_ok") {
+            if !a.is_null() || anchor_ok.is_none() {
+                anchor_ok = Some(a.clone());
+            }
+        }
+        if first_broken.is_null() {
+            if let Some(b) = v.get("first_broken").filter(|b| b.is_object()) {
+                first_broken = b.clone();
+                first_broken["partition"] = Value::from(*p);
+            }
+        }
+        let head = v.get("head_hash").and_then(Value::as_str).unwrap_or("");
+        heads.update(format!("{p}:{head}\n").as_bytes());
+        let mut own = v.clone();
+        own["partition"] = Value::from(*p);
+        each.push(own);
+    }
+    let mut out = serde_json::json!({
+        "ok": ok,
+        "events": events,
+        "streams": streams,
+        "head_hash": hex::encode(heads.finalize()),
+        "first_broken": first_broken,
+        "partitions": each,
+    });
+    if let Some(h) = head_position {
+        out["head_position"] = Value::from(h);
+    }
+    if let Some(a) = anchor_ok {
+        out["anchor_ok"] = a;
+    }
+    out
+}
+
+fn money_of(v: &serde_json::Value, field: &str) -> Result<rust_decimal::Decimal, ApiError> {
+    v.get(field)
+        .and_then(serde_json::Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ApiError::internal(format!("a partition's {field} is not an amount")))
+}
+
+/// The partitions' trial balances added up, ledger account by ledger
+/// account: balanced when the sums are (and every partition was).
+fn merge_trial_balance(pages: &[(u32, serde_json::Value)]) -> Result<serde_json::Value, ApiError> {
+    use rust_decimal::Decimal;
+    use serde_json::Value;
+    let show = |d: Decimal| Value::String(accrue_core::money::display(d));
+    // (account, kind, debits, credits), in the order first seen.
+    let mut rows: Vec<(String, Value, Decimal, Decimal)> = Vec::new();
+    let mut every_balanced = true;
+    for (_, v) in pages {
+        every_balanced &= v.get("balanced").and_then(Value::as_bool).unwrap_or(false);
+        for r in v
+            .get("accounts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = r.get("account").and_then(Value::as_str).unwrap_or("");
+            let (d, c) = (money_of(r, "debits")?, money_of(r, "credits")?);
+            match rows.iter_mut().find(|row| row.0 == name) {
+                Some(row) => {
+                    row.2 += d;
+                    row.3 += c;
+                }
+                None => rows.push((
+                    name.to_string(),
+                    r.get("kind").cloned().unwrap_or(Value::Null),
+                    d,
+                    c,
+                )),
+            }
+        }
+    }
+    let total_debits: Decimal = rows.iter().map(|r| r.2).sum();
+    let total_credits: Decimal = rows.iter().map(|r| r.3).sum();
+    let mut out = serde_json::json!({
+        "accounts": rows.iter().map(|(name, kind, d, c)| serde_json::json!({
+            "account": name, "kind": kind, "debits": show(*d), "credits": show(*c),
+            "balance": show(*d - *c),
+        })).collect::<Vec<_>>(),
+        "total_debits": show(total_debits),
+        "total_credits": show(total_credits),
+        "balanced": every_balanced && total_debits == total_credits,
+    });
+    if let Some(a) = pages.first().and_then(|(_, v)| v.get("as_of")) {
+        out["as_of"] = a.clone();
+    }
+    Ok(out)
+}
+
+/// Every partition's due retries in one list, by due time then invoice.
+fn merge_dunning(pages: &[(u32, serde_json::Value)]) -> Result<serde_json::Value, ApiError> {
+    use serde_json::Value;
+    let mut retries: Vec<(chrono::DateTime<chrono::Utc>, String, Value)> = Vec::new();
+    for (_, v) in pages {
+        for r in v
+            .get("retries")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let due = r
+                .get("due_at")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| ApiError::internal("a partition's retry has no due_at"))?;
+            let invoice = r.get("invoice").and_then(Value::as_str).unwrap_or("");
+            retries.push((due, invoice.to_string(), r.clone()));
+        }
+    }
+    retries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    Ok(serde_json::json!({
+        "now": pages.first().and_then(|(_, v)| v.get("now")).cloned().unwrap_or(Value::Null),
+        "retries": retries.into_iter().map(|r| r.2).collect::<Vec<_>>(),
+    }))
+}
+
+/// `POST /api/v1/events`: CloudEvents routed by `subject` (the account),
+/// like a usage batch. A batch over several partitions is split (each part
+/// asked for its results with the split header), sent in parallel and
+/// answered as one: 204 when every event was accepted or a duplicate, else
+/// the problem with every event's result in the request's order.
+async fn split_cloudevents(c: &Cluster, req: Request) -> Response {
+    use serde_json::Value;
+    let (mut parts, body) = match whole(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let of = |subject: Option<&str>| subject.map_or(HOME, |a| partition_of(a, c.partitions));
+    // Binary mode: the attributes are headers, the body is the data.
+    if parts.headers.contains_key("ce-id") {
+        let p = of(parts
+            .headers
+            .get("ce-subject")
+            .and_then(|v| v.to_str().ok()));
+        return send(c, p, parts, body, false).await;
+    }
+    let events = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(a)) => a,
+        Ok(Value::Object(o)) => {
+            let p = of(o.get("subject").and_then(Value::as_str));
+            return send(c, p, parts, body, false).await;
+        }
+        // Not JSON, or neither: the home partition answers why.
+        _ => return send(c, HOME, parts, body, false).await,
+    };
+    let subject_of = |e: &Value| of(e.get("subject").and_then(Value::as_str));
+    let first = events.first().map_or(HOME, subject_of);
+    if events.len() > crate::integrations_routes::MAX_BATCH
+        || events.iter().all(|e| subject_of(e) == first)
+    {
+        return send(c, first, parts, body, false).await;
+    }
+    // As in `split`: a duplicate key or card data is refused before the
+    // body is taken apart.
+    if let Err(e) = crate::guard::scan_json(&body) {
+        return e.into_response();
+    }
+    let mut groups: std::collections::BTreeMap<u32, (Vec<usize>, Vec<Value>)> = Default::default();
+    for (i, e) in events.into_iter().enumerate() {
+        let g = groups.entry(subject_of(&e)).or_default();
+        g.0.push(i);
+        g.1.push(e);
+    }
+    parts.headers.insert(
+        HeaderName::from_static(SPLIT),
+        HeaderValue::from_static("1"),
+    );
+    let sends = groups.into_iter().map(|(p, (idx, evs))| {
+        let sub = Bytes::from(serde_json::to_vec(&Value::Array(evs)).unwrap_or_default());
+        let parts = clone_parts(&parts);
+        async move { (idx, collect(send(c, p, parts, sub, false).await).await) }
+    });
+    let (mut accepted, mut duplicate, mut rejected) = (0usize, 0usize, 0usize);
+    let mut results: Vec<(usize, Value)> = Vec::new();
+    for (idx, (status, h, bytes)) in futures_join_all(sends).await {
+        // A part refused as a whole (401, 413, 503…) is the answer; the
+        // other parts' events may have landed, and the same batch again is
+        // answered `duplicate` for them.
+        let parsed = (status == StatusCode::OK)
+            .then(|| serde_json::from_slice::<Value>(&bytes).ok())
+            .flatten();
+        let Some(v) = parsed else {
+            return rebuild(status, &h, bytes);
+        };
+        let count = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+        accepted += count("accepted");
+        duplicate += count("duplicate");
+        rejected += count("rejected");
+        for r in v
+            .get("results")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let local = r.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let at = idx.get(local).copied().unwrap_or(local);
+            let mut r = r.clone();
+            r["index"] = Value::from(at);
+            results.push((at, r));
+        }
+    }
+    results.sort_by_key(|(i, _)| *i);
+    crate::integrations_routes::cloudevents_answer(
+        accepted,
+        duplicate,
+        rejected,
+        results.into_iter().map(|(_, r)| r).collect(),
+    )
 }
 
 /// Runs the futures concurrently on this task and collects their outputs

@@ -19,7 +19,7 @@ use crate::extract::RawBody;
 use crate::AppState;
 
 /// Most events in one CloudEvents batch (as `POST /v1/usage`).
-const MAX_BATCH: usize = 10_000;
+pub(crate) const MAX_BATCH: usize = 10_000;
 /// How far a processor signature's timestamp may be from now.
 pub const STRIPE_TOLERANCE_SECS: i64 = 300;
 
@@ -150,6 +150,7 @@ pub async fn post_cloudevents(
     RawBody(bytes): RawBody,
 ) -> ApiResult<Response> {
     p.require(&[Role::Admin, Role::Ingest])?;
+    let part_of_split = headers.contains_key(crate::cluster::SPLIT);
     let pool = accrue_ledger::priority::BulkPool::global();
     let stopped = || ApiError::internal("the bulk pool has stopped");
     let (ids, items) = pool
@@ -180,10 +181,39 @@ pub async fn post_cloudevents(
         .ok_or_else(stopped)??;
     let outcomes = st.ledger.ingest(items).await?;
     let resp = crate::routes::usage_response(outcomes, ids, p.role);
-    if resp.rejected == 0 {
-        return Ok(StatusCode::NO_CONTENT.into_response());
+    if part_of_split {
+        // A cluster node's front splits a batch over partitions and needs
+        // every part's results to answer for the whole (`cluster::split_cloudevents`).
+        return Ok(Json(resp).into_response());
     }
-    let invalid = resp.results.iter().any(|r| r.reason == Some("invalid"));
+    let results = resp
+        .results
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .collect();
+    Ok(cloudevents_answer(
+        resp.accepted,
+        resp.duplicate,
+        resp.rejected,
+        results,
+    ))
+}
+
+/// The answer to a CloudEvents post: 204 when every event was accepted or
+/// a duplicate; else a problem with every event's result, 400 when one was
+/// invalid, 409 when a rule refused one.
+pub(crate) fn cloudevents_answer(
+    accepted: usize,
+    duplicate: usize,
+    rejected: usize,
+    results: Vec<Value>,
+) -> Response {
+    if rejected == 0 {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let invalid = results
+        .iter()
+        .any(|r| r.get("reason").and_then(Value::as_str) == Some("invalid"));
     let status = if invalid {
         StatusCode::BAD_REQUEST
     } else {
@@ -194,19 +224,19 @@ pub async fn post_cloudevents(
         "type": format!("https://accrue.dev/problems/{reason}"),
         "title": if invalid { "Invalid event" } else { "Event refused" },
         "status": status.as_u16(),
-        "detail": format!("{} of {} events were not accepted; see results", resp.rejected, resp.results.len()),
+        "detail": format!("{rejected} of {} events were not accepted; see results", results.len()),
         "reason": reason,
-        "accepted": resp.accepted,
-        "duplicate": resp.duplicate,
-        "rejected": resp.rejected,
-        "results": resp.results,
+        "accepted": accepted,
+        "duplicate": duplicate,
+        "rejected": rejected,
+        "results": results,
     });
-    Ok((
+    (
         status,
         [(header::CONTENT_TYPE, "application/problem+json")],
         body.to_string(),
     )
-        .into_response())
+        .into_response()
 }
 
 // ------------------------------------------------------- processor webhooks

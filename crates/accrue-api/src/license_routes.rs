@@ -32,7 +32,9 @@ fn license_error(e: LedgerError) -> ApiError {
     match e {
         LedgerError::Domain(DomainError::License(l)) => {
             let status = match &l {
-                LicenseError::BadCredentials => return bad_credentials(),
+                LicenseError::BadCredentials | LicenseError::UnknownSerial => {
+                    return bad_credentials()
+                }
                 LicenseError::ActivationChurn { .. } => StatusCode::TOO_MANY_REQUESTS,
                 LicenseError::UnknownActivation(_) | LicenseError::NotIssued => {
                     StatusCode::NOT_FOUND
@@ -168,6 +170,7 @@ pub struct ActivationResponse {
 )]
 pub async fn activate(
     State(st): State<AppState>,
+    probe: Option<axum::Extension<crate::cluster::Probe>>,
     Body(req): Body<ActivationRequest>,
 ) -> ApiResult<Response> {
     if st.ledger.activation_throttled(&req.serial_number) {
@@ -193,7 +196,21 @@ pub async fn activate(
         .await
     {
         Ok(o) => o,
-        Err(LedgerError::Domain(DomainError::License(LicenseError::BadCredentials))) => {
+        // A cluster's front asking each partition in turn: a partition
+        // without this serial says so and counts no failure (the front
+        // has the home partition answer, and count, if none has it).
+        Err(LedgerError::Domain(DomainError::License(LicenseError::UnknownSerial)))
+            if probe.is_some() =>
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                crate::cluster::UNKNOWN_SERIAL,
+                "no account of this partition has the serial number",
+            ));
+        }
+        Err(LedgerError::Domain(DomainError::License(
+            LicenseError::BadCredentials | LicenseError::UnknownSerial,
+        ))) => {
             st.ledger.activation_failed(&serial);
             return Err(bad_credentials());
         }

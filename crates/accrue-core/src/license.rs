@@ -378,6 +378,12 @@ pub enum LicenseCommand {
 pub enum LicenseError {
     #[error("the serial number and control number do not match a license")]
     BadCredentials,
+    /// No account of this ledger has the serial number. Answered exactly
+    /// as [`LicenseError::BadCredentials`] (never say which half was
+    /// wrong); a cluster's front uses it to look for the partition that
+    /// has the serial without counting a failure where it is not.
+    #[error("the serial number and control number do not match a license")]
+    UnknownSerial,
     #[error("the license allows {max} active activations; release one first")]
     ActivationLimitReached { max: u32 },
     #[error("more than {limit} activations of this license within 24 hours")]
@@ -398,7 +404,7 @@ pub enum LicenseError {
 impl LicenseError {
     pub fn reason(&self) -> &'static str {
         match self {
-            LicenseError::BadCredentials => "unauthorized",
+            LicenseError::BadCredentials | LicenseError::UnknownSerial => "unauthorized",
             LicenseError::ActivationLimitReached { .. } => "activation_limit_reached",
             LicenseError::ActivationChurn { .. } => "activation_churn",
             LicenseError::TermEndInPast { .. } => "term_end_in_past",

@@ -28,13 +28,12 @@ pub fn verify_hex(key: &[u8], msg: &[u8], hex_sig: &str) -> bool {
     let Ok(given) = hex::decode(hex_sig.trim()) else {
         return false;
     };
-    let want = hmac_sha256(key, msg);
-    given.len() == want.len()
-        && given
-            .iter()
-            .zip(want.iter())
-            .fold(0u8, |d, (a, b)| d | (a ^ b))
-            == 0
+    constant_time_eq(&given, &hmac_sha256(key, msg))
+}
+
+/// `a == b`, in a time that depends on the lengths only.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 #[cfg(test)]

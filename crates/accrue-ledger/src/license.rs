@@ -204,7 +204,7 @@ impl Writer {
         };
         let Some(account) = account else {
             let _ = reply.send(Err(LedgerError::Domain(DomainError::License(
-                LicenseError::BadCredentials,
+                LicenseError::UnknownSerial,
             ))));
             return;
         };

@@ -72,7 +72,7 @@ pub(crate) fn run(a: NodeArgs) -> anyhow::Result<()> {
         Directory::open(&a.url, &base, a.partitions)
             .with_context(|| format!("opening the cluster directory {base}_cluster"))?,
     );
-    let cluster = Cluster::new(a.node.clone(), a.partitions);
+    let cluster = Cluster::new(a.node.clone(), a.partitions, &admin);
     let limits = accrue_api::server::ServeConfig::from_env().map_err(|e| anyhow::anyhow!(e))?;
     let rt = crate::runtime()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(a.listen))?;
