@@ -398,6 +398,54 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
         BTreeSet::from([0, 1, 2]),
         "the survivors hold every partition"
     );
+    // Each node's /metrics covers every partition it holds, labelled, and
+    // is one valid exposition (promtool, the Prometheus project's checker).
+    for n in &nodes {
+        let (_, h) = send(&client, "GET", format!("{}/healthz", n.base), None)
+            .await
+            .unwrap();
+        let holds: BTreeSet<String> = h["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let text = client
+            .get(format!("{}/metrics", n.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let labelled: BTreeSet<String> = text
+            .lines()
+            .filter(|l| l.starts_with("accrue_head_position{"))
+            .filter_map(|l| {
+                l.split("partition=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(labelled, holds, "{text}");
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus) must be installed");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // Totals exact: every acknowledged event once, nothing else.
     let acked = acked.lock().unwrap().clone();

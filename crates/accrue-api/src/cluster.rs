@@ -203,9 +203,7 @@ async fn dispatch(State(c): State<Arc<Cluster>>, mut req: Request) -> Response {
     }
     let (parts, body) = req.into_parts();
     if path == "/metrics" {
-        // This node's own ledger (its lowest partition), else home's.
-        let p = c.held().first().copied().unwrap_or(HOME);
-        return send(&c, p, parts, Bytes::new(), forwarded).await;
+        return metrics(&c, parts).await;
     }
     // Routed by the body: an account's creation, a payment.
     let bytes = match axum::body::to_bytes(body, crate::MAX_BODY_BYTES).await {
@@ -280,6 +278,85 @@ async fn scatter(c: &Cluster, parts: axum::http::request::Parts, body: Bytes) ->
         }
     }
     first
+}
+
+/// `GET /metrics`: every partition this node holds, each sample labelled
+/// `partition="N"` (families kept together, their HELP and TYPE once), so
+/// a scrape of each node sees every partition once and a partition's
+/// series keep their identity when it moves. A node that holds none
+/// answers an empty exposition.
+async fn metrics(c: &Cluster, parts: axum::http::request::Parts) -> Response {
+    let mut families: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    let mut content_type = None;
+    for p in c.held() {
+        let (status, headers, bytes) =
+            collect(send(c, p, clone_parts(&parts), Bytes::new(), true).await).await;
+        if !status.is_success() {
+            return rebuild(status, &headers, bytes);
+        }
+        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+            content_type.get_or_insert(ct.clone());
+        }
+        relabel_into(&String::from_utf8_lossy(&bytes), p, &mut families);
+    }
+    let mut text = String::new();
+    for (_, meta, samples) in &families {
+        for line in meta.iter().chain(samples) {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    let ct = content_type
+        .unwrap_or_else(|| HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    ([(header::CONTENT_TYPE, ct)], text).into_response()
+}
+
+/// Adds one partition's exposition to `families` (name, HELP/TYPE lines,
+/// samples), each sample with the label `partition="p"`.
+fn relabel_into(text: &str, p: u32, families: &mut Vec<(String, Vec<String>, Vec<String>)>) {
+    let mut current: Option<usize> = None;
+    for line in text.lines() {
+        if line.is_empty() || line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+            .or_else(|| line.strip_prefix("# UNIT "))
+        {
+            let name = rest.split(' ').next().unwrap_or("").to_string();
+            let i = match families.iter().position(|f| f.0 == name) {
+                Some(i) => i,
+                None => {
+                    families.push((name, Vec::new(), Vec::new()));
+                    families.len() - 1
+                }
+            };
+            if !families[i].1.iter().any(|m| m == line) {
+                families[i].1.push(line.to_string());
+            }
+            current = Some(i);
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let at = line.find(['{', ' ']).unwrap_or(line.len());
+        let (name, rest) = line.split_at(at);
+        let labelled = match rest.strip_prefix('{') {
+            Some(r) if r.starts_with('}') => format!("{name}{{partition=\"{p}\"{r}"),
+            Some(r) => format!("{name}{{partition=\"{p}\",{r}"),
+            None => format!("{name}{{partition=\"{p}\"}}{rest}"),
+        };
+        let i = match current {
+            Some(i) => i,
+            None => {
+                families.push((name.to_string(), Vec::new(), Vec::new()));
+                families.len() - 1
+            }
+        };
+        families[i].2.push(labelled);
+    }
 }
 
 /// `POST /v1/activations`: a serial number names no partition, so each is
@@ -1065,6 +1142,33 @@ mod tests {
         }
         assert!(n.iter().all(|c| *c > 800), "{n:?}");
         assert_eq!(partition_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn metrics_of_two_partitions_are_one_exposition() {
+        let a = "# HELP x_total Things.\n# TYPE x_total counter\nx_total 3\n# HELP y A gauge.\n# TYPE y gauge\ny{name=\"pdf\"} 1\ny{} 2\n# EOF\n";
+        let b = "# HELP x_total Things.\n# TYPE x_total counter\nx_total 5\n# HELP y A gauge.\n# TYPE y gauge\ny{name=\"pdf\"} 7\n";
+        let mut f = Vec::new();
+        relabel_into(a, 0, &mut f);
+        relabel_into(b, 2, &mut f);
+        let text: Vec<String> = f
+            .into_iter()
+            .flat_map(|(_, m, s)| m.into_iter().chain(s))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "# HELP x_total Things.",
+                "# TYPE x_total counter",
+                "x_total{partition=\"0\"} 3",
+                "x_total{partition=\"2\"} 5",
+                "# HELP y A gauge.",
+                "# TYPE y gauge",
+                "y{partition=\"0\",name=\"pdf\"} 1",
+                "y{partition=\"0\"} 2",
+                "y{partition=\"2\",name=\"pdf\"} 7",
+            ]
+        );
     }
 
     #[test]
