@@ -189,7 +189,7 @@ async fn dispatch(State(c): State<Arc<Cluster>>, mut req: Request) -> Response {
     } else {
         match pinned_partition(req.headers(), c.partitions) {
             Ok(p) => p,
-            Err(r) => return r,
+            Err(e) => return e.into_response(),
         }
     };
     match (method.clone(), path.as_str()) {
@@ -796,7 +796,7 @@ async fn split(c: &Cluster, req: Request) -> Response {
 
 /// The partition a client pinned with the partition header, if any; a
 /// header that names no partition of this cluster is refused.
-fn pinned_partition(headers: &HeaderMap, partitions: u32) -> Result<Option<u32>, Response> {
+fn pinned_partition(headers: &HeaderMap, partitions: u32) -> Result<Option<u32>, ApiError> {
     let Some(v) = headers.get(PARTITION) else {
         return Ok(None);
     };
@@ -806,8 +806,7 @@ fn pinned_partition(headers: &HeaderMap, partitions: u32) -> Result<Option<u32>,
             StatusCode::UNPROCESSABLE_ENTITY,
             "bad_partition",
             format!("{PARTITION} must name a partition 0..{partitions}"),
-        )
-        .into_response()),
+        )),
     }
 }
 
