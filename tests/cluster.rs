@@ -256,40 +256,82 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
             .unwrap();
         assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
     }
-    let r = client
-        .post(format!("{}/api/v1/events", nodes[0].base))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/cloudevents-batch+json")
-        .json(&json!([
-            ce("ce-late", far),
-            ce("ce-nobody", "nobody-here"),
-            ce(&format!("ce-{far}"), far)
-        ]))
-        .send()
-        .await
+    // Refusals in a batch over several partitions: every result, in order.
+    let other = ids
+        .iter()
+        .find(|a| ![0, partition_of(far, PARTITIONS)].contains(&partition_of(a, PARTITIONS)))
         .unwrap();
+    let refused = [
+        ce("ce-late", far),
+        ce("ce-nobody", "nobody-else"),
+        ce(&format!("ce-{other}"), other),
+        ce("ce-acct-0", "acct-0"),
+    ];
+    let spread: BTreeSet<u32> = refused
+        .iter()
+        .map(|e| partition_of(e["subject"].as_str().unwrap(), PARTITIONS))
+        .collect();
+    assert_eq!(spread.len(), 3, "the batch spans every partition");
+    let post_ce = |node: &Node, body: Value| {
+        client
+            .post(format!("{}/api/v1/events", node.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/cloudevents-batch+json")
+            .json(&body)
+    };
+    let answer = |v: &Value| -> (Vec<Value>, Vec<String>) {
+        let results = v["results"].as_array().unwrap();
+        let counts = ["accepted", "duplicate", "rejected"]
+            .map(|k| v[k].clone())
+            .to_vec();
+        let statuses = results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                assert_eq!(r["index"], i, "{v}");
+                r["status"].as_str().unwrap().to_string()
+            })
+            .collect();
+        (counts, statuses)
+    };
+    let r = post_ce(&nodes[0], json!(refused)).send().await.unwrap();
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
     assert_eq!(
+        answer(&v),
         (
-            v["accepted"].clone(),
-            v["duplicate"].clone(),
-            v["rejected"].clone()
+            vec![json!(1), json!(2), json!(1)],
+            ["accepted", "rejected", "duplicate", "duplicate"]
+                .map(String::from)
+                .to_vec()
         ),
-        (json!(1), json!(1), json!(1)),
         "{v}"
     );
-    let statuses: Vec<&str> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            assert_eq!(r["index"], i, "{v}");
-            r["status"].as_str().unwrap()
-        })
-        .collect();
-    assert_eq!(statuses, ["accepted", "rejected", "duplicate"], "{v}");
+    // An invalid event anywhere in a split batch makes it a 400.
+    let mut bad = ce("ce-bad", other);
+    bad["data"] = json!({});
+    let r = post_ce(&nodes[1], json!([ce("ce-valid", "acct-0"), bad]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer(&v),
+        (
+            vec![json!(1), json!(0), json!(1)],
+            ["accepted", "rejected"].map(String::from).to_vec()
+        ),
+        "{v}"
+    );
+    assert_eq!(v["results"][1]["reason"], "invalid", "{v}");
+    // The split header is the nodes' own: a client's changes nothing.
+    let r = post_ce(&nodes[2], json!([ce("ce-acct-0", "acct-0")]))
+        .header("x-accrue-split", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     // A partition that is not one of the cluster's cannot be pinned.
     let r = client
         .get(format!("{}/v1/audit/verify", nodes[0].base))
@@ -451,7 +493,7 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
     let acked = acked.lock().unwrap().clone();
     let mut expected: BTreeMap<String, Decimal> =
         ids.iter().map(|a| (a.clone(), Decimal::ZERO)).collect();
-    for a in [far.as_str(), "acct-0", far.as_str()] {
+    for a in [far.as_str(), "acct-0", far.as_str(), "acct-0"] {
         *expected.get_mut(a).unwrap() += Decimal::new(1, 2);
     }
     for a in &ids {
@@ -796,9 +838,15 @@ async fn activations_find_their_partition(client: &reqwest::Client, nodes: &[Nod
             r.text().await.unwrap_or_default()
         );
     }
-    // A wrong control number is refused by the serial's own partition.
+    // A wrong control number is refused by the serial's own partition,
+    // without saying which partition that is.
     let r = activate(&nodes[0], &serial, "wrong").send().await.unwrap();
     assert_eq!(r.status(), 401);
+    assert!(
+        r.headers().get("x-accrue-partition").is_none(),
+        "{:?}",
+        r.headers()
+    );
     // A client cannot probe: the headers are the nodes' own.
     let r = activate(&nodes[0], "no-such-serial", "x")
         .header("x-accrue-forwarded", "n0")

@@ -37,9 +37,14 @@ pub const FORWARDED: &str = "x-accrue-forwarded";
 /// forwarded request, the partition it is for; on a client's request that
 /// names no partition, the one it pins.
 pub const PARTITION: &str = "x-accrue-partition";
-/// Set by the front on a part of a CloudEvents batch it split: the
-/// partition answers every event's result (200 and counts) instead of 204,
-/// so the front can answer for the whole batch.
+/// A part of a CloudEvents batch the front split: the partition answers
+/// every event's result (200 and counts) instead of 204, so the front can
+/// answer for the whole batch. A request extension in-process; between
+/// nodes the [`SPLIT`] header, carrying the same key as [`PROBE`].
+#[derive(Clone, Copy, Debug)]
+pub struct Split;
+/// The header that carries a [`Split`] to another node (removed from every
+/// incoming request, honoured only with the nodes' key).
 pub const SPLIT: &str = "x-accrue-split";
 /// A node's request to another partition's router to look for an
 /// activation's serial number (`POST /v1/activations`): a partition that
@@ -106,8 +111,11 @@ impl Cluster {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
-            // Nodes talk directly: never through an HTTP(S)_PROXY.
+            // Nodes talk directly: never through an HTTP(S)_PROXY, and
+            // never on to wherever a redirect points (the nodes' headers
+            // would go with it).
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         Arc::new(Cluster {
@@ -151,21 +159,36 @@ impl Cluster {
     }
 }
 
-/// The node's whole HTTP surface: every request goes through [`dispatch`].
+/// How long a forwarded `/v1/audit/verify` may take (it reads a whole log).
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// An activation is a few short fields: the front reads no more than this
+/// of one before it asks the partitions.
+const MAX_ACTIVATION_BYTES: usize = 64 * 1024;
+
+/// The node's whole HTTP surface: every request goes through [`dispatch`];
+/// a panic in the front is answered 500, never a dropped connection.
 pub fn front(cluster: Arc<Cluster>) -> Router {
-    Router::new().fallback(dispatch).with_state(cluster)
+    Router::new().fallback(dispatch).with_state(cluster).layer(
+        tower_http::catch_panic::CatchPanicLayer::custom(crate::guard::panic_response),
+    )
 }
 
 async fn dispatch(State(c): State<Arc<Cluster>>, mut req: Request) -> Response {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let forwarded = req.headers().contains_key(FORWARDED);
-    // Only another node of this cluster can probe (it knows the key).
-    if let Some(v) = req.headers_mut().remove(PROBE) {
-        let key = c.probe_key.as_bytes();
-        if forwarded && accrue_ledger::hmac::constant_time_eq(v.as_bytes(), key) {
-            req.extensions_mut().insert(Probe);
-        }
+    // Only another node of this cluster can probe or split (it knows the
+    // key); the headers never reach a partition's router.
+    let from_node = |v: Option<HeaderValue>| {
+        v.is_some_and(|v| {
+            forwarded && accrue_ledger::hmac::constant_time_eq(v.as_bytes(), c.probe_key.as_bytes())
+        })
+    };
+    if from_node(req.headers_mut().remove(PROBE)) {
+        req.extensions_mut().insert(Probe);
+    }
+    if from_node(req.headers_mut().remove(SPLIT)) {
+        req.extensions_mut().insert(Split);
     }
     match (method.clone(), path.as_str()) {
         (_, "/healthz") => {
@@ -366,24 +389,52 @@ fn relabel_into(text: &str, p: u32, families: &mut Vec<(String, Vec<String>, Vec
 /// it counts the failure, so an unknown serial is throttled (429) exactly
 /// like a known one and a caller cannot tell them apart.
 async fn activate_anywhere(c: &Cluster, req: Request) -> Response {
-    let (parts, body) = match whole(req).await {
-        Ok(x) => x,
-        Err(r) => return r,
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_ACTIVATION_BYTES).await else {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("an activation is at most {MAX_ACTIVATION_BYTES} bytes"),
+        )
+        .into_response();
     };
-    for p in 0..c.partitions {
+    // Every partition at once, and every answer awaited: a serial's
+    // partition is not told by how long the answer takes.
+    let probes = (0..c.partitions).map(|p| {
         let mut probe = clone_parts(&parts);
         probe.extensions.insert(Probe);
-        let (status, headers, bytes) = collect(send(c, p, probe, body.clone(), false).await).await;
+        let body = body.clone();
+        async move { collect(send(c, p, probe, body, false).await).await }
+    });
+    // The answer of the partition that has the serial: an activation
+    // before a refusal, a throttle (which a partition answers before it
+    // looks the serial up) last.
+    let rank = |s: StatusCode| match s {
+        s if s.is_success() => 0,
+        StatusCode::TOO_MANY_REQUESTS => 2,
+        _ => 1,
+    };
+    let mut found: Option<(StatusCode, HeaderMap, Bytes)> = None;
+    for (status, headers, bytes) in futures_join_all(probes).await {
         let elsewhere = status == StatusCode::NOT_FOUND
             && serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| v.get("reason")?.as_str().map(|r| r == UNKNOWN_SERIAL))
                 .unwrap_or(false);
-        if !elsewhere {
-            return rebuild(status, &headers, bytes);
+        if !elsewhere && found.as_ref().is_none_or(|f| rank(status) < rank(f.0)) {
+            found = Some((status, headers, bytes));
         }
     }
-    send(c, HOME, parts, body, false).await
+    let mut resp = match found {
+        Some((status, headers, bytes)) => rebuild(status, &headers, bytes),
+        None => send(c, HOME, parts, body, false).await,
+    };
+    // A refusal does not say which partition refused: that would tell a
+    // serial that exists from one that does not.
+    if !resp.status().is_success() {
+        resp.headers_mut().remove(PARTITION);
+    }
+    resp
 }
 
 /// The partition a path names: `/v1/accounts/{id}/…`, `/v1/invoices/{n}/…`,
@@ -494,6 +545,13 @@ async fn send(
         .header(PARTITION, partition);
     if parts.extensions.get::<Probe>().is_some() {
         rb = rb.header(PROBE, c.probe_key.as_str());
+    }
+    if parts.extensions.get::<Split>().is_some() {
+        rb = rb.header(SPLIT, c.probe_key.as_str());
+    }
+    // A verify reads a partition's whole log: give it longer than a write.
+    if parts.uri.path() == "/v1/audit/verify" {
+        rb = rb.timeout(VERIFY_TIMEOUT);
     }
     let rb = rb.body(body);
     match rb.send().await {
@@ -1016,26 +1074,46 @@ fn merge_dunning(pages: &[(u32, serde_json::Value)]) -> Result<serde_json::Value
 /// the problem with every event's result in the request's order.
 async fn split_cloudevents(c: &Cluster, req: Request) -> Response {
     use serde_json::Value;
-    let (mut parts, body) = match whole(req).await {
+    let (parts, body) = match whole(req).await {
         Ok(x) => x,
         Err(r) => return r,
     };
     let of = |subject: Option<&str>| subject.map_or(HOME, |a| partition_of(a, c.partitions));
-    // Binary mode: the attributes are headers, the body is the data.
-    if parts.headers.contains_key("ce-id") {
-        let p = of(parts
-            .headers
-            .get("ce-subject")
-            .and_then(|v| v.to_str().ok()));
-        return send(c, p, parts, body, false).await;
-    }
+    // The same reading of the request as the partition's (`events_of`).
+    let mime = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let batch_type = match mime.as_str() {
+        "application/cloudevents-batch+json" => true,
+        // Binary mode: the attributes are headers, the body is the data.
+        "application/json" if parts.headers.contains_key("ce-id") => {
+            let p = of(parts
+                .headers
+                .get("ce-subject")
+                .and_then(|v| v.to_str().ok()));
+            return send(c, p, parts, body, false).await;
+        }
+        "application/json" => false,
+        // One structured event, or a type the partition refuses.
+        _ => {
+            let p = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .map_or(HOME, |v| of(v.get("subject").and_then(Value::as_str)));
+            return send(c, p, parts, body, false).await;
+        }
+    };
     let events = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Array(a)) => a,
-        Ok(Value::Object(o)) => {
+        Ok(Value::Object(o)) if !batch_type => {
             let p = of(o.get("subject").and_then(Value::as_str));
             return send(c, p, parts, body, false).await;
         }
-        // Not JSON, or neither: the home partition answers why.
+        // Not JSON, or not a batch: the home partition answers why.
         _ => return send(c, HOME, parts, body, false).await,
     };
     let subject_of = |e: &Value| of(e.get("subject").and_then(Value::as_str));
@@ -1056,13 +1134,10 @@ async fn split_cloudevents(c: &Cluster, req: Request) -> Response {
         g.0.push(i);
         g.1.push(e);
     }
-    parts.headers.insert(
-        HeaderName::from_static(SPLIT),
-        HeaderValue::from_static("1"),
-    );
     let sends = groups.into_iter().map(|(p, (idx, evs))| {
         let sub = Bytes::from(serde_json::to_vec(&Value::Array(evs)).unwrap_or_default());
-        let parts = clone_parts(&parts);
+        let mut parts = clone_parts(&parts);
+        parts.extensions.insert(Split);
         async move { (idx, collect(send(c, p, parts, sub, false).await).await) }
     });
     let (mut accepted, mut duplicate, mut rejected) = (0usize, 0usize, 0usize);
@@ -1071,11 +1146,22 @@ async fn split_cloudevents(c: &Cluster, req: Request) -> Response {
         // A part refused as a whole (401, 413, 503…) is the answer; the
         // other parts' events may have landed, and the same batch again is
         // answered `duplicate` for them.
+        if !status.is_success() {
+            return rebuild(status, &h, bytes);
+        }
+        // A part must answer its results: a bare 204 would hide what the
+        // other parts refused.
         let parsed = (status == StatusCode::OK)
             .then(|| serde_json::from_slice::<Value>(&bytes).ok())
-            .flatten();
+            .flatten()
+            .filter(|v| v.get("results").is_some_and(Value::is_array));
         let Some(v) = parsed else {
-            return rebuild(status, &h, bytes);
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "partition_answer",
+                format!("a partition answered a part of the batch {status} without its results; the same batch again is answered duplicate for what landed"),
+            )
+            .into_response();
         };
         let count = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
         accepted += count("accepted");

@@ -146,11 +146,12 @@ fn events_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<Value>> {
 pub async fn post_cloudevents(
     State(st): State<AppState>,
     p: Principal,
+    split: Option<axum::Extension<crate::cluster::Split>>,
     headers: HeaderMap,
     RawBody(bytes): RawBody,
 ) -> ApiResult<Response> {
     p.require(&[Role::Admin, Role::Ingest])?;
-    let part_of_split = headers.contains_key(crate::cluster::SPLIT);
+    let part_of_split = split.is_some();
     let pool = accrue_ledger::priority::BulkPool::global();
     let stopped = || ApiError::internal("the bulk pool has stopped");
     let (ids, items) = pool

@@ -172,6 +172,15 @@ pub struct LicenseOutcome {
 }
 
 fn control_number() -> String {
+    loop {
+        let c = control_number_candidate();
+        if longest_digit_run(&c) < 13 {
+            return c;
+        }
+    }
+}
+
+fn control_number_candidate() -> String {
     // Crockford base32, 100 random bits, in groups of five.
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let mut bytes = Vec::with_capacity(32);
@@ -187,6 +196,23 @@ fn control_number() -> String {
         .map(|c| c.iter().collect::<String>())
         .collect::<Vec<_>>()
         .join("-")
+}
+
+/// The most digits in a row, dashes not counting as a break. A product
+/// server sends the control number back in an activation's body, which
+/// the card-data guard scans for 13 to 19 digits in a row (separators
+/// allowed): a control number with fewer can never be taken for one.
+fn longest_digit_run(s: &str) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            run += 1;
+            best = best.max(run);
+        } else if c != '-' {
+            run = 0;
+        }
+    }
+    best
 }
 
 impl Writer {
@@ -533,6 +559,23 @@ impl Ledger {
             f.entry(serial.to_string())
                 .or_default()
                 .push(Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod control_number_tests {
+    use super::*;
+
+    #[test]
+    fn control_numbers_never_hold_thirteen_digits_in_a_row() {
+        assert_eq!(longest_digit_run("12345-67890-123AB-CDEFG"), 13);
+        assert_eq!(longest_digit_run("1234A-56789-0ABCD-EFGHJ"), 6);
+        assert_eq!(longest_digit_run("ABCDE"), 0);
+        for _ in 0..20_000 {
+            let c = control_number();
+            assert!(longest_digit_run(&c) < 13, "{c}");
+            assert_eq!(c.len(), 23, "{c}");
         }
     }
 }
