@@ -519,6 +519,21 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
         );
     }
 
+    // One webhook endpoint, registered through any node, for every
+    // partition's events, under one secret.
+    let (hook_url, hooks) = receiver().await;
+    let (status, endpoint) = send(
+        &client,
+        "POST",
+        format!("{}/v1/webhook-endpoints", nodes[1].base),
+        Some(json!({"url": hook_url, "events": ["invoice.issued"]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{endpoint}");
+    let hook_secret = endpoint["secret"].as_str().unwrap().to_string();
+    let hook_id = endpoint["id"].as_str().unwrap().to_string();
+
     // A close through one node moves every partition's clock.
     let (status, v) = send(
         &client,
@@ -572,6 +587,7 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
         assert_eq!(seqs, want, "partition {p}'s invoice numbers are gapless");
     }
 
+    webhooks_come_from_every_partition(&client, &nodes, &ids, &hooks, &hook_id, &hook_secret).await;
     ledger_wide_reads_merge_every_partition(&client, &nodes, &ids).await;
     activations_find_their_partition(&client, &nodes, far).await;
 
@@ -620,6 +636,111 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("created with 3 partitions, not 2"), "{err}");
     cleanup(&schema);
+}
+
+type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+/// A webhook receiver on a free port: its URL and what it received.
+async fn receiver() -> (String, Received) {
+    let got: Received = Arc::default();
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let keep = keep.clone();
+                async move {
+                    keep.lock().unwrap().push((headers, body.to_vec()));
+                    "ok"
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), got)
+}
+
+/// Every partition's invoices reach the one endpoint, signed with the one
+/// secret its registration showed, under ids unique across the cluster;
+/// its deliveries are listed from every partition.
+async fn webhooks_come_from_every_partition(
+    client: &reqwest::Client,
+    nodes: &[Node],
+    ids: &[String],
+    hooks: &Received,
+    endpoint: &str,
+    secret: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let want: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let received = loop {
+        let got = hooks.lock().unwrap().clone();
+        let accounts: BTreeSet<String> = got
+            .iter()
+            .filter_map(|(_, b)| {
+                let v: Value = serde_json::from_slice(b).ok()?;
+                v["account_id"].as_str().map(str::to_string)
+            })
+            .collect();
+        if want.iter().all(|a| accounts.contains(*a)) {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "webhooks reached only {accounts:?} of {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut event_ids = BTreeSet::new();
+    for (headers, body) in &received {
+        let sig = headers["accrue-signature"].to_str().unwrap();
+        let (t, v1) = sig
+            .split_once(',')
+            .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+            .unwrap();
+        let mut msg = format!("{t}.").into_bytes();
+        msg.extend_from_slice(body);
+        assert!(
+            accrue_ledger::hmac::verify_hex(secret.as_bytes(), &msg, v1),
+            "a webhook not signed with the endpoint's secret: {}",
+            String::from_utf8_lossy(body)
+        );
+        let v: Value = serde_json::from_slice(body).unwrap();
+        let p = partition_of(v["account_id"].as_str().unwrap(), PARTITIONS);
+        let id = v["id"].as_str().unwrap().to_string();
+        assert!(
+            id.starts_with(&format!("evt_{p:02}_")),
+            "{id} names partition {p}"
+        );
+        event_ids.insert(id);
+    }
+    assert_eq!(
+        event_ids.len(),
+        received.len(),
+        "an id names one event in the whole cluster"
+    );
+    let (status, v) = send(
+        client,
+        "GET",
+        format!(
+            "{}/v1/webhook-endpoints/{endpoint}/deliveries",
+            nodes[0].base
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let from: BTreeSet<u64> = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["delivered"] == true)
+        .map(|d| d["partition"].as_u64().unwrap())
+        .collect();
+    assert_eq!(from, BTreeSet::from([0, 1, 2]), "{v}");
 }
 
 /// Signs a processor event as the payment processor does.

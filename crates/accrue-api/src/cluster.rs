@@ -56,6 +56,13 @@ pub struct Probe;
 /// The header that carries a [`Probe`] to another node: a key derived from
 /// the cluster's shared admin token. Removed from every incoming request.
 pub const PROBE: &str = "x-accrue-probe";
+/// The id a webhook endpoint is registered under in every partition (the
+/// front chooses it). A request extension in-process; between nodes the
+/// [`ENDPOINT_ID`] header, `"{node key} {id}"`.
+#[derive(Clone, Debug)]
+pub struct EndpointId(pub String);
+/// The header that carries an [`EndpointId`] to another node.
+pub const ENDPOINT_ID: &str = "x-accrue-endpoint-id";
 /// The reason of a probed partition's "not here".
 pub const UNKNOWN_SERIAL: &str = "unknown_serial";
 
@@ -190,6 +197,16 @@ async fn dispatch(State(c): State<Arc<Cluster>>, mut req: Request) -> Response {
     if from_node(req.headers_mut().remove(SPLIT)) {
         req.extensions_mut().insert(Split);
     }
+    if let Some(v) = req.headers_mut().remove(ENDPOINT_ID) {
+        let given = v.to_str().ok().and_then(|v| v.split_once(' '));
+        if let Some((key, id)) = given {
+            if forwarded
+                && accrue_ledger::hmac::constant_time_eq(key.as_bytes(), c.probe_key.as_bytes())
+            {
+                req.extensions_mut().insert(EndpointId(id.to_string()));
+            }
+        }
+    }
     match (method.clone(), path.as_str()) {
         (_, "/healthz") => {
             return axum::Json(serde_json::json!({
@@ -220,6 +237,12 @@ async fn dispatch(State(c): State<Arc<Cluster>>, mut req: Request) -> Response {
         (Method::GET, "/v1/accounts") => return accounts(&c, req).await,
         (Method::POST, "/api/v1/events") => return split_cloudevents(&c, req).await,
         (Method::POST, "/v1/activations") => return activate_anywhere(&c, req).await,
+        (Method::POST, "/v1/webhook-endpoints") => return register_everywhere(&c, req).await,
+        (Method::GET, p)
+            if p.starts_with("/v1/webhook-endpoints/") && p.ends_with("/deliveries") =>
+        {
+            return deliveries_everywhere(&c, req).await
+        }
         (Method::GET | Method::POST, "/v1/audit/verify")
         | (Method::GET, "/v1/audit/trial-balance" | "/v1/dunning") => return merged(&c, req).await,
         _ => {}
@@ -380,6 +403,116 @@ fn relabel_into(text: &str, p: u32, families: &mut Vec<(String, Vec<String>, Vec
         };
         families[i].2.push(labelled);
     }
+}
+
+/// `POST /v1/webhook-endpoints`: one endpoint in every partition, under
+/// one id the front chooses and one secret (every partition derives it
+/// from the home partition's secret), so the endpoint receives the events
+/// of every account. The home partition registers first and its answer
+/// (with the secret) is the answer; the others then register the same id.
+/// Nothing is registered while a partition has no owner; if a partition
+/// refuses after home registered, the answer is 503 naming the endpoint,
+/// which then receives only some partitions' events.
+async fn register_everywhere(c: &Cluster, req: Request) -> Response {
+    let (parts, body) = match whole(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if !c.complete() {
+        return unavailable(
+            HOME,
+            "a partition has no owner yet; an endpoint is registered in every partition at once: retry".into(),
+        );
+    }
+    let id = format!("we_{}", uuid::Uuid::now_v7().simple());
+    let with_id = || {
+        let mut p = clone_parts(&parts);
+        p.extensions.insert(EndpointId(id.clone()));
+        p
+    };
+    let (status, headers, bytes) =
+        collect(send(c, HOME, with_id(), body.clone(), false).await).await;
+    if status != StatusCode::CREATED {
+        return rebuild(status, &headers, bytes);
+    }
+    let others = (1..c.partitions).map(|p| {
+        let (parts, body) = (with_id(), body.clone());
+        async move { (p, collect(send(c, p, parts, body, false).await).await.0) }
+    });
+    let missing: Vec<String> = futures_join_all(others)
+        .await
+        .into_iter()
+        .filter(|(_, s)| *s != StatusCode::CREATED)
+        .map(|(p, s)| format!("{p} ({s})"))
+        .collect();
+    if !missing.is_empty() {
+        return unavailable(
+            HOME,
+            format!(
+                "webhook endpoint {id} was registered, but not in partition(s) {}: it receives only the others' events; register again",
+                missing.join(", ")
+            ),
+        );
+    }
+    rebuild(status, &headers, bytes)
+}
+
+/// `GET /v1/webhook-endpoints/{id}/deliveries`: every partition's
+/// deliveries to the endpoint, each with its `partition`, oldest first by
+/// first attempt. Unknown at home is unknown (404); a partition that does
+/// not have the endpoint (registered there before it was shared) has none.
+async fn deliveries_everywhere(c: &Cluster, req: Request) -> Response {
+    use serde_json::Value;
+    let (parts, body) = match whole(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let sends = (0..c.partitions).map(|p| {
+        let (parts, body) = (clone_parts(&parts), body.clone());
+        async move { (p, collect(send(c, p, parts, body, false).await).await) }
+    });
+    let mut page: Option<(HeaderMap, Value)> = None;
+    let mut all: Vec<(String, Value)> = Vec::new();
+    for (p, (status, h, bytes)) in futures_join_all(sends).await {
+        if p != HOME && status == StatusCode::NOT_FOUND {
+            continue;
+        }
+        if !status.is_success() {
+            return rebuild(status, &h, bytes);
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+            return rebuild(status, &h, bytes);
+        };
+        for d in v
+            .get("deliveries")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let first = d
+                .pointer("/attempts/0/at")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+                .unwrap_or_default();
+            let mut d = d.clone();
+            d["partition"] = Value::from(p);
+            all.push((first, d));
+        }
+        page.get_or_insert((h, v));
+    }
+    let Some((mut headers, mut v)) = page else {
+        return unavailable(HOME, "the cluster has no partitions".into());
+    };
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    v["deliveries"] = Value::Array(all.into_iter().map(|(_, d)| d).collect());
+    headers.remove(PARTITION);
+    headers.remove(header::CONTENT_LENGTH);
+    rebuild(
+        StatusCode::OK,
+        &headers,
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+    )
 }
 
 /// `POST /v1/activations`: a serial number names no partition, so each is
@@ -548,6 +681,9 @@ async fn send(
     }
     if parts.extensions.get::<Split>().is_some() {
         rb = rb.header(SPLIT, c.probe_key.as_str());
+    }
+    if let Some(EndpointId(id)) = parts.extensions.get::<EndpointId>() {
+        rb = rb.header(ENDPOINT_ID, format!("{} {id}", c.probe_key));
     }
     // A verify reads a partition's whole log: give it longer than a write.
     if parts.uri.path() == "/v1/audit/verify" {

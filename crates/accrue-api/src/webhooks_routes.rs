@@ -121,6 +121,7 @@ fn check_url(raw: &str) -> ApiResult<()> {
 pub async fn create_endpoint(
     State(st): State<AppState>,
     p: Principal,
+    given: Option<axum::Extension<crate::cluster::EndpointId>>,
     Body(req): Body<EndpointRequest>,
 ) -> ApiResult<Response> {
     p.require(ADMIN)?;
@@ -148,7 +149,21 @@ pub async fn create_endpoint(
             format!("at most {MAX_ENDPOINTS} webhook endpoints"),
         ));
     }
-    let id = format!("we_{}", uuid::Uuid::now_v7().simple());
+    // A cluster's front registers one endpoint in every partition under
+    // the id it chose; otherwise the id is new.
+    let id = match given {
+        Some(axum::Extension(crate::cluster::EndpointId(id))) => {
+            if st.ledger.read().webhook_endpoints.contains_key(&id) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "endpoint_exists",
+                    format!("webhook endpoint {id:?} is already registered"),
+                ));
+            }
+            id
+        }
+        None => format!("we_{}", uuid::Uuid::now_v7().simple()),
+    };
     st.ledger
         .record(LedgerEvent::WebhookEndpointRegistered(
             WebhookEndpointRegistered {
@@ -167,7 +182,7 @@ pub async fn create_endpoint(
         .cloned()
         .ok_or_else(|| ApiError::internal("the endpoint is not in the read models"))?;
     let secret = st.ledger.webhook_secret(&id);
-    Ok((StatusCode::CREATED, Json(dto(&w, Some(secret)))).into_response())
+    Ok((StatusCode::CREATED, Json(dto(&w, secret))).into_response())
 }
 
 #[utoipa::path(

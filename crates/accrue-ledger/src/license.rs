@@ -124,25 +124,34 @@ pub struct Hot {
     keys_checked: Mutex<Instant>,
     token_secret: [u8; 32],
     failures: Mutex<HashMap<String, Vec<Instant>>>,
+    /// In a cluster, the home partition's store: every partition signs
+    /// webhooks with the home partition's secret (one secret per endpoint
+    /// across the cluster), read once it is there.
+    webhook_home: Mutex<Option<Arc<dyn EventStore>>>,
+    webhook_key: Mutex<Option<[u8; 32]>>,
+}
+
+/// Where a ledger keeps the secret its tokens and webhook secrets derive from.
+const TOKEN_SECRET_META: &str = "license_token_secret";
+
+fn parse_secret(hex_secret: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_secret).ok().and_then(|v| v.try_into().ok())
 }
 
 impl Hot {
     pub(crate) fn load(store: &dyn EventStore) -> Result<Hot, LedgerError> {
-        const KEY: &str = "license_token_secret";
-        let hex_secret = match store.meta_get(KEY)? {
+        let hex_secret = match store.meta_get(TOKEN_SECRET_META)? {
             Some(s) => s,
             None => {
                 let mut b = [0u8; 32];
                 b[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
                 b[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
                 let s = hex::encode(b);
-                store.meta_put(KEY, &s)?;
+                store.meta_put(TOKEN_SECRET_META, &s)?;
                 s
             }
         };
-        let token_secret: [u8; 32] = hex::decode(&hex_secret)
-            .ok()
-            .and_then(|v| v.try_into().ok())
+        let token_secret: [u8; 32] = parse_secret(&hex_secret)
             .ok_or_else(|| LedgerError::Corrupt("bad license_token_secret".into()))?;
         Ok(Hot {
             pending: Mutex::new(HashMap::new()),
@@ -150,6 +159,8 @@ impl Hot {
             keys_checked: Mutex::new(Instant::now()),
             token_secret,
             failures: Mutex::new(HashMap::new()),
+            webhook_home: Mutex::new(None),
+            webhook_key: Mutex::new(None),
         })
     }
 }
@@ -505,11 +516,37 @@ impl Ledger {
     /// activation always gets the same token and nothing secret is stored
     /// in the log.
     /// The signing secret of an outgoing webhook endpoint, derived from the
-    /// server secret (so none is stored in the log).
-    pub fn webhook_secret(&self, endpoint_id: &str) -> String {
+    /// server secret (so none is stored in the log). In a cluster, from the
+    /// home partition's (see [`Ledger::share_webhook_secrets`]): `None`
+    /// while that cannot be read yet.
+    pub fn webhook_secret(&self, endpoint_id: &str) -> Option<String> {
+        let key = self.webhook_key()?;
         let msg = format!("webhook-endpoint.{endpoint_id}");
-        let mac = hmac(&self.shared.license.token_secret, msg.as_bytes());
-        format!("whsec_{}", hex::encode(mac))
+        Some(format!("whsec_{}", hex::encode(hmac(&key, msg.as_bytes()))))
+    }
+
+    /// A partition of a cluster other than the home one: its webhooks are
+    /// signed with the home partition's secret, so an endpoint registered
+    /// in every partition has one secret.
+    pub fn share_webhook_secrets(&self, home: Arc<dyn EventStore>) {
+        *self.shared.license.webhook_home.lock() = Some(home);
+    }
+
+    fn webhook_key(&self) -> Option<[u8; 32]> {
+        let hot = &self.shared.license;
+        let Some(home) = hot.webhook_home.lock().clone() else {
+            return Some(hot.token_secret);
+        };
+        let mut key = hot.webhook_key.lock();
+        if key.is_none() {
+            *key = home
+                .meta_get(TOKEN_SECRET_META)
+                .ok()
+                .flatten()
+                .as_deref()
+                .and_then(parse_secret);
+        }
+        *key
     }
 
     pub fn server_token(&self, account_id: &str, activation_id: &str) -> String {

@@ -10,6 +10,7 @@
 //! sending again to endpoints that already took it. An endpoint that fails
 //! for 3 days (by the ledger's clock) is disabled, an event in the log.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -231,6 +232,18 @@ pub fn spawn_webhooks(ledger: Ledger, stop: Arc<AtomicBool>) -> std::io::Result<
         }
     }
     let client = builder.build().map_err(std::io::Error::other)?;
+    // Event ids are unique across a cluster: a partition's positions are
+    // its own, so its tag goes in the id (`evt_01_42`; `evt_42` alone).
+    let tag = ledger
+        .store()
+        .meta_get(crate::NUMBER_TAG_META)
+        .map_err(std::io::Error::other)?
+        .unwrap_or_default();
+    let id_prefix = if tag.is_empty() {
+        "evt_".to_string()
+    } else {
+        format!("evt_{tag}_")
+    };
     follow(ledger, "webhooks", stop, wants, move |ledger, rec, e| {
         let LedgerEvent::Account(event) = e else {
             return Ok(());
@@ -251,7 +264,16 @@ pub fn spawn_webhooks(ledger: Ledger, stop: Arc<AtomicBool>) -> std::io::Result<
         if endpoints.is_empty() {
             return Ok(());
         }
-        let event_id = format!("evt_{}", rec.position);
+        let event_id = format!("{id_prefix}{}", rec.position);
+        let Some(secret_of) = endpoints
+            .iter()
+            .map(|w| ledger.webhook_secret(&w.id).map(|s| (w.id.clone(), s)))
+            .collect::<Option<HashMap<String, String>>>()
+        else {
+            return Err(EffectError::Retry(format!(
+                "{event_id}: the cluster's webhook secret is not readable yet (the home partition has not been opened)"
+            )));
+        };
         let body = serde_json::json!({
             "id": event_id,
             "type": kind,
@@ -274,7 +296,7 @@ pub fn spawn_webhooks(ledger: Ledger, stop: Arc<AtomicBool>) -> std::io::Result<
                 .header("accrue-event-id", &event_id)
                 .header(
                     "accrue-signature",
-                    signature(&ledger.webhook_secret(&w.id), t, body.as_bytes()),
+                    signature(&secret_of[&w.id], t, body.as_bytes()),
                 )
                 .body(body.clone())
                 .send();

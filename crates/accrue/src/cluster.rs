@@ -286,6 +286,7 @@ impl Leases {
             },
             self.smtp.as_deref(),
             Some(&self.admin),
+            home.clone(),
         )?;
         if let Some(h) = home {
             hosted.state.tokens.with_home(h);

@@ -426,10 +426,16 @@ pub(crate) fn host(
     dirs: HostDirs<'_>,
     smtp: Option<&str>,
     admin: Option<&str>,
+    home: Option<Arc<dyn EventStore>>,
 ) -> anyhow::Result<Hosted> {
     std::fs::create_dir_all(dirs.files)
         .with_context(|| format!("creating {}", dirs.files.display()))?;
     let ledger = Ledger::open(store, mode)?;
+    // A cluster partition other than home signs webhooks with home's secret
+    // (set before the webhook projector starts).
+    if let Some(h) = home {
+        ledger.share_webhook_secrets(h);
+    }
     ledger
         .use_signing_keys(&license_agent::key_file(dirs.keys))
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -524,6 +530,7 @@ fn serve(
         },
         smtp.as_deref(),
         admin.as_deref(),
+        None,
     )?;
     // Slow clients: how long a connection may take over its request head
     // and a request over its body (ACCRUE_HEADER_TIMEOUT_SECS, _BODY_).
