@@ -292,7 +292,7 @@ impl TryFrom<SeatsDto> for SeatsInUse {
 /// A new serial number, `ACR-XXXX-XXXX-XXXX-XXXX` (hex). Never one that
 /// reads as a card number: a product server sends it back in an
 /// activation's body, which the card-data guard scans, so such a serial
-/// could never be activated (about one in 10,000 did).
+/// could never be activated (about one in 1,500 did).
 fn serial_number() -> String {
     loop {
         let u = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
