@@ -409,10 +409,13 @@ fn relabel_into(text: &str, p: u32, families: &mut Vec<(String, Vec<String>, Vec
 /// one id the front chooses and one secret (every partition derives it
 /// from the home partition's secret), so the endpoint receives the events
 /// of every account. The home partition registers first and its answer
-/// (with the secret) is the answer; the others then register the same id.
-/// Nothing is registered while a partition has no owner; if a partition
-/// refuses after home registered, the answer is 503 naming the endpoint,
-/// which then receives only some partitions' events.
+/// (with the secret) is the answer; the others then register the same id
+/// (three tries each; "already registered" counts as done). Nothing is
+/// registered while a partition has no owner. If a partition still
+/// refuses, the answer is 503 naming the partitions that lack the
+/// endpoint, and it carries the endpoint with its secret: the endpoint
+/// exists and delivers the other partitions' events, and its secret is not
+/// lost.
 async fn register_everywhere(c: &Cluster, req: Request) -> Response {
     let (parts, body) = match whole(req).await {
         Ok(x) => x,
@@ -436,25 +439,62 @@ async fn register_everywhere(c: &Cluster, req: Request) -> Response {
         return rebuild(status, &headers, bytes);
     }
     let others = (1..c.partitions).map(|p| {
-        let (parts, body) = (with_id(), body.clone());
-        async move { (p, collect(send(c, p, parts, body, false).await).await.0) }
+        let body = body.clone();
+        let with_id = &with_id;
+        async move {
+            let mut last = StatusCode::SERVICE_UNAVAILABLE;
+            for attempt in 0..3u64 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+                }
+                let (s, _, b) = collect(send(c, p, with_id(), body.clone(), false).await).await;
+                let exists = s == StatusCode::CONFLICT
+                    && serde_json::from_slice::<serde_json::Value>(&b)
+                        .ok()
+                        .and_then(|v| v.get("reason")?.as_str().map(|r| r == "endpoint_exists"))
+                        .unwrap_or(false);
+                if s == StatusCode::CREATED || exists {
+                    return None;
+                }
+                last = s;
+                // A refusal of the request itself will not change.
+                if s.is_client_error() {
+                    break;
+                }
+            }
+            Some(format!("{p} ({last})"))
+        }
     });
     let missing: Vec<String> = futures_join_all(others)
         .await
         .into_iter()
-        .filter(|(_, s)| *s != StatusCode::CREATED)
-        .map(|(p, s)| format!("{p} ({s})"))
+        .flatten()
         .collect();
-    if !missing.is_empty() {
-        return unavailable(
-            HOME,
-            format!(
-                "webhook endpoint {id} was registered, but not in partition(s) {}: it receives only the others' events; register again",
-                missing.join(", ")
-            ),
-        );
+    if missing.is_empty() {
+        return rebuild(status, &headers, bytes);
     }
-    rebuild(status, &headers, bytes)
+    let endpoint = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+    let mut problem = serde_json::json!({
+        "type": "https://accrue.dev/problems/partition_unavailable",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": format!(
+            "webhook endpoint {id} is registered, but not in partition(s) {}: it receives the other partitions' events only",
+            missing.join(", ")
+        ),
+        "reason": "partition_unavailable",
+        "endpoint": endpoint,
+    });
+    problem["missing_partitions"] = serde_json::Value::from(missing);
+    let mut resp = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        problem.to_string(),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// `GET /v1/webhook-endpoints/{id}/deliveries`: every partition's
@@ -531,8 +571,9 @@ async fn activate_anywhere(c: &Cluster, req: Request) -> Response {
         )
         .into_response();
     };
-    // Every partition at once, and every answer awaited: a serial's
-    // partition is not told by how long the answer takes.
+    // Every partition at once, and every answer awaited: how long the
+    // answer takes does not tell which partition has the serial (an
+    // unknown one costs one more round trip, to home).
     let probes = (0..c.partitions).map(|p| {
         let mut probe = clone_parts(&parts);
         probe.extensions.insert(Probe);

@@ -307,11 +307,23 @@ pub fn forbidden_in_line(c: char) -> bool {
 
 /// Checks one string of a request; `field` names it in the refusal.
 pub fn check_str(field: &dyn Fn() -> String, s: &str, is_key: bool) -> Result<(), Refusal> {
+    check_str_in(field, s, is_key, false)
+}
+
+/// [`check_str`]; `ours`: the value is an identifier accrue generated, in
+/// the field it is sent back in ([`generated_identifier`]), so its digits
+/// are not taken for a card number.
+fn check_str_in(
+    field: &dyn Fn() -> String,
+    s: &str,
+    is_key: bool,
+    ours: bool,
+) -> Result<(), Refusal> {
     if s.len() > MAX_STRING_BYTES {
         return Err(Refusal::TooLong { field: field() });
     }
     // Card data first: it is the refusal that matters most to report.
-    if contains_pan(s) {
+    if !ours && contains_pan(s) {
         return Err(Refusal::CardNumber { field: field() });
     }
     if contains_cvc_text(s) {
@@ -326,6 +338,54 @@ pub fn check_str(field: &dyn Fn() -> String, s: &str, is_key: bool) -> Result<()
         return Err(Refusal::ControlCharacter { field: field() });
     }
     Ok(())
+}
+
+/// Whether `s`, in a field named `field`, is exactly an identifier accrue
+/// generated and a client sends back: a serial number (`ACR-` and four
+/// groups of four hex digits), a control number (four groups of five
+/// Crockford base-32 characters, a letter among them), a document number
+/// (`INV-2026-000042`, `CN-2026-01-000042`) or a SHA-256 hex digest (an
+/// anchor's `head_hash`). Their digits can line up as a Luhn-valid run
+/// (about one random serial in 1,500, one digest in 175), and the guard
+/// would refuse the request that names them for ever. Only the exact
+/// shape in its own field is let through: a card number typed anywhere
+/// else, or in any other shape, is still refused.
+pub fn generated_identifier(field: &str, s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    let hex_upper = |g: &str| {
+        g.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    };
+    let digits = |g: &str| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit());
+    match field {
+        "serial_number" => {
+            groups.len() == 5
+                && groups[0] == "ACR"
+                && groups[1..].iter().all(|g| g.len() == 4 && hex_upper(g))
+        }
+        "control_number" => {
+            const CROCKFORD: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+            groups.len() == 4
+                && groups
+                    .iter()
+                    .all(|g| g.len() == 5 && g.bytes().all(|b| CROCKFORD.contains(&b)))
+                && s.bytes().any(|b| b.is_ascii_uppercase())
+        }
+        "invoice_number" | "accrue_invoice" => {
+            matches!(groups.first(), Some(&"INV") | Some(&"CN"))
+                && (groups.len() == 3 || groups.len() == 4)
+                && groups[1].len() == 4
+                && digits(groups[1])
+                && (groups.len() == 3 || (groups[2].len() == 2 && digits(groups[2])))
+                && groups.last().is_some_and(|g| g.len() >= 6 && digits(g))
+        }
+        "head_hash" => {
+            s.len() == 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }
+        _ => false,
+    }
 }
 
 // ------------------------------------------------------------ the JSON scan
@@ -343,6 +403,9 @@ impl Pointer {
         // Never echo a refused key in full.
         v.push(key.chars().take(40).collect());
         Pointer(Arc::new(v))
+    }
+    fn last(&self) -> &str {
+        self.0.last().map_or("", String::as_str)
     }
     fn show(&self) -> String {
         if self.0.is_empty() {
@@ -398,7 +461,8 @@ impl<'de> Visitor<'de> for Scan<'_> {
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         let at = &self.at;
-        check_str(&|| at.show(), v, false).map_err(|r| fail(self.refusal, r))
+        let ours = generated_identifier(at.last(), v);
+        check_str_in(&|| at.show(), v, false, ours).map_err(|r| fail(self.refusal, r))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0usize;
@@ -691,6 +755,42 @@ mod tests {
     use super::*;
 
     const PAN: &str = "4242424242424242";
+
+    #[test]
+    fn identifiers_accrue_generated_pass_in_their_own_field_only() {
+        let hash = format!("4111111111111111{}", "a".repeat(48));
+        // Each reads as a card number, and each is what accrue could issue.
+        let ours = [
+            ("serial_number", "ACR-4111-1111-1111-1111".to_string()),
+            ("control_number", "41111-11111-11111-1ABCD".to_string()),
+            ("invoice_number", "INV-2026-01-1000000".to_string()),
+            ("accrue_invoice", "CN-2026-01-1000000".to_string()),
+            ("head_hash", hash),
+        ];
+        for (field, value) in &ours {
+            assert!(contains_pan(value), "{value}");
+            let body = serde_json::json!({ *field: value }).to_string();
+            assert!(scan_json(body.as_bytes()).is_ok(), "{body}");
+            let nested = serde_json::json!({"anchor": { *field: value }}).to_string();
+            assert!(scan_json(nested.as_bytes()).is_ok(), "{nested}");
+            // Anywhere else it is card data.
+            let elsewhere = serde_json::json!({ "name": value }).to_string();
+            assert!(scan_json(elsewhere.as_bytes()).is_err(), "{elsewhere}");
+        }
+        // A card number in those fields, in any other shape, is refused.
+        for (field, value) in [
+            ("serial_number", "4111111111111111"),
+            ("serial_number", "ACR-4111-1111-1111-1111-1"),
+            ("control_number", "41111-11111-11111-11111"),
+            ("invoice_number", "INV-4111111111111111"),
+            ("invoice_number", "INV-2026-01-4111111111111111x"),
+            ("head_hash", "4111111111111111"),
+            ("head_hash", &format!("4111111111111111{}", "A".repeat(48))),
+        ] {
+            let body = serde_json::json!({ field: value }).to_string();
+            assert!(scan_json(body.as_bytes()).is_err(), "{body}");
+        }
+    }
 
     #[tokio::test]
     async fn a_panic_is_answered_500_problem_and_counted() {

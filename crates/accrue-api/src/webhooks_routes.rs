@@ -164,6 +164,14 @@ pub async fn create_endpoint(
         }
         None => format!("we_{}", uuid::Uuid::now_v7().simple()),
     };
+    // The secret is shown once, now: without it there is no endpoint.
+    let secret = st.ledger.webhook_secret(&id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the cluster's webhook secret cannot be read yet (its home partition has not been opened); retry",
+        )
+    })?;
     st.ledger
         .record(LedgerEvent::WebhookEndpointRegistered(
             WebhookEndpointRegistered {
@@ -181,8 +189,7 @@ pub async fn create_endpoint(
         .get(&id)
         .cloned()
         .ok_or_else(|| ApiError::internal("the endpoint is not in the read models"))?;
-    let secret = st.ledger.webhook_secret(&id);
-    Ok((StatusCode::CREATED, Json(dto(&w, secret))).into_response())
+    Ok((StatusCode::CREATED, Json(dto(&w, Some(secret)))).into_response())
 }
 
 #[utoipa::path(

@@ -512,9 +512,6 @@ impl Ledger {
             .map(|e| e.1)
     }
 
-    /// The bearer token of an activation: derived (HMAC), so the same
-    /// activation always gets the same token and nothing secret is stored
-    /// in the log.
     /// The signing secret of an outgoing webhook endpoint, derived from the
     /// server secret (so none is stored in the log). In a cluster, from the
     /// home partition's (see [`Ledger::share_webhook_secrets`]): `None`
@@ -537,18 +534,27 @@ impl Ledger {
         let Some(home) = hot.webhook_home.lock().clone() else {
             return Some(hot.token_secret);
         };
-        let mut key = hot.webhook_key.lock();
-        if key.is_none() {
-            *key = home
-                .meta_get(TOKEN_SECRET_META)
-                .ok()
-                .flatten()
-                .as_deref()
-                .and_then(parse_secret);
+        if let Some(key) = *hot.webhook_key.lock() {
+            return Some(key);
         }
-        *key
+        // Read without holding the lock (a query to home's store); until
+        // home has a secret there is none, and deliveries wait.
+        let key = match home.meta_get(TOKEN_SECRET_META) {
+            Ok(v) => v.as_deref().and_then(parse_secret),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the home partition's secret");
+                None
+            }
+        };
+        if key.is_some() {
+            *hot.webhook_key.lock() = key;
+        }
+        key
     }
 
+    /// The bearer token of an activation: derived (HMAC), so the same
+    /// activation always gets the same token and nothing secret is stored
+    /// in the log.
     pub fn server_token(&self, account_id: &str, activation_id: &str) -> String {
         let msg = format!("{account_id}.{activation_id}");
         let mac = hmac(&self.shared.license.token_secret, msg.as_bytes());

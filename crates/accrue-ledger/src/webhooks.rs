@@ -124,18 +124,17 @@ pub fn deliveries(ledger: &Ledger, endpoint: &str) -> Result<Vec<Delivery>, crat
 fn record_attempt(
     ledger: &Ledger,
     endpoint: &str,
-    rec: &RecordedEvent,
+    (rec, event_id): (&RecordedEvent, &str),
     kind: &str,
     attempt: Attempt,
     delivered: bool,
 ) -> Result<DateTime<Utc>, EffectError> {
     let mut list = deliveries(ledger, endpoint).map_err(|e| EffectError::Retry(e.to_string()))?;
-    let id = format!("evt_{}", rec.position);
     let i = match list.iter().position(|d| d.position == rec.position) {
         Some(i) => i,
         None => {
             list.push(Delivery {
-                event_id: id,
+                event_id: event_id.to_string(),
                 position: rec.position,
                 kind: kind.to_string(),
                 delivered: false,
@@ -326,7 +325,7 @@ pub fn spawn_webhooks(ledger: Ledger, stop: Arc<AtomicBool>) -> std::io::Result<
                     },
                 ),
             };
-            let first = record_attempt(ledger, &w.id, rec, kind, attempt, ok)?;
+            let first = record_attempt(ledger, &w.id, (rec, &event_id), kind, attempt, ok)?;
             if ok {
                 ledger.store().meta_put(&mark, "delivered")?;
                 continue;
