@@ -66,8 +66,9 @@ pub const ENDPOINT_ID: &str = "x-accrue-endpoint-id";
 /// The reason of a probed partition's "not here".
 pub const UNKNOWN_SERIAL: &str = "unknown_serial";
 
-/// The home partition: ledger-wide resources (tokens, webhook endpoints,
-/// anchors) and whatever names no partition.
+/// The home partition: ledger-wide resources (tokens other than accounts',
+/// the webhook secret every partition derives from, the anchor) and
+/// whatever names no partition.
 pub const HOME: u32 = 0;
 
 /// The partition of an account: the first 8 bytes of SHA-256 of its id,
