@@ -530,4 +530,18 @@ async fn anchors_over_http_sign_the_head_and_catch_a_forged_one() {
         .await;
     assert_eq!(r.body["ok"], false, "{:?}", r.body);
     assert_eq!(r.body["anchor_ok"], false);
+    // A cluster's anchor (every partition's) is for a cluster's node.
+    let mut cluster = anchor.clone();
+    let mut one = anchor.clone();
+    one["partition"] = json!(0);
+    cluster["partitions"] = json!([one]);
+    let r = app
+        .req(
+            "POST",
+            "/v1/audit/verify",
+            Some(&auditor),
+            Some(json!({ "anchor": cluster })),
+        )
+        .await;
+    assert_problem(&r, 422);
 }

@@ -961,6 +961,59 @@ async fn ledger_wide_reads_merge_every_partition(
         one.get("partitions").is_none(),
         "a pinned verify is one partition's: {one}"
     );
+
+    // The cluster's anchor holds every partition's; posted back, each
+    // partition is checked against its own, and a changed one is named.
+    let (status, _, anchor) = get(format!("{}/v1/audit/anchor", nodes[1].base), None).await;
+    assert_eq!(status, 200, "{anchor}");
+    assert_eq!(
+        anchor["partitions"].as_array().unwrap().len(),
+        PARTITIONS as usize,
+        "{anchor}"
+    );
+    let verify = |body: Value| {
+        let r = client
+            .post(format!("{}/v1/audit/verify", nodes[0].base))
+            .bearer_auth(TOKEN)
+            .json(&body);
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, v) = verify(json!({ "anchor": anchor })).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["ok"].clone(), v["anchor_ok"].clone()),
+        (json!(true), json!(true)),
+        "{v}"
+    );
+    for e in v["partitions"].as_array().unwrap() {
+        assert_eq!(e["anchor_ok"], true, "{v}");
+    }
+    let mut changed = anchor.clone();
+    let h = changed["partitions"][2]["head_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let flipped = if h.starts_with('0') {
+        format!("1{}", &h[1..])
+    } else {
+        format!("0{}", &h[1..])
+    };
+    changed["partitions"][2]["head_hash"] = json!(flipped);
+    let (status, v) = verify(json!({ "anchor": changed })).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["ok"].clone(), v["anchor_ok"].clone()),
+        (json!(false), json!(false)),
+        "{v}"
+    );
+    assert_eq!(v["first_broken"]["partition"], 2, "{v}");
+    let mut short = anchor.clone();
+    short["partitions"].as_array_mut().unwrap().pop();
+    let (status, v) = verify(json!({ "anchor": short })).await;
+    assert_eq!(status, 422, "{v}");
 }
 
 /// A serial number names no partition: each is probed without counting a

@@ -26,6 +26,24 @@ pub struct AnchorDto {
     pub public_key: String,
     /// Ed25519 signature, base64url.
     pub signature: String,
+    /// A cluster's anchor (`serve --partitions`): every partition's own,
+    /// each with its `partition`; the fields above are the home
+    /// partition's. Posted back to a cluster node, each partition is
+    /// checked against its own; a single ledger refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<PartitionAnchor>>,
+}
+
+/// One partition's anchor in a cluster's.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionAnchor {
+    pub partition: u32,
+    pub position: u64,
+    pub head_hash: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub public_key: String,
+    pub signature: String,
 }
 
 impl From<accrue_ledger::audit::Anchor> for AnchorDto {
@@ -36,6 +54,7 @@ impl From<accrue_ledger::audit::Anchor> for AnchorDto {
             at: a.at,
             public_key: a.public_key,
             signature: a.signature,
+            partitions: None,
         }
     }
 }
@@ -98,6 +117,11 @@ pub async fn verify_anchor(
     p.require(AUDIT)?;
     let req: VerifyRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::unprocessable(format!("the body is not {{\"anchor\": …}}: {e}")))?;
+    if req.anchor.as_ref().is_some_and(|a| a.partitions.is_some()) {
+        return Err(ApiError::unprocessable(
+            "anchor.partitions is a cluster's anchor: post it to a node of that cluster",
+        ));
+    }
     let anchor = req.anchor.map(|a| accrue_ledger::audit::Anchor {
         position: a.position,
         head_hash: a.head_hash,

@@ -244,6 +244,7 @@ async fn dispatch(State(c): State<Arc<Cluster>>, mut req: Request) -> Response {
         {
             return deliveries_everywhere(&c, req).await
         }
+        (Method::GET, "/v1/audit/anchor") => return anchors_everywhere(&c, req).await,
         (Method::GET | Method::POST, "/v1/audit/verify")
         | (Method::GET, "/v1/audit/trial-balance" | "/v1/dunning") => return merged(&c, req).await,
         _ => {}
@@ -1056,20 +1057,19 @@ async fn merged(c: &Cluster, req: Request) -> Response {
         Err(r) => return r,
     };
     let path = parts.uri.path().to_string();
-    // An anchor signs one partition's log: the home partition's, unless the
-    // request pins another (then it never comes here). The others verify
-    // their chains without it.
-    let anchored = parts.method == Method::POST
-        && serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("anchor").map(|a| !a.is_null()))
-            .unwrap_or(false);
+    // An anchor signs one partition's log. The cluster's anchor
+    // (`GET /v1/audit/anchor`) carries every partition's under
+    // `partitions`: each partition checks its own. A single anchor is the
+    // home partition's (a pinned request never comes here); the others
+    // then verify their chains without one.
+    let bodies = match anchor_bodies(c, &parts, &body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     let sends = (0..c.partitions).map(|p| {
-        let body = if anchored && p != HOME {
-            Bytes::from_static(b"{}")
-        } else {
-            body.clone()
-        };
+        let body = bodies
+            .as_ref()
+            .map_or_else(|| body.clone(), |b| b[p as usize].clone());
         let parts = clone_parts(&parts);
         async move { (p, collect(send(c, p, parts, body, false).await).await) }
     });
@@ -1108,6 +1108,102 @@ async fn merged(c: &Cluster, req: Request) -> Response {
     resp
 }
 
+/// What each partition is asked to verify: `None` when the body goes to
+/// every partition as it is (no anchor, or not a POST); else one body per
+/// partition, each with that partition's anchor (or none).
+fn anchor_bodies(
+    c: &Cluster,
+    parts: &axum::http::request::Parts,
+    body: &Bytes,
+) -> Result<Option<Vec<Bytes>>, ApiError> {
+    use serde_json::Value;
+    if parts.method != Method::POST {
+        return Ok(None);
+    }
+    let Some(anchor) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|mut v| v.get_mut("anchor").map(Value::take))
+        .filter(|a| !a.is_null())
+    else {
+        return Ok(None);
+    };
+    let empty = Bytes::from_static(b"{}");
+    let Some(each) = anchor.get("partitions") else {
+        // One partition's anchor: home's.
+        let mut bodies = vec![empty; c.partitions as usize];
+        bodies[HOME as usize] = body.clone();
+        return Ok(Some(bodies));
+    };
+    let wrong = || {
+        ApiError::unprocessable(format!(
+            "anchor.partitions must hold one anchor for each partition 0..{} (as GET /v1/audit/anchor gives it)",
+            c.partitions
+        ))
+    };
+    let each = each.as_array().ok_or_else(wrong)?;
+    let mut bodies = vec![None; c.partitions as usize];
+    for a in each {
+        let p = a
+            .get("partition")
+            .and_then(Value::as_u64)
+            .filter(|p| *p < u64::from(c.partitions))
+            .ok_or_else(wrong)? as usize;
+        let mut a = a.clone();
+        if let Some(o) = a.as_object_mut() {
+            o.remove("partition");
+        }
+        let b = serde_json::to_vec(&serde_json::json!({ "anchor": a })).map_err(|_| wrong())?;
+        if bodies[p].replace(Bytes::from(b)).is_some() {
+            return Err(wrong());
+        }
+    }
+    bodies
+        .into_iter()
+        .map(|b| b.ok_or_else(wrong))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// `GET /v1/audit/anchor`: the home partition's anchor (its fields, so a
+/// single-partition client reads it as before), with every partition's
+/// under `partitions`, each with its `partition`. Posting it back to
+/// `POST /v1/audit/verify` checks each partition against its own.
+async fn anchors_everywhere(c: &Cluster, req: Request) -> Response {
+    use serde_json::Value;
+    let (parts, body) = match whole(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let sends = (0..c.partitions).map(|p| {
+        let (parts, body) = (clone_parts(&parts), body.clone());
+        async move { (p, collect(send(c, p, parts, body, false).await).await) }
+    });
+    let mut each = Vec::new();
+    let mut first: Option<(HeaderMap, Value)> = None;
+    for (p, (status, h, bytes)) in futures_join_all(sends).await {
+        if !status.is_success() {
+            return rebuild(status, &h, bytes);
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+            return rebuild(status, &h, bytes);
+        };
+        let mut own = v.clone();
+        own["partition"] = Value::from(p);
+        each.push(own);
+        first.get_or_insert((h, v));
+    }
+    let Some((mut headers, mut anchor)) = first else {
+        return unavailable(HOME, "the cluster has no partitions".into());
+    };
+    anchor["partitions"] = Value::Array(each);
+    headers.remove(PARTITION);
+    rebuild(
+        StatusCode::OK,
+        &headers,
+        Bytes::from(serde_json::to_vec(&anchor).unwrap_or_default()),
+    )
+}
+
 /// Every partition's chain: `ok` when all are, counts summed, `head_hash`
 /// the SHA-256 of the partitions' heads (`"{p}:{head_hash}\n"` in partition
 /// order), the first break named with its partition, and each partition's
@@ -1127,10 +1223,14 @@ fn merge_verify(pages: &[(u32, serde_json::Value)]) -> serde_json::Value {
         if let Some(h) = v.get("head_position").and_then(Value::as_u64) {
             *head_position.get_or_insert(0) += h;
         }
+        // Held only if every anchor given held.
         if let Some(a) = v.get("anchor_ok") {
-            if !a.is_null() || anchor_ok.is_none() {
-                anchor_ok = Some(a.clone());
-            }
+            anchor_ok = match (anchor_ok.take(), a.as_bool()) {
+                (Some(Value::Bool(before)), Some(now)) => Some(Value::Bool(before && now)),
+                (None | Some(Value::Null), Some(now)) => Some(Value::Bool(now)),
+                (before, None) => before.or(Some(Value::Null)),
+                (Some(before), Some(_)) => Some(before),
+            };
         }
         if first_broken.is_null() {
             if let Some(b) = v.get("first_broken").filter(|b| b.is_object()) {
