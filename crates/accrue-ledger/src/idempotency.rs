@@ -137,6 +137,11 @@ pub struct IdempotencyIndex {
     /// the index shares it: the one clone made is a snapshot's, which only
     /// reads it (a copy read while a run is added holds more keys, never
     /// fewer); a clone must never be given a spill thread of its own.
+    /// Stored apart in a snapshot ([`IdempotencyIndex::filter_section`])
+    /// and loaded after the ledger is up: until then it is *pending* and
+    /// says "maybe" to every key, so each fresh key is looked up in the
+    /// store (slower, never wrong).
+    #[serde(skip, default = "Filter::pending")]
     filter: Filter,
     /// Where runs are written (none: everything stays in memory).
     #[serde(skip)]
@@ -325,25 +330,76 @@ fn filter_bucket(fp: u32) -> usize {
 /// copies (a copy taken while a run is added holds more keys, never
 /// fewer, of the runs it lists as spilled).
 #[derive(Clone)]
-struct Filter(Arc<Vec<parking_lot::RwLock<Bucket>>>);
+pub(crate) struct Filter {
+    buckets: Arc<Vec<parking_lot::RwLock<Bucket>>>,
+    /// False while the filter is being loaded: every key may be there.
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Default for Filter {
     fn default() -> Filter {
-        Filter(Arc::new(
-            (0..1usize << FILTER_BUCKET_BITS)
-                .map(|_| parking_lot::RwLock::new(Bucket::default()))
-                .collect(),
-        ))
+        Filter {
+            buckets: Arc::new(
+                (0..1usize << FILTER_BUCKET_BITS)
+                    .map(|_| parking_lot::RwLock::new(Bucket::default()))
+                    .collect(),
+            ),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
     }
 }
 
 impl Filter {
-    fn may_contain(&self, fp: u32) -> bool {
-        self.0[filter_bucket(fp)].read().may_contain(fp)
+    /// A filter still to be loaded: "maybe" to every key until then.
+    fn pending() -> Filter {
+        let f = Filter::default();
+        f.ready.store(false, Ordering::Release);
+        f
     }
 
-    /// Adds a run the store has just taken.
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn may_contain(&self, fp: u32) -> bool {
+        !self.is_ready() || self.buckets[filter_bucket(fp)].read().may_contain(fp)
+    }
+
+    /// Takes `loaded`'s buckets and answers from them from now on.
+    fn install(&self, loaded: Filter) {
+        for (mine, theirs) in self.buckets.iter().zip(loaded.buckets.iter()) {
+            *mine.write() = std::mem::take(&mut *theirs.write());
+        }
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// A filter of every key the store holds, bucket by bucket.
+    fn from_store(store: &dyn EventStore) -> Result<Filter, StoreError> {
+        let f = Filter::default();
+        let span = (1u32 << (32 - FILTER_BUCKET_BITS)) - 1;
+        for (b, bucket) in f.buckets.iter().enumerate() {
+            let from = (b as u32) << (32 - FILTER_BUCKET_BITS);
+            let fps = store.usage_key_fingerprints(from, from | span)?;
+            if fps.is_empty() {
+                continue;
+            }
+            let n = fps.len() as u64;
+            let mut fresh = Bucket::with_capacity(n + n / 2 + n * (b as u64 % 8) / 32);
+            for fp in &fps {
+                fresh.insert(*fp);
+            }
+            fresh.keys = n;
+            *bucket.write() = fresh;
+        }
+        Ok(f)
+    }
+
+    /// Adds a run the store has just taken (once the filter is loaded: a
+    /// pending one is replaced whole when it is).
     fn add(&self, keys: &[(u32, u64)], store: &dyn EventStore) {
+        while !self.is_ready() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let mut fps: Vec<u32> = keys.iter().map(|(fp, _)| *fp).collect();
         fps.sort_unstable();
         let span = (1u32 << (32 - FILTER_BUCKET_BITS)) - 1;
@@ -351,7 +407,7 @@ impl Filter {
         for part in fps.chunk_by(|a, b| filter_bucket(*a) == filter_bucket(*b)) {
             let b = filter_bucket(part[0]);
             let (keys_now, capacity) = {
-                let g = self.0[b].read();
+                let g = self.buckets[b].read();
                 (g.keys, g.capacity)
             };
             let n = part.len() as u64;
@@ -370,7 +426,7 @@ impl Filter {
                             fresh.insert(*fp);
                         }
                         fresh.keys = all;
-                        *self.0[b].write() = fresh;
+                        *self.buckets[b].write() = fresh;
                         continue;
                     }
                     // Correct still, only less selective: the keys go into
@@ -381,7 +437,7 @@ impl Filter {
                     }
                 }
             }
-            let mut g = self.0[b].write();
+            let mut g = self.buckets[b].write();
             if g.blocks.is_empty() {
                 *g = Bucket::with_capacity(n + n / 2);
             }
@@ -396,7 +452,10 @@ impl Filter {
 
     #[cfg(test)]
     fn bytes(&self) -> usize {
-        self.0.iter().map(|b| b.read().blocks.len() * 64).sum()
+        self.buckets
+            .iter()
+            .map(|b| b.read().blocks.len() * 64)
+            .sum()
     }
 }
 
@@ -443,9 +502,12 @@ impl packed::Le for Block {
 
 impl serde::Serialize for Filter {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for b in self.0.iter() {
+        use serde::ser::{Error, SerializeSeq};
+        if !self.is_ready() {
+            return Err(S::Error::custom("the usage key filter is still loading"));
+        }
+        let mut seq = s.serialize_seq(Some(self.buckets.len()))?;
+        for b in self.buckets.iter() {
             let g = b.read();
             seq.serialize_element(&BucketRef {
                 keys: g.keys,
@@ -484,7 +546,53 @@ impl<'de> serde::Deserialize<'de> for Filter {
                 capacity,
             }));
         }
-        Ok(Filter(Arc::new(out)))
+        Ok(Filter {
+            buckets: Arc::new(out),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        })
+    }
+}
+
+/// Loads a pending filter ([`IdempotencyIndex::filter_load`]).
+pub struct FilterLoad {
+    filter: Filter,
+    /// Fingerprints the filter must know (the spilled runs' samples).
+    samples: Vec<u32>,
+}
+
+impl FilterLoad {
+    /// The same load again (for a retry).
+    pub fn clone_handle(&self) -> FilterLoad {
+        FilterLoad {
+            filter: self.filter.clone(),
+            samples: self.samples.clone(),
+        }
+    }
+
+    /// From a snapshot's section (CBOR, already hash-checked by the
+    /// caller), if it decodes and knows every sample; else (or without
+    /// one) rebuilt from the keys the store holds, which is never wrong.
+    /// Until it returns `Ok` the filter stays pending (correct, slower).
+    pub fn run(self, section: Option<&[u8]>, store: &dyn EventStore) -> Result<(), StoreError> {
+        if self.filter.is_ready() {
+            return Ok(());
+        }
+        let from_snapshot = section.and_then(|b| {
+            let loaded: Filter = ciborium::from_reader(b)
+                .map_err(|e| tracing::warn!(error = %e, "the snapshot's usage key filter is unreadable; rebuilding it from the store"))
+                .ok()?;
+            let knows = self.samples.iter().all(|fp| loaded.may_contain(*fp));
+            if !knows {
+                tracing::warn!("the snapshot's usage key filter does not know its runs; rebuilding it from the store");
+            }
+            knows.then_some(loaded)
+        });
+        let loaded = match from_snapshot {
+            Some(f) => f,
+            None => Filter::from_store(store)?,
+        };
+        self.filter.install(loaded);
+        Ok(())
     }
 }
 
@@ -721,6 +829,7 @@ impl IdempotencyIndex {
     /// hash-checked; this keeps a lookup in bounds, and refuses a filter
     /// another build hashed differently, even under the same format).
     pub fn well_formed(&self) -> bool {
+        // A pending filter is checked when it is loaded (`FilterLoad`).
         let samples_known = self
             .spilled
             .iter()
@@ -734,6 +843,33 @@ impl IdempotencyIndex {
                 && r.dir[dir_len - 1] as usize == r.fps.len()
                 && r.fps.len() == r.positions.len()
         }) && samples_known
+    }
+
+    /// The filter as a snapshot stores it, apart from the rest (CBOR).
+    /// Fails while the filter is still loading.
+    pub fn filter_section(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        ciborium::into_writer(&self.filter, &mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// What loads this index's pending filter (from a snapshot's section,
+    /// else from the store): run it on any thread; the writer asks the
+    /// store for every key until it is done.
+    pub fn filter_load(&self) -> FilterLoad {
+        FilterLoad {
+            filter: self.filter.clone(),
+            samples: self
+                .spilled
+                .iter()
+                .flat_map(|r| r.samples.iter().map(|(fp, _)| *fp))
+                .collect(),
+        }
+    }
+
+    /// Whether the filter is loaded (a test aid).
+    pub fn filter_ready(&self) -> bool {
+        self.filter.is_ready()
     }
 
     /// Whether the store still holds the spilled runs this index (loaded
@@ -1100,10 +1236,77 @@ mod tests {
             .collect()
     }
 
+    impl Filter {
+        /// An empty filter's section (knows no key).
+        fn default_section() -> Vec<u8> {
+            let mut out = Vec::new();
+            ciborium::into_writer(&Filter::default(), &mut out).unwrap();
+            out
+        }
+    }
+
     fn fresh_hits(f: &Filter) -> usize {
         (0..50_000)
             .filter(|i| f.may_contain(fp32(key("acme", &format!("fresh{i}")))))
             .count()
+    }
+
+    #[test]
+    fn a_pending_filter_says_maybe_until_loaded_from_its_section_or_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared =
+            Arc::new(accrue_store::sqlite::SqliteStore::open(dir.path().join("l.db")).unwrap());
+        let store = shared.as_ref();
+        let run = run_of("p-", 30_000, 1);
+        store.put_usage_keys(&run).unwrap();
+        let mut idx = IdempotencyIndex::default();
+        idx.filter.add(&run, store);
+        idx.spilled.push(SpilledRun::of(&run));
+        let section = idx.filter_section().unwrap();
+        // What a snapshot's index is on load: its filter pending.
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&idx, &mut cbor).unwrap();
+        let back: IdempotencyIndex = ciborium::from_reader(cbor.as_slice()).unwrap();
+        assert!(!back.filter_ready());
+        assert!(
+            back.well_formed(),
+            "a pending filter is checked when loaded"
+        );
+        // Every key may be there (so each is looked up in the store), and
+        // a snapshot cannot be taken of it.
+        assert_eq!(fresh_hits(&back.filter), 50_000);
+        assert!(back.filter_section().is_err());
+        // From its section: the keys, and few others.
+        back.filter_load().run(Some(&section), store).unwrap();
+        assert!(back.filter_ready());
+        assert!(run.iter().all(|(fp, _)| back.filter.may_contain(*fp)));
+        assert!(fresh_hits(&back.filter) < 1_500);
+        // A section that does not decode, or does not know the spilled
+        // runs' samples: rebuilt from the store, the keys all there.
+        for bad in [b"not cbor".to_vec(), Filter::default_section()] {
+            let again: IdempotencyIndex = ciborium::from_reader(cbor.as_slice()).unwrap();
+            again.filter_load().run(Some(&bad), store).unwrap();
+            assert!(again.filter_ready());
+            assert!(run.iter().all(|(fp, _)| again.filter.may_contain(*fp)));
+            assert!(fresh_hits(&again.filter) < 1_500);
+        }
+        // A spill waits for the load, then lands in the loaded filter.
+        let waiting: IdempotencyIndex = ciborium::from_reader(cbor.as_slice()).unwrap();
+        let more = run_of("q-", 1_000, 40_000);
+        store.put_usage_keys(&more).unwrap();
+        let (f, st) = (waiting.filter.clone(), shared.clone());
+        let adder = std::thread::spawn(move || {
+            f.add(&more, st.as_ref());
+            more
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!adder.is_finished(), "an add into a pending filter waits");
+        waiting.filter_load().run(Some(&section), store).unwrap();
+        let more = adder.join().unwrap();
+        assert!(more
+            .iter()
+            .chain(&run)
+            .all(|(fp, _)| waiting.filter.may_contain(*fp)));
     }
 
     #[test]
@@ -1134,7 +1337,7 @@ mod tests {
             );
         }
         assert!(
-            f.0.iter().any(|b| b.read().capacity > 64),
+            f.buckets.iter().any(|b| b.read().capacity > 64),
             "no bucket was rebuilt from the store"
         );
         let bytes = f.bytes() as f64 / all.len() as f64;
@@ -1198,7 +1401,7 @@ mod tests {
             "no false negative"
         );
         assert!(
-            f.0.iter().all(|b| b.read().capacity <= 64),
+            f.buckets.iter().all(|b| b.read().capacity <= 64),
             "a bucket was rebuilt though the store could not be read"
         );
     }

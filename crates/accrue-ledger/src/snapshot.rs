@@ -19,6 +19,12 @@
 //! part with half its accounts, its length first; then the read models
 //! with the other half) that a load decodes on two threads:
 //! at 100,000 accounts decoding is what a restart spends its time on.
+//! Format 4 puts the usage key filter (which grows with history, ~1.3
+//! bytes a spilled key) after the body with a hash of its own (the body's
+//! length comes before the body): a load opens the ledger without it and
+//! loads it on a thread of its own, the writer asking the store for every
+//! key meanwhile; a filter that does not check out is rebuilt from the
+//! store.
 //! On load a snapshot is used only if all of that checks out **and** the
 //! log still holds, at `P1` and at `P2`, the events whose global chain
 //! hashes the snapshot recorded; anything else falls back to an older
@@ -46,7 +52,7 @@ use crate::{LedgerError, Shared};
 const MAGIC: &[u8; 8] = b"ACCRUESN";
 /// Bump when any part's shape changes: an older snapshot is then skipped
 /// (and the log replayed once), never misread.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 /// Snapshots kept: the newest, and one before it in case it is unreadable.
 const KEEP: usize = 2;
 
@@ -130,7 +136,7 @@ impl Body {
     /// The read models whole again: the accounts named in `read_same` are
     /// copies of the writer's (sharing what they share in a running
     /// ledger, such as the opening event).
-    fn into_loaded(self) -> Result<Loaded, String> {
+    fn into_loaded(self) -> Result<(WriterPart, ReadModels), String> {
         let Body {
             mut writer,
             mut read,
@@ -153,7 +159,7 @@ impl Body {
             };
             read.accounts.insert(id, a.clone());
         }
-        Ok(Loaded { writer, read })
+        Ok((writer, read))
     }
 }
 
@@ -161,6 +167,31 @@ impl Body {
 pub(crate) struct Loaded {
     pub writer: WriterPart,
     pub read: ReadModels,
+    /// The usage key filter's section, loaded after the ledger is up.
+    pub filter: FilterSection,
+}
+
+/// A snapshot's usage key filter: the snapshot's bytes and where the
+/// section lies in them (its hash first). Read after the ledger is up,
+/// so a restart does not wait for a filter that grows with history.
+pub(crate) struct FilterSection {
+    bytes: Vec<u8>,
+    at: std::ops::Range<usize>,
+}
+
+impl FilterSection {
+    /// The section's CBOR if its hash matches, else `None` (the filter is
+    /// then rebuilt from the store).
+    pub(crate) fn checked(&self) -> Option<&[u8]> {
+        let s = self.bytes.get(self.at.clone())?;
+        let (hash, cbor) = (s.get(..32)?, s.get(32..)?);
+        if Sha256::digest(cbor).as_slice() == hash {
+            Some(cbor)
+        } else {
+            tracing::warn!("the snapshot's usage key filter does not match its hash; rebuilding it from the store");
+            None
+        }
+    }
 }
 
 fn probe() -> u64 {
@@ -193,17 +224,24 @@ fn encode(body: &Body) -> Result<Vec<u8>, String> {
         &body.writer_rest,
     );
     ciborium::into_writer(&read, &mut cbor).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(cbor.len() + 52);
+    // The usage key filter last, with a hash of its own: a load reads the
+    // rest, opens the ledger, then checks and loads the filter.
+    let filter = body.writer.idem.filter_section()?;
+    let mut out = Vec::with_capacity(cbor.len() + filter.len() + 100);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_le_bytes());
     out.extend_from_slice(&probe().to_le_bytes());
     out.extend_from_slice(&Sha256::digest(&cbor));
+    out.extend_from_slice(&(cbor.len() as u64).to_le_bytes());
     out.extend_from_slice(&cbor);
+    out.extend_from_slice(&Sha256::digest(&filter));
+    out.extend_from_slice(&filter);
     Ok(out)
 }
 
-fn decode(bytes: &[u8]) -> Result<Body, String> {
-    let header = 8 + 4 + 8 + 32;
+/// The body, and where the filter's section lies in `bytes`.
+fn decode(bytes: &[u8]) -> Result<(Body, std::ops::Range<usize>), String> {
+    let header = 8 + 4 + 8 + 32 + 8;
     if bytes.len() < header || &bytes[..8] != MAGIC {
         return Err("not a snapshot".into());
     }
@@ -215,7 +253,13 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
     if p != probe() {
         return Err("made by a build that hashes usage ids differently".into());
     }
-    let body = &bytes[header..];
+    let len = u64::from_le_bytes(bytes[52..60].try_into().map_err(|_| "short")?);
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| header.checked_add(l))
+        .filter(|e| e.checked_add(32).is_some_and(|x| x <= bytes.len()))
+        .ok_or("its parts do not add up")?;
+    let body = &bytes[header..end];
     if Sha256::digest(body).as_slice() != &bytes[20..52] {
         return Err("its hash does not match its bytes".into());
     }
@@ -243,18 +287,25 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
             };
             Ok::<_, String>((w?, r?))
         })?;
-    Ok(Body {
-        writer,
-        writer_chain,
-        read,
-        read_same,
-        read_chain,
-        writer_rest,
-    })
+    Ok((
+        Body {
+            writer,
+            writer_chain,
+            read,
+            read_same,
+            read_chain,
+            writer_rest,
+        },
+        end..bytes.len(),
+    ))
 }
 
 /// [`decode`], reporting how long reading and decoding took.
-fn decode_timed(position: u64, bytes: &[u8], started: Instant) -> Result<Body, String> {
+fn decode_timed(
+    position: u64,
+    bytes: &[u8],
+    started: Instant,
+) -> Result<(Body, std::ops::Range<usize>), String> {
     let read_ms = started.elapsed().as_millis() as u64;
     let body = decode(bytes);
     tracing::info!(
@@ -286,7 +337,7 @@ pub(crate) fn load_newest(store: &dyn EventStore) -> Result<Option<Loaded>, Ledg
             None => continue,
             Some(bytes) => match decode_timed(position, &bytes, started) {
                 Err(e) => e,
-                Ok(body) => {
+                Ok((body, filter_at)) => {
                     let w = body.writer.position;
                     let r = body.read.position;
                     if w != position || r > w || w > head {
@@ -301,7 +352,16 @@ pub(crate) fn load_newest(store: &dyn EventStore) -> Result<Option<Loaded>, Ledg
                         "the store no longer holds the usage keys it spilled".into()
                     } else {
                         match body.into_loaded() {
-                            Ok(loaded) => return Ok(Some(loaded)),
+                            Ok((writer, read)) => {
+                                return Ok(Some(Loaded {
+                                    writer,
+                                    read,
+                                    filter: FilterSection {
+                                        bytes,
+                                        at: filter_at,
+                                    },
+                                }))
+                            }
                             Err(e) => e,
                         }
                     }
@@ -452,6 +512,9 @@ pub fn write_now(store: &dyn EventStore) -> Result<u64, LedgerError> {
     Ok(head)
 }
 
+#[doc(hidden)]
+pub use crate::writer::hold_filter_loads;
+
 /// What a load produced, in a form two loads can be compared by: the
 /// writer state as text in a stable order (idempotency lookups of every
 /// usage id in the log included) and the read models. Loads with or
@@ -531,14 +594,18 @@ mod tests {
             1,
             "only the differing account is stored twice"
         );
-        let back = decode(&encode(&b).unwrap()).unwrap().into_loaded().unwrap();
-        assert_eq!(back.read.accounts.len(), 2);
-        assert_eq!(back.read.accounts["same"].version, 4);
-        assert_eq!(back.read.accounts["behind"].version, 7);
-        assert!(!back.read.accounts.contains_key("new"));
-        assert_eq!(back.writer.accounts.len(), 3);
+        let (writer, read) = decode(&encode(&b).unwrap())
+            .unwrap()
+            .0
+            .into_loaded()
+            .unwrap();
+        assert_eq!(read.accounts.len(), 2);
+        assert_eq!(read.accounts["same"].version, 4);
+        assert_eq!(read.accounts["behind"].version, 7);
+        assert!(!read.accounts.contains_key("new"));
+        assert_eq!(writer.accounts.len(), 3);
         // A read part naming an account the writer part lacks is refused.
-        let mut bad = decode(&encode(&b).unwrap()).unwrap();
+        let (mut bad, _) = decode(&encode(&b).unwrap()).unwrap();
         bad.read_same.push("ghost".into());
         assert!(bad.into_loaded().is_err());
     }
@@ -546,15 +613,29 @@ mod tests {
     #[test]
     fn a_snapshot_round_trips_and_any_flipped_byte_is_refused() {
         let bytes = encode(&body()).unwrap();
-        let back = decode(&bytes).unwrap();
+        let (back, filter_at) = decode(&bytes).unwrap();
         assert_eq!(back.writer.seq, vec![(Series::Invoice, 2026, 7)]);
         assert_eq!(back.writer_chain, [1; 32]);
-        for i in [0, 9, 13, 30, bytes.len() - 1] {
+        assert!(filter_at.end == bytes.len() && filter_at.len() > 32);
+        let section = |b: &[u8], at: std::ops::Range<usize>| FilterSection {
+            bytes: b.to_vec(),
+            at,
+        };
+        assert!(section(&bytes, filter_at.clone()).checked().is_some());
+        // The body's bytes: the snapshot is refused.
+        for i in [0, 9, 13, 30, 55, filter_at.start - 1] {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
             assert!(decode(&bad).is_err(), "byte {i} flipped was accepted");
         }
-        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        // The filter's: the snapshot is used, its filter rebuilt from the store.
+        for i in [filter_at.start, filter_at.start + 40, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            let (_, at) = decode(&bad).unwrap();
+            assert!(section(&bad, at).checked().is_none(), "filter byte {i}");
+        }
+        assert!(decode(&bytes[..filter_at.start + 31]).is_err());
         assert!(decode(b"ACCRUESN").is_err());
     }
 }

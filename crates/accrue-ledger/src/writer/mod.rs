@@ -50,4 +50,5 @@ use run::*;
 use state::*;
 
 pub(crate) use run::spawn;
+pub use state::hold_filter_loads;
 pub(crate) use state::{load, load_with, Series, State};

@@ -84,6 +84,8 @@ pub(crate) struct State {
     /// The numbering tag of this ledger's series (the store's meta value
     /// `number_tag`; empty outside a cluster): see [`Series::format`].
     pub number_tag: String,
+    /// Loading the usage key filter of the snapshot this state came from.
+    pub filter_loader: Option<FilterLoader>,
 }
 
 /// The store's meta key holding a ledger's numbering tag.
@@ -339,6 +341,83 @@ pub(crate) fn load(
     load_with(store, true, None)
 }
 
+/// Loads a snapshot's usage key filter after the ledger is up; a store
+/// that cannot be read is tried again (the filter stays pending, so every
+/// fresh key is looked up in the store: slower, never wrong).
+fn load_filter(
+    load: idempotency::FilterLoad,
+    section: &snapshot::FilterSection,
+    store: &std::sync::Weak<dyn EventStore>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let started = std::time::Instant::now();
+    while FILTER_LOADS_HELD.load(Relaxed) > 0 && !stop.load(Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        // The store only while an attempt runs: a closed ledger's store is
+        // released (the writer joins this thread when it ends).
+        let Some(s) = store.upgrade() else {
+            return;
+        };
+        match load.clone_handle().run(section.checked(), s.as_ref()) {
+            Ok(()) => {
+                tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "usage key filter loaded"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the usage key filter cannot be built yet; fresh ids are looked up in the store meanwhile")
+            }
+        }
+        drop(s);
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until {
+            if stop.load(Relaxed) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(10));
+    }
+}
+
+/// While above 0, filters loaded after a start wait (a test holds them to
+/// exercise a ledger whose filter is still pending).
+static FILTER_LOADS_HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Holds (`true`) or releases (`false`) the loading of usage key filters
+/// after a start. A test aid: holds nest.
+#[doc(hidden)]
+pub fn hold_filter_loads(hold: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if hold {
+        FILTER_LOADS_HELD.fetch_add(1, Relaxed);
+    } else {
+        FILTER_LOADS_HELD.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The thread loading a snapshot's usage key filter: stopped and joined
+/// when the writer's state goes (so the store is free to open again).
+pub(crate) struct FilterLoader {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FilterLoader {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Runs of the usage index this large go to the store (SPEC §12):
 /// `ACCRUE_USAGE_SPILL_KEYS`, default [`idempotency::SPILL_KEYS`].
 pub(crate) fn spill_keys() -> usize {
@@ -367,6 +446,7 @@ pub(crate) fn load_with(
     let tag = store.meta_get(NUMBER_TAG_META)?.unwrap_or_default();
     let mut issued: HashMap<(Series, i32), (u64, String)> = HashMap::new();
     let started = std::time::Instant::now();
+    let mut filter = None;
     let (mut state, mut read, from) = match loaded {
         None => (State::default(), ReadModels::default(), 0),
         Some(l) => {
@@ -375,6 +455,7 @@ pub(crate) fn load_with(
                 issued.insert((*series, *year), (*seq, series.format(&tag, *year, *seq)));
             }
             let state = State::from_part(l.writer);
+            filter = Some((state.idem.filter_load(), l.filter));
             tracing::info!(
                 position = from,
                 ms = started.elapsed().as_millis() as u64,
@@ -384,6 +465,31 @@ pub(crate) fn load_with(
         }
     };
     state.number_tag = tag;
+    // The usage key filter: a live ledger loads it on a thread of its own
+    // (the writer asks the store for every key until then); anything else
+    // (a replay for a digest, `accrue snapshot`) waits for it here.
+    if let Some((load, section)) = filter {
+        match &spill {
+            Some(store) => {
+                let weak = Arc::downgrade(store);
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let stopping = stop.clone();
+                let handle = std::thread::Builder::new()
+                    .name("accrue-filter-load".into())
+                    .spawn(move || load_filter(load, &section, &weak, &stopping))
+                    .map_err(|e| {
+                        LedgerError::Corrupt(format!(
+                            "cannot start the usage key filter's loader: {e}"
+                        ))
+                    })?;
+                state.filter_loader = Some(FilterLoader {
+                    stop,
+                    handle: Some(handle),
+                });
+            }
+            None => load.run(section.checked(), store)?,
+        }
+    }
     if let Some(s) = spill {
         state.idem.spill_to(s, spill_keys());
     }
