@@ -996,10 +996,9 @@ async fn ledger_wide_reads_merge_every_partition(
         .as_str()
         .unwrap()
         .to_string();
-    let flipped = if h.starts_with('0') {
-        format!("1{}", &h[1..])
-    } else {
-        format!("0{}", &h[1..])
+    let flipped = match h.strip_prefix('0') {
+        Some(rest) => format!("1{rest}"),
+        None => format!("0{}", &h[1..]),
     };
     changed["partitions"][2]["head_hash"] = json!(flipped);
     let (status, v) = verify(json!({ "anchor": changed })).await;
