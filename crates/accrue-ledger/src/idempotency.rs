@@ -334,6 +334,9 @@ pub(crate) struct Filter {
     buckets: Arc<Vec<parking_lot::RwLock<Bucket>>>,
     /// False while the filter is being loaded: every key may be there.
     ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Fingerprints of runs spilled while the filter was pending, added
+    /// when it is installed (under this lock, so none is lost).
+    pending_adds: Arc<parking_lot::Mutex<Vec<u32>>>,
 }
 
 impl Default for Filter {
@@ -345,6 +348,7 @@ impl Default for Filter {
                     .collect(),
             ),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            pending_adds: Arc::default(),
         }
     }
 }
@@ -365,19 +369,31 @@ impl Filter {
         !self.is_ready() || self.buckets[filter_bucket(fp)].read().may_contain(fp)
     }
 
-    /// Takes `loaded`'s buckets and answers from them from now on.
+    /// Takes `loaded`'s buckets, adds the runs spilled meanwhile, and
+    /// answers from them from now on.
     fn install(&self, loaded: Filter) {
+        let mut queued = self.pending_adds.lock();
         for (mine, theirs) in self.buckets.iter().zip(loaded.buckets.iter()) {
             *mine.write() = std::mem::take(&mut *theirs.write());
+        }
+        for fp in queued.drain(..) {
+            self.buckets[filter_bucket(fp)].write().insert(fp);
         }
         self.ready.store(true, Ordering::Release);
     }
 
-    /// A filter of every key the store holds, bucket by bucket.
-    fn from_store(store: &dyn EventStore) -> Result<Filter, StoreError> {
+    /// A filter of every key the store holds, bucket by bucket (given up
+    /// once `stop` is set).
+    fn from_store(
+        store: &dyn EventStore,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<Filter, StoreError> {
         let f = Filter::default();
         let span = (1u32 << (32 - FILTER_BUCKET_BITS)) - 1;
         for (b, bucket) in f.buckets.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                return Err(StoreError::Backend("the ledger is closing".into()));
+            }
             let from = (b as u32) << (32 - FILTER_BUCKET_BITS);
             let fps = store.usage_key_fingerprints(from, from | span)?;
             if fps.is_empty() {
@@ -394,11 +410,16 @@ impl Filter {
         Ok(f)
     }
 
-    /// Adds a run the store has just taken (once the filter is loaded: a
-    /// pending one is replaced whole when it is).
+    /// Adds a run the store has just taken. While the filter is pending
+    /// the run's fingerprints are queued and added when it is installed
+    /// (a pending filter says "maybe" to them meanwhile).
     fn add(&self, keys: &[(u32, u64)], store: &dyn EventStore) {
-        while !self.is_ready() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        {
+            let mut queued = self.pending_adds.lock();
+            if !self.is_ready() {
+                queued.extend(keys.iter().map(|(fp, _)| *fp));
+                return;
+            }
         }
         let mut fps: Vec<u32> = keys.iter().map(|(fp, _)| *fp).collect();
         fps.sort_unstable();
@@ -549,6 +570,7 @@ impl<'de> serde::Deserialize<'de> for Filter {
         Ok(Filter {
             buckets: Arc::new(out),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            pending_adds: Arc::default(),
         })
     }
 }
@@ -574,6 +596,16 @@ impl FilterLoad {
     /// one) rebuilt from the keys the store holds, which is never wrong.
     /// Until it returns `Ok` the filter stays pending (correct, slower).
     pub fn run(self, section: Option<&[u8]>, store: &dyn EventStore) -> Result<(), StoreError> {
+        self.run_until(section, store, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`FilterLoad::run`], given up (an error) once `stop` is set.
+    pub fn run_until(
+        self,
+        section: Option<&[u8]>,
+        store: &dyn EventStore,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), StoreError> {
         if self.filter.is_ready() {
             return Ok(());
         }
@@ -589,7 +621,7 @@ impl FilterLoad {
         });
         let loaded = match from_snapshot {
             Some(f) => f,
-            None => Filter::from_store(store)?,
+            None => Filter::from_store(store, stop)?,
         };
         self.filter.install(loaded);
         Ok(())
@@ -1290,7 +1322,7 @@ mod tests {
             assert!(run.iter().all(|(fp, _)| again.filter.may_contain(*fp)));
             assert!(fresh_hits(&again.filter) < 1_500);
         }
-        // A spill waits for the load, then lands in the loaded filter.
+        // A spill during the load lands in the loaded filter.
         let waiting: IdempotencyIndex = ciborium::from_reader(cbor.as_slice()).unwrap();
         let more = run_of("q-", 1_000, 40_000);
         store.put_usage_keys(&more).unwrap();
@@ -1299,10 +1331,11 @@ mod tests {
             f.add(&more, st.as_ref());
             more
         });
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!adder.is_finished(), "an add into a pending filter waits");
-        waiting.filter_load().run(Some(&section), store).unwrap();
+        // An add into a pending filter does not wait: it is queued, and
+        // joins the filter when it is installed.
         let more = adder.join().unwrap();
+        assert!(!waiting.filter_ready());
+        waiting.filter_load().run(Some(&section), store).unwrap();
         assert!(more
             .iter()
             .chain(&run)

@@ -171,9 +171,19 @@ fn old_ids_stay_duplicates(open_store: &dyn Fn() -> Arc<dyn EventStore>) {
     let store = open_store();
     let ledger = open(&store);
     check(&ledger, "after a restart, the filter pending");
+    // Fresh ids while it is pending: their runs spill meanwhile, and
+    // join the filter when it is loaded.
+    let during = ingest(&ledger, 4 * N..4 * N + 3_000, dec!(0.01));
+    assert!(during.iter().all(|o| *o == UsageOutcome::Accepted));
+    std::thread::sleep(Duration::from_millis(300));
     accrue_ledger::snapshot::hold_filter_loads(false);
     std::thread::sleep(Duration::from_millis(300));
     check(&ledger, "after a restart");
+    let again = ingest(&ledger, 4 * N..4 * N + 3_000, dec!(0.01));
+    assert!(
+        again.iter().all(|o| *o == UsageOutcome::Duplicate),
+        "ids taken while the filter was pending are duplicates"
+    );
     let fresh = ingest(&ledger, 2 * N..2 * N + 10, dec!(0.01));
     assert!(
         fresh.iter().all(|o| *o == UsageOutcome::Accepted),

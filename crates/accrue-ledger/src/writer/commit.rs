@@ -127,7 +127,8 @@ impl Writer {
         // Nothing is pending now (the next group is empty).
         self.state.idem.compact();
         self.head = pos - 1;
-        if self.snapshots.due(self.head) {
+        // No snapshot of a usage key filter still loading (it would fail).
+        if self.state.idem.filter_ready() && self.snapshots.due(self.head) {
             // The state is exactly the log up to `head` (this group
             // included); the read models are at the group before it.
             let read = self.shared.read.read();

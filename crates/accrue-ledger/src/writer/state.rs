@@ -357,12 +357,18 @@ fn load_filter(
     }
     let mut wait = std::time::Duration::from_millis(100);
     loop {
+        if stop.load(Relaxed) {
+            return;
+        }
         // The store only while an attempt runs: a closed ledger's store is
         // released (the writer joins this thread when it ends).
         let Some(s) = store.upgrade() else {
             return;
         };
-        match load.clone_handle().run(section.checked(), s.as_ref()) {
+        match load
+            .clone_handle()
+            .run_until(section.checked(), s.as_ref(), stop)
+        {
             Ok(()) => {
                 tracing::info!(
                     ms = started.elapsed().as_millis() as u64,
