@@ -899,7 +899,7 @@ impl IdempotencyIndex {
         }
     }
 
-    /// Whether the filter is loaded (a test aid).
+    /// Whether the filter is loaded (no snapshot is taken until it is).
     pub fn filter_ready(&self) -> bool {
         self.filter.is_ready()
     }
