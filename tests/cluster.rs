@@ -472,21 +472,8 @@ async fn three_nodes_ingest_lose_one_and_stay_exact() {
             })
             .collect();
         assert_eq!(labelled, holds, "{text}");
-        let mut child = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("promtool (Debian package prometheus) must be installed");
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool: {}{}\n{text}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, out) = common::promtool_check(&text);
+        assert_eq!(code, 0, "promtool: {out}\n{text}");
     }
 
     // Totals exact: every acknowledged event once, nothing else.

@@ -509,13 +509,9 @@ async fn deliveries_everywhere(c: &Cluster, req: Request) -> Response {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let sends = (0..c.partitions).map(|p| {
-        let (parts, body) = (clone_parts(&parts), body.clone());
-        async move { (p, collect(send(c, p, parts, body, false).await).await) }
-    });
     let mut page: Option<(HeaderMap, Value)> = None;
     let mut all: Vec<(String, Value)> = Vec::new();
-    for (p, (status, h, bytes)) in futures_join_all(sends).await {
+    for (p, (status, h, bytes)) in ask_all(c, &parts, |_| body.clone()).await {
         if p != HOME && status == StatusCode::NOT_FOUND {
             continue;
         }
@@ -1066,16 +1062,14 @@ async fn merged(c: &Cluster, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let sends = (0..c.partitions).map(|p| {
-        let body = bodies
+    let body_of = |p: u32| {
+        bodies
             .as_ref()
-            .map_or_else(|| body.clone(), |b| b[p as usize].clone());
-        let parts = clone_parts(&parts);
-        async move { (p, collect(send(c, p, parts, body, false).await).await) }
-    });
+            .map_or_else(|| body.clone(), |b| b[p as usize].clone())
+    };
     let mut pages = Vec::new();
     let mut headers = None;
-    for (p, (status, h, bytes)) in futures_join_all(sends).await {
+    for (p, (status, h, bytes)) in ask_all(c, &parts, body_of).await {
         if !status.is_success() {
             return rebuild(status, &h, bytes);
         }
@@ -1174,13 +1168,9 @@ async fn anchors_everywhere(c: &Cluster, req: Request) -> Response {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let sends = (0..c.partitions).map(|p| {
-        let (parts, body) = (clone_parts(&parts), body.clone());
-        async move { (p, collect(send(c, p, parts, body, false).await).await) }
-    });
     let mut each = Vec::new();
     let mut first: Option<(HeaderMap, Value)> = None;
-    for (p, (status, h, bytes)) in futures_join_all(sends).await {
+    for (p, (status, h, bytes)) in ask_all(c, &parts, |_| body.clone()).await {
         if !status.is_success() {
             return rebuild(status, &h, bytes);
         }
@@ -1358,14 +1348,7 @@ async fn split_cloudevents(c: &Cluster, req: Request) -> Response {
     };
     let of = |subject: Option<&str>| subject.map_or(HOME, |a| partition_of(a, c.partitions));
     // The same reading of the request as the partition's (`events_of`).
-    let mime = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = crate::integrations_routes::mime_of(&parts.headers);
     let batch_type = match mime.as_str() {
         "application/cloudevents-batch+json" => true,
         // Binary mode: the attributes are headers, the body is the data.
@@ -1465,6 +1448,20 @@ async fn split_cloudevents(c: &Cluster, req: Request) -> Response {
         rejected,
         results.into_iter().map(|(_, r)| r).collect(),
     )
+}
+
+/// The same request asked of every partition at once (each with the body
+/// `body_of` gives it), the answers in partition order.
+async fn ask_all(
+    c: &Cluster,
+    parts: &axum::http::request::Parts,
+    body_of: impl Fn(u32) -> Bytes,
+) -> Vec<(u32, (StatusCode, HeaderMap, Bytes))> {
+    let sends = (0..c.partitions).map(|p| {
+        let (parts, body) = (clone_parts(parts), body_of(p));
+        async move { (p, collect(send(c, p, parts, body, false).await).await) }
+    });
+    futures_join_all(sends).await
 }
 
 /// Runs the futures concurrently on this task and collects their outputs

@@ -80,17 +80,23 @@ fn usage_of(ce: &Value) -> Result<UsageEventDto, String> {
     })
 }
 
-/// The events of a request: structured (`application/cloudevents+json`),
-/// batch (`application/cloudevents-batch+json`), or binary mode (`ce-*`
-/// headers with the data as the body).
-fn events_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<Value>> {
-    let mime = headers
+/// A request's media type, lowercased, without parameters (a cluster's
+/// front reads CloudEvents requests the same way).
+pub(crate) fn mime_of(headers: &HeaderMap) -> String {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// The events of a request: structured (`application/cloudevents+json`),
+/// batch (`application/cloudevents-batch+json`), or binary mode (`ce-*`
+/// headers with the data as the body).
+fn events_of(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<Value>> {
+    let mime = mime_of(headers);
     let parse = |b: &[u8]| -> ApiResult<Value> {
         serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
     };
